@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make run` (the tiny local pipeline) and `make test`.
+# Both start with `make install`, which creates .venv when absent.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# CPU machines get the CPU build of torch, pinned, before anything can pull a CUDA build.
+# Set TORCH_INDEX to a CPU wheel index on machines whose default index serves CUDA builds.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX   ?=
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+STAMP := $(VENV)/.p3-installed
+
+.PHONY: install run test test-fast bench images compile clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+ifeq ($(HAS_CUDA),1)
+	$(PIP) install -q "torch>=2.3"
+else
+	$(PIP) install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
+endif
+	$(PIP) install -q -e '.[test]'
+	touch $(STAMP)
+
+run: install
+	$(PY) pipelines/p3_math.py --local
+
+test: install
+	P3_PROGRESS=0 $(PY) -m pytest -q
+
+test-fast: install
+	P3_PROGRESS=0 $(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) bench/dpp_scale.py --quick
+
+compile: install
+	$(PY) pipelines/p3_math.py --compile
+	$(PY) pipelines/p3_apps.py --compile
+
+clean:
+	rm -rf runs .pytest_cache p3_math.yaml p3_apps.yaml

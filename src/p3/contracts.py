@@ -1,0 +1,162 @@
+"""The Parquet tables that pass between steps (DESIGN.md §3), and their checks.
+
+Every reader validates what it reads with :func:`validate` so that bad input stops
+with one error naming the file, the row and the field, before any work is done.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import pyarrow as pa
+
+from p3 import storage
+
+
+class ContractError(ValueError):
+    """Bad input: names the file, the row (1-based) and the field."""
+
+    def __init__(self, path: str, field: str, message: str, row: int | None = None):
+        self.path, self.field, self.row = str(path), field, row
+        where = f"{path}" + (f", row {row}" if row is not None else "") + f", field '{field}'"
+        super().__init__(f"{where}: {message}")
+
+
+PROBLEMS = pa.schema(
+    [
+        ("id", pa.string()),
+        ("task", pa.string()),
+        ("prompt", pa.string()),
+        ("solution", pa.string()),
+        ("answer", pa.string()),
+        ("tests", pa.string()),
+        ("starter_code", pa.string()),
+        ("meta", pa.string()),
+    ]
+)
+
+DIFFICULTY = pa.schema(
+    [
+        ("id", pa.string()),
+        ("epoch", pa.int64()),
+        ("difficulty", pa.float64()),
+        ("likelihood", pa.float64()),
+        ("pass_rate", pa.float64()),
+        ("n_rollouts", pa.int64()),
+    ]
+)
+
+SELECTION = pa.schema(
+    [
+        ("id", pa.string()),
+        ("rank", pa.int64()),
+        ("round", pa.int64()),
+        ("difficulty", pa.float64()),
+        ("epoch", pa.int64()),
+    ]
+)
+
+ROLLOUTS = pa.schema(
+    [
+        ("id", pa.string()),
+        ("sample", pa.int64()),
+        ("completion", pa.string()),
+        ("score", pa.float64()),
+        ("status", pa.string()),
+    ]
+)
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    return pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32(), dim))])
+
+
+# Columns that may be null; every other column of a contract must be present on every row.
+NULLABLE = {"answer", "tests", "starter_code", "likelihood", "pass_rate"}
+
+
+def validate(table: pa.Table, schema: pa.Schema, path: str, unique_id: bool = True) -> pa.Table:
+    """Check ``table`` against ``schema``; return it cast to the schema's types.
+
+    Raises ContractError for a missing column, a null in a required field, an
+    uncastable type, an empty id or a duplicate id.
+    """
+    for field in schema:
+        if field.name not in table.column_names:
+            raise ContractError(path, field.name, f"missing column (have: {', '.join(table.column_names)})")
+    table = table.select(schema.names)
+    try:
+        table = table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        bad = next((f.name for f in schema if not _castable(table.column(f.name), f.type)), "?")
+        raise ContractError(path, bad, f"wrong type: {exc}") from None
+    for field in schema:
+        if field.name in NULLABLE:
+            continue
+        col = table.column(field.name)
+        if col.null_count:
+            row = _first_true(col.is_null())
+            raise ContractError(path, field.name, "is null", row=row + 1)
+    if unique_id and "id" in schema.names:
+        ids = table.column("id").to_pylist()
+        seen: dict[str, int] = {}
+        for i, v in enumerate(ids):
+            if v == "":
+                raise ContractError(path, "id", "is empty", row=i + 1)
+            if v in seen:
+                raise ContractError(path, "id", f"duplicate id {v!r} (first at row {seen[v] + 1})", row=i + 1)
+            seen[v] = i
+    return table
+
+
+def check_unit_interval(values: Iterable[float], path: str, field: str) -> None:
+    """Every value finite and in [0, 1]."""
+    for i, v in enumerate(values):
+        if v is None or not math.isfinite(v) or v < 0.0 or v > 1.0:
+            raise ContractError(path, field, f"must be in [0, 1], got {v!r}", row=i + 1)
+
+
+def read(path: str, schema: pa.Schema, unique_id: bool = True) -> pa.Table:
+    """Read and validate one contract table."""
+    try:
+        table = storage.read_table(path)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # pyarrow raises many kinds for a file that is not Parquet
+        raise ContractError(path, "-", f"not a readable Parquet file: {exc}") from exc
+    return validate(table, schema, path, unique_id=unique_id)
+
+
+def read_embeddings(path: str) -> tuple[list[str], "np.ndarray"]:  # noqa: F821
+    """Read an embeddings table: ids and an (N, d) float32 matrix."""
+    import numpy as np
+
+    table = storage.read_table(path)
+    for name in ("id", "embedding"):
+        if name not in table.column_names:
+            raise ContractError(path, name, "missing column")
+    col = table.column("embedding").combine_chunks()
+    if not pa.types.is_fixed_size_list(col.type):
+        raise ContractError(path, "embedding", f"must be a fixed-size list of float32, got {col.type}")
+    if col.null_count:
+        raise ContractError(path, "embedding", "is null", row=_first_true(col.is_null()) + 1)
+    dim = col.type.list_size
+    matrix = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+    if not np.isfinite(matrix).all():
+        row = int(np.nonzero(~np.isfinite(matrix).all(axis=1))[0][0])
+        raise ContractError(path, "embedding", "contains NaN or inf", row=row + 1)
+    ids = validate(table.select(["id"]), pa.schema([("id", pa.string())]), path).column("id").to_pylist()
+    return ids, matrix
+
+
+def _castable(col: pa.ChunkedArray, typ: pa.DataType) -> bool:
+    try:
+        col.cast(typ)
+        return True
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+
+
+def _first_true(mask: pa.ChunkedArray) -> int:
+    return mask.to_pylist().index(True)

@@ -1,0 +1,672 @@
+"""The per-epoch selection report: one renderer for the pipeline and the CLI.
+
+For every epoch it shows what P3 decided and why:
+
+- the difficulty histogram of the pool, the eligible set and the selection, with the
+  pacing threshold;
+- how difficulty changed since the last epoch (re-scored by the new policy), split by
+  whether a problem was trained on;
+- the DPP rounds (picks per round);
+- the diversity of the selection (log-det, mean pairwise cosine) next to random
+  selections of the same size from the same pool;
+- coverage of levels and types (pool vs selected);
+- the epoch's evaluation (accuracy overall and by level).
+
+Plots are real matplotlib images (Agg) embedded as base64 PNG, so one HTML file is
+self-contained and opens in any browser or in the Kubeflow UI's HTML viewer.
+
+Entry points:
+
+- :func:`load_epoch` reads one epoch's files into an :class:`EpochData`;
+- :func:`render_epoch` -> ``(html, markdown, metrics)`` for one epoch (the KFP report
+  component writes them to its ``HTML``, ``Markdown`` and ``Metrics`` outputs);
+- :func:`render_run` -> one HTML page with every epoch and a run summary;
+- :func:`render_report` (``p3 report``) renders a run folder to ``report.html`` (+ ``.md``).
+
+A run folder holds one sub-folder per epoch named ``epoch_<e>`` (``epoch<e>``/``epoch-<e>``
+also work) with the files named in :data:`EPOCH_FILES`; the problems table may sit in
+the run folder or in each epoch folder (:data:`PROBLEMS_FILES`). Every file is optional:
+a section whose inputs are missing says so instead of failing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from p3 import contracts, storage
+from p3.logs import get_logger, step
+
+log = get_logger("report")
+
+# Candidate file names per input inside an epoch folder; the first one that exists wins.
+EPOCH_FILES: dict[str, tuple[str, ...]] = {
+    "selection_report": ("selection_report.json", "select_report.json", "selection.json", "report.json"),
+    "difficulty": ("difficulty.parquet",),
+    "selection": ("selection.parquet",),
+    "metrics": ("metrics.json", "eval.json", "evaluation.json"),
+    "embeddings": ("embeddings.parquet",),
+    "problems": ("problems.parquet", "train.parquet"),
+}
+PROBLEMS_FILES = ("problems.parquet", "train.parquet", "train_problems.parquet")
+
+# How many random draws the diversity baseline averages over (one draw is noisy).
+RANDOM_DRAWS = 5
+
+
+@dataclass
+class ReportConfig:
+    """Options of ``p3 report``."""
+
+    run_dir: str = field(
+        default="",
+        metadata={"help": "run folder with one sub-folder per epoch (epoch_0, epoch_1, …); local path or URI"},
+    )
+    epoch_dirs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "epoch folders in order (instead of discovering them under --run-dir)"},
+    )
+    problems: str = field(
+        default="",
+        metadata={"help": "problems table for level/type coverage (default: found in the run or epoch folder)"},
+    )
+    out: str = field(default="", metadata={"help": "HTML output (default: <run-dir>/report.html)"})
+    markdown: bool = field(default=True, metadata={"help": "also write the Markdown report beside the HTML"})
+    title: str = field(default="P3 selection report", metadata={"help": "page title"})
+    seed: int = field(default=0, metadata={"help": "seed of the random-selection diversity baseline"})
+
+
+@dataclass
+class EpochData:
+    """Everything one epoch's report shows; any part may be missing (None)."""
+
+    epoch: int
+    selection_report: dict = field(default_factory=dict)
+    ids: list[str] | None = None  # scored pool ids (difficulty table order)
+    difficulty: np.ndarray | None = None  # this epoch's difficulty per pool id
+    previous: dict[str, float] | None = None  # last epoch's difficulty by id
+    previous_selected: set[str] | None = None  # ids trained on in the last epoch
+    selected: list[str] | None = None  # selection ids in pick order
+    selected_difficulty: np.ndarray | None = None
+    rounds: np.ndarray | None = None  # DPP round per selected item
+    metrics: dict = field(default_factory=dict)  # evaluation: accuracy, by level …
+    embeddings: tuple[list[str], np.ndarray] | None = None
+    meta: dict[str, dict] | None = None  # problem id -> meta (level, type)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_epoch(
+    epoch: int,
+    *,
+    selection_report: str | dict | None = None,
+    difficulty: str | None = None,
+    selection: str | None = None,
+    metrics: str | dict | None = None,
+    embeddings: str | None = None,
+    problems: str | None = None,
+    previous_difficulty: str | None = None,
+    previous_selection: str | None = None,
+) -> EpochData:
+    """Read one epoch's artifacts (paths or URIs; dicts accepted for the JSON ones)."""
+    data = EpochData(epoch=epoch)
+    if selection_report is not None:
+        data.selection_report = _json(selection_report)
+    if metrics is not None:
+        data.metrics = _json(metrics)
+    if difficulty:
+        t = contracts.read(difficulty, contracts.DIFFICULTY)
+        data.ids = t.column("id").to_pylist()
+        data.difficulty = np.asarray(t.column("difficulty").to_pylist(), dtype=np.float64)
+    if previous_difficulty:
+        t = contracts.read(previous_difficulty, contracts.DIFFICULTY)
+        data.previous = dict(zip(t.column("id").to_pylist(), t.column("difficulty").to_pylist()))
+    if selection:
+        t = contracts.read(selection, contracts.SELECTION).sort_by("rank")
+        data.selected = t.column("id").to_pylist()
+        data.selected_difficulty = np.asarray(t.column("difficulty").to_pylist(), dtype=np.float64)
+        data.rounds = np.asarray(t.column("round").to_pylist(), dtype=np.int64)
+    if previous_selection:
+        t = contracts.read(previous_selection, contracts.SELECTION)
+        data.previous_selected = set(t.column("id").to_pylist())
+    if embeddings:
+        data.embeddings = contracts.read_embeddings(embeddings)
+    if problems:
+        data.meta = problem_meta(problems)
+    return data
+
+
+def problem_meta(path: str) -> dict[str, dict]:
+    """id -> parsed ``meta`` JSON of a problems table."""
+    t = contracts.read(path, contracts.PROBLEMS)
+    out = {}
+    for pid, meta in zip(t.column("id").to_pylist(), t.column("meta").to_pylist()):
+        try:
+            out[pid] = json.loads(meta) if meta else {}
+        except json.JSONDecodeError:
+            out[pid] = {}
+    return out
+
+
+def find_epoch_dirs(run_dir: str) -> list[str]:
+    """Epoch sub-folders of ``run_dir`` sorted by epoch number."""
+    fs, inner = storage.filesystem(run_dir)
+    found = []
+    for entry in fs.ls(inner, detail=True):
+        name = os.path.basename(entry["name"].rstrip("/"))
+        m = re.fullmatch(r"epoch[_-]?(\d+)", name)
+        if m and entry["type"] == "directory":
+            found.append((int(m.group(1)), _join(run_dir, name)))
+    return [d for _, d in sorted(found)]
+
+
+def load_epoch_dir(epoch_dir: str, previous_dir: str | None = None, problems: str | None = None) -> EpochData:
+    """Load an epoch folder (files named as in :data:`EPOCH_FILES`)."""
+    m = re.search(r"(\d+)/?$", epoch_dir)
+    epoch = int(m.group(1)) if m else 0
+    files = {k: _first_existing(epoch_dir, names) for k, names in EPOCH_FILES.items()}
+    prev = {k: _first_existing(previous_dir, EPOCH_FILES[k]) for k in ("difficulty", "selection")} if previous_dir else {}
+    return load_epoch(
+        epoch,
+        selection_report=files["selection_report"],
+        difficulty=files["difficulty"],
+        selection=files["selection"],
+        metrics=files["metrics"],
+        embeddings=files["embeddings"],
+        problems=problems or files["problems"],
+        previous_difficulty=prev.get("difficulty"),
+        previous_selection=prev.get("selection"),
+    )
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def threshold_of(data: EpochData) -> float | None:
+    """The pacing threshold: from the selection report, else the eligible set's max."""
+    rep = data.selection_report
+    for key in ("threshold", "difficulty_threshold", "pacing_threshold"):
+        v = rep.get(key)
+        if isinstance(v, (int, float)) and v is not None and np.isfinite(v):
+            return float(v)
+    return None
+
+
+def eligible_mask(data: EpochData) -> np.ndarray | None:
+    """Which pool items were eligible (difficulty ≤ threshold; all when no threshold)."""
+    if data.difficulty is None:
+        return None
+    thr = threshold_of(data)
+    if thr is None:
+        return np.ones(len(data.difficulty), dtype=bool)
+    return data.difficulty <= thr + 1e-12
+
+
+def normalized_embeddings(matrix: np.ndarray) -> np.ndarray:
+    """Per-dimension standardisation then L2 normalisation (the DPP's similarity space)."""
+    x = matrix.astype(np.float64)
+    std = x.std(axis=0)
+    std[std == 0] = 1.0
+    x = (x - x.mean(axis=0)) / std
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return x / norms
+
+
+def diversity(x: np.ndarray) -> dict[str, float]:
+    """Diversity of rows ``x`` (already normalised): log-det and mean pairwise cosine.
+
+    log-det is log det(I + S) with S the k×k cosine Gram matrix: unlike det(S) it stays
+    finite when k exceeds the embedding dimension (S then has rank ≤ d), and it grows
+    with the volume the set spans. Compare it only between sets of the same size.
+    """
+    k = len(x)
+    if k < 2:
+        return {"logdet": float("nan"), "mean_cosine": float("nan")}
+    gram = x @ x.T
+    mean_cos = (gram.sum() - np.trace(gram)) / (k * (k - 1))
+    # det(I_k + X Xᵀ) = det(I_d + Xᵀ X): take the smaller of the two.
+    small = gram if k <= x.shape[1] else x.T @ x
+    sign, logdet = np.linalg.slogdet(np.eye(len(small)) + small)
+    return {"logdet": float(logdet) if sign > 0 else float("-inf"), "mean_cosine": float(mean_cos)}
+
+
+def diversity_vs_random(data: EpochData, seed: int = 0) -> dict[str, Any] | None:
+    """Diversity of the selection vs the mean of random same-size draws from the pool."""
+    if data.embeddings is None or not data.selected:
+        return None
+    ids, matrix = data.embeddings
+    index = {pid: i for i, pid in enumerate(ids)}
+    pool = [index[p] for p in (data.ids or ids) if p in index]
+    sel = [index[p] for p in data.selected if p in index]
+    if len(sel) < 2 or len(pool) < len(sel):
+        return None
+    # Standardise over the pool the selection was drawn from, as the DPP saw it.
+    x = normalized_embeddings(matrix[pool])
+    pos = {j: n for n, j in enumerate(pool)}
+    chosen = diversity(x[[pos[j] for j in sel]])
+    rng = np.random.default_rng(seed)
+    draws = [diversity(x[rng.choice(len(pool), size=len(sel), replace=False)]) for _ in range(RANDOM_DRAWS)]
+    rand = {k: float(np.mean([d[k] for d in draws])) for k in ("logdet", "mean_cosine")}
+    return {"k": len(sel), "selected": chosen, "random": rand}
+
+
+def coverage(meta: dict[str, dict], ids: Sequence[str], key: str) -> dict[str, int]:
+    """Counts of ``meta[key]`` over ``ids`` (missing -> '?'), sorted by value."""
+    counts: dict[str, int] = {}
+    for pid in ids:
+        v = str(meta.get(pid, {}).get(key, "?"))
+        counts[v] = counts.get(v, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: _natural(kv[0])))
+
+
+def epoch_metrics(data: EpochData) -> dict[str, float]:
+    """The scalar Metrics the pipeline logs for an epoch."""
+    out: dict[str, float] = {}
+    acc = data.metrics.get("accuracy")
+    if isinstance(acc, (int, float)):
+        out["accuracy"] = float(acc)
+    n_sel = len(data.selected) if data.selected is not None else data.selection_report.get("selected")
+    if isinstance(n_sel, (int, float)):
+        out["selected"] = float(n_sel)
+    mask = eligible_mask(data)
+    n_elig = data.selection_report.get("eligible", int(mask.sum()) if mask is not None else None)
+    if isinstance(n_elig, (int, float)):
+        out["eligible"] = float(n_elig)
+    thr = threshold_of(data)
+    if thr is not None:
+        out["threshold"] = thr
+    return out
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _png(fig) -> str:
+    """A matplotlib figure as a base64 PNG string (figure closed)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(w: float = 6.0, h: float = 3.4):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(w, h))
+
+
+def plot_difficulty(data: EpochData) -> str | None:
+    """Histogram: pool vs eligible vs selected difficulty, with the pacing threshold."""
+    if data.difficulty is None:
+        return None
+    fig, ax = _figure()
+    bins = np.linspace(0.0, 1.0, 41)
+    ax.hist(data.difficulty, bins=bins, color="#bbbbbb", label=f"pool ({len(data.difficulty)})")
+    mask = eligible_mask(data)
+    if mask is not None and not mask.all():
+        ax.hist(data.difficulty[mask], bins=bins, color="#6baed6", label=f"eligible ({int(mask.sum())})")
+    if data.selected_difficulty is not None:
+        ax.hist(data.selected_difficulty, bins=bins, color="#d94801", alpha=0.85,
+                label=f"selected ({len(data.selected_difficulty)})")
+    thr = threshold_of(data)
+    if thr is not None:
+        ax.axvline(thr, color="black", linestyle="--", linewidth=1.2, label=f"threshold {thr:.3f}")
+    lo, hi = float(data.difficulty.min()), float(data.difficulty.max())
+    pad = max(0.02, 0.05 * (hi - lo))
+    ax.set_xlim(max(0.0, lo - pad), min(1.0, hi + pad))
+    ax.set_xlabel("difficulty (higher = harder)")
+    ax.set_ylabel("problems")
+    ax.set_title(f"Epoch {data.epoch}: difficulty of pool, eligible, selected")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def difficulty_change(data: EpochData) -> dict[str, Any] | None:
+    """Δ difficulty since last epoch, overall and for trained / untrained problems."""
+    if data.previous is None or data.ids is None or data.difficulty is None:
+        return None
+    pairs = [(pid, self_d, data.previous[pid]) for pid, self_d in zip(data.ids, data.difficulty) if pid in data.previous]
+    if not pairs:
+        return None
+    ids = [p for p, _, _ in pairs]
+    cur = np.array([c for _, c, _ in pairs])
+    prev = np.array([p for _, _, p in pairs])
+    delta = cur - prev
+    out: dict[str, Any] = {"n": len(pairs), "mean_delta": float(delta.mean()), "prev": prev, "cur": cur}
+    if data.previous_selected is not None:
+        trained = np.array([p in data.previous_selected for p in ids])
+        out["trained"] = trained
+        out["mean_delta_trained"] = float(delta[trained].mean()) if trained.any() else float("nan")
+        out["mean_delta_untrained"] = float(delta[~trained].mean()) if (~trained).any() else float("nan")
+    return out
+
+
+def plot_difficulty_change(change: dict[str, Any], epoch: int) -> str:
+    """Scatter of last epoch's vs this epoch's difficulty (below the diagonal = easier now)."""
+    fig, ax = _figure(5.0, 4.0)
+    prev, cur = change["prev"], change["cur"]
+    trained = change.get("trained")
+    if trained is None:
+        ax.scatter(prev, cur, s=6, alpha=0.5, color="#3182bd", label="problems")
+    else:
+        ax.scatter(prev[~trained], cur[~trained], s=6, alpha=0.45, color="#999999", label="not trained last epoch")
+        ax.scatter(prev[trained], cur[trained], s=6, alpha=0.7, color="#d94801", label="trained last epoch")
+    lo = float(min(prev.min(), cur.min()))
+    hi = float(max(prev.max(), cur.max()))
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8, linestyle=":")
+    ax.set_xlabel(f"difficulty at epoch {epoch - 1}")
+    ax.set_ylabel(f"difficulty at epoch {epoch}")
+    ax.set_title(f"Epoch {epoch}: re-scored difficulty (mean Δ {change['mean_delta']:+.4f})")
+    ax.legend(fontsize=8, markerscale=2)
+    return _png(fig)
+
+
+def plot_coverage(pool: dict[str, int], selected: dict[str, int], what: str, epoch: int) -> str:
+    """Share of each level/type in the pool vs the selection."""
+    keys = list(dict.fromkeys(list(pool) + list(selected)))
+    keys.sort(key=_natural)
+    n_pool = max(1, sum(pool.values()))
+    n_sel = max(1, sum(selected.values()))
+    x = np.arange(len(keys))
+    fig, ax = _figure(max(4.5, 0.8 * len(keys) + 2), 3.2)
+    ax.bar(x - 0.2, [pool.get(k, 0) / n_pool for k in keys], width=0.4, color="#bbbbbb", label="pool")
+    ax.bar(x + 0.2, [selected.get(k, 0) / n_sel for k in keys], width=0.4, color="#d94801", label="selected")
+    ax.set_xticks(x, keys, rotation=30 if len(keys) > 4 else 0, ha="right" if len(keys) > 4 else "center", fontsize=8)
+    ax.set_ylabel("share")
+    ax.set_title(f"Epoch {epoch}: {what} coverage")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_rounds(rounds: np.ndarray, epoch: int) -> str:
+    """Picks per DPP round (a rank-d kernel admits at most d picks per round)."""
+    ids, counts = np.unique(rounds, return_counts=True)
+    fig, ax = _figure(5.0, 2.8)
+    ax.bar(ids, counts, color="#6a51a3")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("DPP round")
+    ax.set_ylabel("picks")
+    ax.set_title(f"Epoch {epoch}: DPP rounds ({len(ids)})")
+    return _png(fig)
+
+
+def plot_run(epochs: Sequence[EpochData]) -> str | None:
+    """Accuracy (overall and per level) and selected/eligible counts across epochs."""
+    xs = [d.epoch for d in epochs]
+    accs = [d.metrics.get("accuracy") for d in epochs]
+    if all(a is None for a in accs):
+        return None
+    fig, ax = _figure(6.0, 3.4)
+    ax.plot(xs, [np.nan if a is None else a for a in accs], marker="o", color="black", linewidth=2, label="overall")
+    levels = sorted({lv for d in epochs for lv in _by_level(d.metrics)}, key=_natural)
+    for lv in levels:
+        ax.plot(xs, [_by_level(d.metrics).get(lv, np.nan) for d in epochs], marker=".", linewidth=1,
+                alpha=0.8, label=f"level {lv}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xticks(xs)
+    ax.set_title("Evaluation after each epoch")
+    ax.legend(fontsize=7, ncol=2)
+    return _png(fig)
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def render_epoch(data: EpochData, seed: int = 0) -> tuple[str, str, dict[str, float]]:
+    """One epoch's report: (HTML fragment-free full page, Markdown, Metrics dict)."""
+    body, md = _epoch_sections(data, seed)
+    page = _page(f"P3 epoch {data.epoch}", body)
+    return page, md, epoch_metrics(data)
+
+
+def render_run(epochs: Sequence[EpochData | str], title: str = "P3 selection report", seed: int = 0,
+               problems: str | None = None) -> tuple[str, str]:
+    """One page with a run summary and every epoch. ``epochs``: EpochData or epoch folders.
+
+    Returns (html, markdown).
+    """
+    datas = _as_epoch_data(epochs, problems)
+    with step(log, "render run report") as counts:
+        parts_html, parts_md = [], [f"# {title}\n"]
+        summary_rows = []
+        for d in datas:
+            m = epoch_metrics(d)
+            summary_rows.append([d.epoch, _fmt(m.get("accuracy")), _fmt(m.get("selected"), 0),
+                                 _fmt(m.get("eligible"), 0), _fmt(m.get("threshold"))])
+        head = ["epoch", "accuracy", "selected", "eligible", "threshold"]
+        nav = " · ".join(f'<a href="#epoch-{d.epoch}">epoch {d.epoch}</a>' for d in datas)
+        summary = f"<p>{nav}</p>\n<h2>Summary</h2>\n" + _html_table(head, summary_rows)
+        run_png = plot_run(datas)
+        if run_png:
+            summary += _img(run_png, "accuracy per epoch", "plot-run-accuracy")
+        parts_md.append("## Summary\n\n" + _md_table(head, summary_rows))
+        for d in datas:
+            h, m = _epoch_sections(d, seed)
+            parts_html.append(h)
+            parts_md.append(m)
+        counts["epochs"] = len(datas)
+    return _page(title, summary + "\n".join(parts_html)), "\n".join(parts_md)
+
+
+def render_report(cfg: ReportConfig) -> str:
+    """``p3 report``: render a run folder (or explicit epoch folders) to report.html."""
+    if not cfg.run_dir and not cfg.epoch_dirs:
+        raise ValueError("give --run-dir or --epoch-dirs")
+    epoch_dirs = list(cfg.epoch_dirs) or find_epoch_dirs(cfg.run_dir)
+    if not epoch_dirs:
+        raise ValueError(f"{cfg.run_dir}: no epoch folders (epoch_0, epoch_1, …) found")
+    problems = cfg.problems or (_first_existing(cfg.run_dir, PROBLEMS_FILES) if cfg.run_dir else None)
+    page, md = render_run(epoch_dirs, title=cfg.title, seed=cfg.seed, problems=problems)
+    out = cfg.out or _join(cfg.run_dir or os.path.dirname(epoch_dirs[0].rstrip("/")), "report.html")
+    storage.write_text(page, out)
+    if cfg.markdown:
+        storage.write_text(md, re.sub(r"\.html?$", "", out) + ".md")
+    log.info(f"wrote {out} ({len(epoch_dirs)} epochs)")
+    return out
+
+
+def _as_epoch_data(epochs: Sequence[EpochData | str], problems: str | None) -> list[EpochData]:
+    out: list[EpochData] = []
+    prev_dir = None
+    meta = problem_meta(problems) if problems else None
+    for e in epochs:
+        if isinstance(e, EpochData):
+            out.append(e)
+            continue
+        d = load_epoch_dir(e, previous_dir=prev_dir)
+        if d.meta is None:
+            d.meta = meta
+        out.append(d)
+        prev_dir = e
+    return out
+
+
+def _epoch_sections(d: EpochData, seed: int) -> tuple[str, str]:
+    """HTML section and Markdown for one epoch."""
+    e = d.epoch
+    h = [f'<section id="epoch-{e}">', f"<h2>Epoch {e}</h2>"]
+    md = [f"## Epoch {e}\n"]
+    rep = d.selection_report
+    m = epoch_metrics(d)
+
+    # Selection in numbers.
+    rows = [["strategy", str(rep.get("strategy", rep.get("arm", "?")))]]
+    pool_n = rep.get("pool", len(d.ids) if d.ids is not None else None)
+    rows += [["pool", _fmt(pool_n, 0)], ["eligible", _fmt(m.get("eligible"), 0)],
+             ["selected", _fmt(m.get("selected"), 0)], ["pacing threshold", _fmt(m.get("threshold"))]]
+    if rep.get("percentile") is not None:
+        rows.append(["pacing percentile", _fmt(rep.get("percentile"), 1)])
+    if d.selected_difficulty is not None and len(d.selected_difficulty):
+        rows.append(["selected difficulty mean", _fmt(float(d.selected_difficulty.mean()))])
+    if d.difficulty is not None and len(d.difficulty):
+        rows.append(["pool difficulty mean", _fmt(float(d.difficulty.mean()))])
+    h.append("<h3>Selection</h3>" + _html_table(["", ""], rows))
+    md.append("### Selection\n\n" + _md_table(["", ""], rows))
+
+    png = plot_difficulty(d)
+    h.append(_img(png, f"epoch {e} difficulty histogram", f"plot-difficulty-{e}") if png
+             else "<p>No difficulty table for this epoch.</p>")
+
+    change = difficulty_change(d)
+    h.append("<h3>Difficulty change since the last epoch</h3>")
+    md.append("### Difficulty change since the last epoch\n")
+    if change is None:
+        text = "First epoch (nothing to compare with)." if e == 0 else "No previous difficulty table."
+        h.append(f"<p>{text}</p>")
+        md.append(text + "\n")
+    else:
+        crow = [["problems re-scored", str(change["n"])], ["mean Δ difficulty", _fmt(change["mean_delta"], 4, sign=True)]]
+        if "mean_delta_trained" in change:
+            crow += [["mean Δ, trained last epoch", _fmt(change["mean_delta_trained"], 4, sign=True)],
+                     ["mean Δ, not trained last epoch", _fmt(change["mean_delta_untrained"], 4, sign=True)]]
+        h.append(_html_table(["", ""], crow))
+        h.append(_img(plot_difficulty_change(change, e), f"epoch {e} difficulty change", f"plot-change-{e}"))
+        md.append(_md_table(["", ""], crow))
+
+    # DPP rounds.
+    has_rounds = d.rounds is not None and len(d.rounds) > 0
+    n_rounds = int(len(np.unique(d.rounds))) if has_rounds else rep.get("rounds")
+    if n_rounds and (not has_rounds or d.rounds.max() > 0 or str(rep.get("strategy", "")) in ("dpp", "p3")):
+        h.append(f"<h3>DPP rounds</h3><p>{n_rounds} round(s).</p>")
+        md.append(f"### DPP rounds\n\n{n_rounds} round(s).\n")
+        if d.rounds is not None and len(d.rounds):
+            h.append(_img(plot_rounds(d.rounds, e), f"epoch {e} DPP rounds", f"plot-rounds-{e}"))
+
+    # Diversity vs random.
+    div = diversity_vs_random(d, seed=seed + e)
+    h.append("<h3>Diversity</h3>")
+    md.append("### Diversity\n")
+    if div is None:
+        text = "No embeddings for this epoch." if d.embeddings is None else "Selection too small to measure."
+        h.append(f"<p>{text}</p>")
+        md.append(text + "\n")
+    else:
+        drow = [["log det(I + S), S = cosine Gram", _fmt(div["selected"]["logdet"], 2), _fmt(div["random"]["logdet"], 2)],
+                ["mean pairwise cosine (lower = more diverse)", _fmt(div["selected"]["mean_cosine"], 4),
+                 _fmt(div["random"]["mean_cosine"], 4)]]
+        head = ["", f"selected (k={div['k']})", f"random, same k (mean of {RANDOM_DRAWS})"]
+        h.append(_html_table(head, drow))
+        md.append(_md_table(head, drow))
+
+    # Coverage of levels / types.
+    if d.meta is not None and d.selected:
+        pool_ids = d.ids if d.ids is not None else list(d.meta)
+        h.append("<h3>Coverage</h3>")
+        md.append("### Coverage\n")
+        for key in ("level", "type"):
+            pc, sc = coverage(d.meta, pool_ids, key), coverage(d.meta, d.selected, key)
+            if set(pc) == {"?"}:
+                continue
+            keys = sorted(set(pc) | set(sc), key=_natural)
+            crow = [[k, str(pc.get(k, 0)), str(sc.get(k, 0))] for k in keys]
+            h.append(_html_table([key, "pool", "selected"], crow))
+            h.append(_img(plot_coverage(pc, sc, key, e), f"epoch {e} {key} coverage", f"plot-coverage-{key}-{e}"))
+            md.append(_md_table([key, "pool", "selected"], crow))
+    elif rep.get("coverage"):
+        h.append("<h3>Coverage</h3><pre>" + html.escape(json.dumps(rep["coverage"], indent=1)) + "</pre>")
+        md.append("### Coverage\n\n```\n" + json.dumps(rep["coverage"], indent=1) + "\n```\n")
+
+    # Evaluation.
+    h.append("<h3>Evaluation</h3>")
+    md.append("### Evaluation\n")
+    if not d.metrics:
+        h.append("<p>No evaluation for this epoch.</p>")
+        md.append("No evaluation for this epoch.\n")
+    else:
+        erow = [["overall", _fmt(d.metrics.get("accuracy"))]]
+        erow += [[f"level {k}", _fmt(v)] for k, v in sorted(_by_level(d.metrics).items(), key=lambda kv: _natural(kv[0]))]
+        if d.metrics.get("n") is not None:
+            erow.append(["test problems", _fmt(d.metrics.get("n"), 0)])
+        h.append(_html_table(["", "accuracy"], erow))
+        md.append(_md_table(["", "accuracy"], erow))
+    h.append("</section>")
+    return "\n".join(h), "\n".join(md)
+
+
+def _by_level(metrics: dict) -> dict[str, float]:
+    for key in ("accuracy_by_level", "by_level", "level_accuracy"):
+        v = metrics.get(key)
+        if isinstance(v, dict):
+            return {str(k): float(x["accuracy"] if isinstance(x, dict) else x) for k, x in v.items()}
+    return {}
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}img.plot{display:block;max-width:100%;margin:.5em 0}
+section{border-top:2px solid #444;margin-top:2em}"""
+
+
+def _page(title: str, body: str) -> str:
+    t = html.escape(title)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>"
+            f"<style>{_CSS}</style></head>\n<body>\n<h1>{t}</h1>\n{body}\n</body></html>\n")
+
+
+def _img(b64: str, alt: str, ident: str) -> str:
+    return f'<img class="plot" id="{ident}" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _html_table(head: list[str], rows: list[list[Any]]) -> str:
+    th = "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def _md_table(head: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(str(c) for c in head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any, digits: int = 3, sign: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a" if v is None or np.isnan(v) else str(v)
+    if isinstance(v, (int, float)):
+        return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
+    return str(v)
+
+
+def _natural(s: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s))]
+
+
+def _json(x: str | dict) -> dict:
+    return dict(x) if isinstance(x, dict) else storage.read_json(x)
+
+
+def _join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name
+
+
+def _first_existing(folder: str | None, names: Sequence[str]) -> str | None:
+    if not folder:
+        return None
+    for name in names:
+        p = _join(folder, name)
+        if storage.exists(p):
+            return p
+    return None
+
+
+__all__ = [
+    "ReportConfig", "EpochData", "load_epoch", "load_epoch_dir", "find_epoch_dirs", "render_epoch",
+    "render_run", "render_report", "epoch_metrics", "diversity", "diversity_vs_random",
+]

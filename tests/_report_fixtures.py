@@ -1,0 +1,64 @@
+"""A fabricated but realistic P3 run folder for the report tests (owned by the report area).
+
+Three epochs of the files a pipeline run leaves: problems table, and per epoch the
+difficulty table, selection table, selection report JSON, evaluation metrics JSON and
+embeddings. Difficulty follows the level and drops a little for trained problems, as a
+learning policy's would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from p3 import contracts, storage
+
+TYPES = ["Algebra", "Counting & Probability", "Geometry", "Number Theory", "Prealgebra"]
+
+
+def make_run(root: Path, n: int = 240, k: int = 48, epochs: int = 3, dim: int = 16, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    ids = [f"p{i:04d}" for i in range(n)]
+    levels = rng.integers(1, 6, size=n)
+    types = rng.integers(0, len(TYPES), size=n)
+    problems = pa.table({
+        "id": ids, "task": ["math"] * n, "prompt": [f"What is {i}+1?" for i in range(n)],
+        "solution": [f"{i}+1={i + 1}\n\\boxed{{{i + 1}}}" for i in range(n)],
+        "answer": [str(i + 1) for i in range(n)], "tests": [None] * n, "starter_code": [None] * n,
+        "meta": [json.dumps({"level": int(lv), "type": TYPES[t]}) for lv, t in zip(levels, types)],
+    }, schema=contracts.PROBLEMS)
+    storage.write_table(problems, root / "problems.parquet")
+    centers = rng.normal(size=(len(TYPES), dim))
+    emb = (centers[types] + 0.7 * rng.normal(size=(n, dim))).astype(np.float32)
+    emb_table = pa.table({"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), dim)},
+                         schema=contracts.embeddings_schema(dim))
+    diff = np.clip(0.5 + 0.08 * (levels - 3) + 0.05 * rng.normal(size=n), 0, 1)
+    for e in range(epochs):
+        d = root / f"epoch_{e}"
+        d.mkdir(parents=True, exist_ok=True)
+        storage.write_table(pa.table({
+            "id": ids, "epoch": [e] * n, "difficulty": diff, "likelihood": 1 - diff,
+            "pass_rate": [None] * n, "n_rollouts": [0] * n}, schema=contracts.DIFFICULTY), d / "difficulty.parquet")
+        pct = 45 + e * (95 - 45) / epochs
+        thr = float(np.percentile(diff, pct))
+        eligible = np.nonzero(diff <= thr)[0]
+        picks = rng.choice(eligible, size=min(k, len(eligible)), replace=False)
+        rounds = (np.arange(len(picks)) // dim).astype(np.int64)
+        storage.write_table(pa.table({
+            "id": [ids[i] for i in picks], "rank": np.arange(len(picks)), "round": rounds,
+            "difficulty": diff[picks], "epoch": [e] * len(picks)}, schema=contracts.SELECTION), d / "selection.parquet")
+        storage.write_json({"strategy": "p3", "epoch": e, "pool": n, "eligible": int(len(eligible)),
+                            "selected": int(len(picks)), "threshold": thr, "percentile": pct,
+                            "rounds": int(rounds.max() + 1)}, d / "selection_report.json")
+        acc_by_level = {str(lv): round(float(max(0.0, 0.9 - 0.15 * lv + 0.05 * e)), 3) for lv in range(1, 6)}
+        storage.write_json({"accuracy": round(0.3 + 0.05 * e, 3), "n": 100, "by_level": acc_by_level},
+                           d / "metrics.json")
+        storage.write_table(emb_table, d / "embeddings.parquet")
+        # The policy learns: trained problems get easier, everything a little easier.
+        trained = np.zeros(n, dtype=bool)
+        trained[picks] = True
+        diff = np.clip(diff - 0.01 - 0.04 * trained + 0.01 * rng.normal(size=n), 0, 1)
+    return root

@@ -1,0 +1,110 @@
+"""The per-epoch selection report renderer (p3.report)."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import numpy as np
+import pytest
+from _report_fixtures import make_run
+
+from p3 import report
+from p3.cli import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+def _pngs(page: str) -> list[bytes]:
+    return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def test_render_epoch_has_plots_tables_and_metrics(run_dir):
+    data = report.load_epoch_dir(str(run_dir / "epoch_1"), previous_dir=str(run_dir / "epoch_0"),
+                                 problems=str(run_dir / "problems.parquet"))
+    page, md, metrics = report.render_epoch(data)
+    pngs = _pngs(page)
+    # difficulty histogram, difficulty change, DPP rounds, level and type coverage
+    assert len(pngs) == 5
+    assert all(p.startswith(b"\x89PNG\r\n\x1a\n") and len(p) > 2000 for p in pngs)
+    for ident in ("plot-difficulty-1", "plot-change-1", "plot-rounds-1", "plot-coverage-level-1", "plot-coverage-type-1"):
+        assert f'id="{ident}"' in page
+    sel = report.storage.read_json(run_dir / "epoch_1" / "selection_report.json")
+    assert metrics == {"accuracy": 0.35, "selected": 48.0, "eligible": float(sel["eligible"]),
+                       "threshold": pytest.approx(sel["threshold"])}
+    assert "## Epoch 1" in md and "### Diversity" in md and "| level | pool | selected |" in md
+    assert "Number Theory" in md
+    # trained problems got easier by construction: the report must show it
+    change = report.difficulty_change(data)
+    assert change["mean_delta_trained"] < change["mean_delta_untrained"] < 0
+
+
+def test_first_epoch_says_nothing_to_compare(run_dir):
+    data = report.load_epoch_dir(str(run_dir / "epoch_0"))
+    page, md, _ = report.render_epoch(data)
+    assert "First epoch (nothing to compare with)." in md
+    assert 'id="plot-change-0"' not in page
+
+
+def test_missing_inputs_render_instead_of_failing():
+    page, md, metrics = report.render_epoch(report.EpochData(epoch=2, metrics={"accuracy": 0.5}))
+    assert metrics == {"accuracy": 0.5}
+    assert "No difficulty table for this epoch." in page and "No embeddings for this epoch." in md
+    assert _pngs(page) == []
+
+
+def test_eligible_and_selected_counts_come_from_the_data(run_dir):
+    data = report.load_epoch_dir(str(run_dir / "epoch_2"))
+    data.selection_report.pop("eligible")
+    mask = report.eligible_mask(data)
+    assert report.epoch_metrics(data)["eligible"] == mask.sum()
+    assert (data.selected_difficulty <= report.threshold_of(data) + 1e-12).all()
+
+
+def test_diversity_of_spread_vs_clustered_points():
+    rng = np.random.default_rng(0)
+    spread = report.normalized_embeddings(rng.normal(size=(20, 32)))
+    clustered = report.normalized_embeddings(np.ones((20, 32)) + 0.05 * rng.normal(size=(20, 32)))
+    clustered = clustered + 1.0  # push all rows one way: high mutual cosine
+    clustered /= np.linalg.norm(clustered, axis=1, keepdims=True)
+    a, b = report.diversity(spread), report.diversity(clustered)
+    assert a["mean_cosine"] < 0.1 < 0.9 < b["mean_cosine"]
+    assert a["logdet"] > b["logdet"]
+    ident = report.diversity(np.eye(5))
+    assert ident["mean_cosine"] == 0.0 and ident["logdet"] == pytest.approx(5 * np.log(2))
+    # more rows than dimensions: still finite, and the same through either Gram form
+    wide = report.normalized_embeddings(rng.normal(size=(40, 8)))
+    assert report.diversity(wide)["logdet"] == pytest.approx(np.linalg.slogdet(np.eye(40) + wide @ wide.T)[1])
+
+
+def test_diversity_vs_random_uses_same_size(run_dir):
+    data = report.load_epoch_dir(str(run_dir / "epoch_0"))
+    div = report.diversity_vs_random(data, seed=1)
+    assert div["k"] == len(data.selected) == 48
+    assert -1 <= div["random"]["mean_cosine"] <= 1 and np.isfinite(div["selected"]["logdet"])
+
+
+def test_render_run_and_cli_write_every_epoch(run_dir, tmp_path):
+    out = tmp_path / "report.html"
+    assert cli_main(["report", "--run-dir", str(run_dir), "--out", str(out)]) == 0
+    page = out.read_text()
+    for e in range(3):
+        assert f'<section id="epoch-{e}">' in page and f'href="#epoch-{e}"' in page
+    assert 'id="plot-run-accuracy"' in page
+    # epoch 0: 4 plots (no change plot), epochs 1-2: 5 each, plus the run summary
+    assert len(_pngs(page)) == 4 + 5 + 5 + 1
+    md = (tmp_path / "report.md").read_text()
+    assert md.count("## Epoch ") == 3 and "| 2 | 0.400 | 48 |" in md
+
+
+def test_cli_bad_input_is_one_line_error(tmp_path, capsys):
+    (tmp_path / "epoch_0").mkdir()
+    (tmp_path / "epoch_0" / "difficulty.parquet").write_bytes(b"not parquet")
+    assert cli_main(["report", "--run-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "difficulty.parquet" in err and "not a readable Parquet file" in err
+    assert not (tmp_path / "report.html").exists()
+    assert cli_main(["report", "--run-dir", str(tmp_path / "nothing-here")]) == 1

@@ -1,0 +1,26 @@
+"""Component: the tiny offline policy of the local preset (``p3 model tiny``)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from p3.components.images import BASE
+
+
+@dsl.component(base_image=BASE, install_kfp_package=False)
+def bootstrap_tiny_model(
+    problems: Input[Dataset],
+    model: Output[Model],
+    steps: int = 300,
+    seed: int = 0,
+):
+    """Build the tiny causal LM (tokenizer from the data) and warm it up on ``problems``.
+
+    Args:
+        problems: Problems table: the tokenizer's vocabulary and the warm-up data.
+        model: Output model dir (transformers format), the policy of epoch 0.
+        steps: Warm-up optimizer steps (0 = untrained weights).
+        seed: Seed of the weights and the warm-up order.
+    """
+    from p3.tiny import TinyConfig, build_tiny_model
+
+    build_tiny_model(TinyConfig(out=model.path, train_on=problems.path, steps=steps, seed=seed))

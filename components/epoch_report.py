@@ -1,0 +1,61 @@
+"""Component: the per-epoch selection report, and the run report so far (``p3 report``)."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
+
+from p3.components.images import BASE
+
+
+@dsl.component(base_image=BASE, install_kfp_package=False)
+def epoch_report(
+    problems: Input[Dataset],
+    difficulty: Input[Dataset],
+    embeddings: Input[Dataset],
+    selection: Input[Dataset],
+    selection_report: Input[Dataset],
+    evaluation: Input[Dataset],
+    html: Output[HTML],
+    markdown: Output[Markdown],
+    metrics: Output[Metrics],
+    run: Output[Artifact],
+    run_html: Output[HTML],
+    epoch: int = 0,
+    seed: int = 0,
+    previous_run: Input[Artifact] = None,
+):
+    """Render epoch ``epoch``'s report and the report of every epoch so far.
+
+    Args:
+        problems: Problems table (levels/types for coverage).
+        difficulty: This epoch's difficulty table.
+        embeddings: This epoch's embeddings (diversity vs random).
+        selection: This epoch's selection.
+        selection_report: The selector's JSON report.
+        evaluation: This epoch's evaluation JSON.
+        html: Output: this epoch's report page (Kubeflow UI HTML viewer).
+        markdown: Output: the same as Markdown.
+        metrics: Output: accuracy, selected, eligible, threshold.
+        run: Output: the run folder (epoch_0 … epoch_e), handed to the next epoch's report.
+        run_html: Output: one page with every epoch so far (the last epoch's is the run's report).
+        epoch: This epoch, 0-based.
+        seed: Seed of the random-selection diversity baseline.
+        previous_run: The previous epoch's ``run`` folder.
+    """
+    import os
+
+    from p3 import report, storage
+    from p3.components._glue import add_epoch
+
+    files = {"difficulty": difficulty.path, "selection": selection.path, "embeddings": embeddings.path,
+             "selection_report": selection_report.path, "metrics": evaluation.path}
+    epoch_dir = add_epoch(run.path, epoch, files, problems.path, previous_run.path if previous_run else None)
+    previous_dir = os.path.join(run.path, f"epoch_{epoch - 1}") if epoch > 0 else None
+    data = report.load_epoch_dir(epoch_dir, previous_dir, problems=problems.path)
+    page, md, scalars = report.render_epoch(data, seed=seed)
+    storage.write_text(page, html.path)
+    storage.write_text(md, markdown.path)
+    for name, value in scalars.items():
+        if value is not None:
+            metrics.log_metric(name, value)
+    run_page, _ = report.render_run(report.find_epoch_dirs(run.path), seed=seed, problems=problems.path)
+    storage.write_text(run_page, run_html.path)

@@ -1,0 +1,43 @@
+"""Component: accuracy / pass@k of the policy on the held-out test set (``p3 evaluate``)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from p3.components.images import VLLM
+
+
+@dsl.component(base_image=VLLM, install_kfp_package=False)
+def evaluator(
+    problems: Input[Dataset],
+    results: Output[Dataset],
+    metrics: Output[Metrics],
+    n: int = 1,
+    k: int = 1,
+    backend: str = "hf",
+    max_new_tokens: int = 512,
+    seed: int = 0,
+    base_model: str = "",
+    policy: Input[Model] = None,
+):
+    """Generate, grade (math-verify / APPS sandbox) and report accuracy and pass@k.
+
+    Args:
+        problems: Test problems table.
+        results: Output: the evaluation JSON (overall and by level/type or difficulty).
+        metrics: Output: the scalar metrics, for the Kubeflow UI.
+        n: Samples per problem.
+        k: pass@k's k (k <= n).
+        backend: ``hf`` (transformers) or ``vllm``.
+        max_new_tokens: Token limit of each sample.
+        seed: Sampling seed.
+        base_model: Model evaluated when no ``policy`` artifact is connected.
+        policy: The policy to evaluate (this epoch's trained model).
+    """
+    from p3.components._glue import model_ref
+    from p3.evaluate import EvaluateConfig, evaluate
+
+    out = evaluate(EvaluateConfig(problems=problems.path, model=model_ref(policy, base_model), out=results.path,
+                                  n=n, k=k, backend=backend, max_new_tokens=max_new_tokens, seed=seed))
+    for name, value in out.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics.log_metric(name, value)

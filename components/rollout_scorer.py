@@ -1,0 +1,46 @@
+"""Component: policy-driven difficulty of every problem (``p3 score``)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from p3.components.images import VLLM
+
+
+@dsl.component(base_image=VLLM, install_kfp_package=False)
+def rollout_scorer(
+    problems: Input[Dataset],
+    difficulty: Output[Dataset],
+    epoch: int = 0,
+    mode: str = "likelihood",
+    n: int = 8,
+    temperature: float = 1.0,
+    max_new_tokens: int = 512,
+    weight: float = 0.5,
+    backend: str = "hf",
+    seed: int = 0,
+    base_model: str = "",
+    policy: Input[Model] = None,
+):
+    """Score every problem with the current policy.
+
+    Args:
+        problems: Problems table (all of it, or one shard).
+        difficulty: Output difficulty table (id, epoch, difficulty, likelihood, pass_rate, n_rollouts).
+        epoch: The epoch being scored (written into the table).
+        mode: ``likelihood`` (the paper's step probability), ``rollout`` (1 - mean
+            verifier score of n samples) or ``hybrid``.
+        n: Rollouts per problem (rollout and hybrid modes).
+        temperature: Sampling temperature of the rollouts.
+        max_new_tokens: Token limit of each rollout.
+        weight: Hybrid weight of the likelihood part.
+        backend: ``hf`` (transformers) or ``vllm``.
+        seed: Sampling seed.
+        base_model: Model name/path/URI used when no ``policy`` artifact is connected (epoch 0).
+        policy: The current policy (the previous epoch's trained model).
+    """
+    from p3.components._glue import model_ref
+    from p3.difficulty import ScoreConfig, score
+
+    score(ScoreConfig(problems=problems.path, model=model_ref(policy, base_model), out=difficulty.path,
+                      mode=mode, epoch=epoch, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
+                      weight=weight, backend=backend, seed=seed))

@@ -1,0 +1,25 @@
+"""Component: merge per-shard tables (difficulty, embeddings) back into one."""
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from p3.components.images import BASE
+
+
+@dsl.component(base_image=BASE, install_kfp_package=False)
+def shard_merge(parts: Input[List[Dataset]], problems: Input[Dataset], merged: Output[Dataset]):
+    """Concatenate ``parts`` in the row order of ``problems``, so that a sharded run
+    hands selection exactly the table an unsharded run would.
+
+    Args:
+        parts: The per-shard tables (collected from the shard loop).
+        problems: The unsharded problems table, for the row order.
+        merged: Output: one table with every shard's rows.
+    """
+    from p3.components._glue import concat_tables
+    from p3.logs import get_logger
+
+    rows = concat_tables([p.path for p in parts], merged.path, order_by=problems.path)
+    get_logger("merge").info(f"merged {len(parts)} shards: {rows} rows")

@@ -1,0 +1,59 @@
+"""Component: fine-tune the policy on this epoch's selection (``p3 train``)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from p3.components.images import TRAIN
+
+
+@dsl.component(base_image=TRAIN, install_kfp_package=False)
+def trainer(
+    problems: Input[Dataset],
+    selection: Input[Dataset],
+    model: Output[Model],
+    lora: str = "64,16,0.1",
+    full: bool = False,
+    lr: float = 4e-4,
+    max_steps: int = -1,
+    batch_size: int = 8,
+    max_len: int = 2048,
+    seed: int = 0,
+    base_model: str = "",
+    policy: Input[Model] = None,
+):
+    """Supervised fine-tuning on the selected problems; one pass per epoch.
+
+    When the pod has several GPUs the same step runs under torchrun, one process per GPU.
+
+    Args:
+        problems: Problems table (the pool).
+        selection: This epoch's selection.
+        model: Output: the trained model dir (merged weights, adapter in adapter/).
+        lora: LoRA ``r,alpha,dropout`` (paper: 64,16,0.1).
+        full: Full fine-tuning instead of LoRA.
+        lr: Peak learning rate.
+        max_steps: Stop after this many optimizer steps (-1 = one full pass).
+        batch_size: Per-device batch size.
+        max_len: Cutoff length in tokens.
+        seed: Seed of init, dropout and data order.
+        base_model: Model to start from when no ``policy`` artifact is connected (epoch 0).
+        policy: The current policy (the previous epoch's trained model).
+    """
+    import subprocess
+
+    from p3.components._glue import model_ref, torchrun_command
+    from p3.train import TrainConfig, train
+
+    cfg = TrainConfig(problems=problems.path, selection=selection.path, model=model_ref(policy, base_model),
+                      out=model.path, lora=lora, full=full, lr=lr, max_steps=max_steps,
+                      batch_size=batch_size, max_len=max_len, seed=seed)
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except ImportError:
+        gpus = 0
+    if gpus > 1:
+        subprocess.run(torchrun_command(["train"], cfg, gpus), check=True)
+    else:
+        train(cfg)

@@ -1,0 +1,512 @@
+"""Exact greedy MAP for the P3 diversity DPP without the N×N kernel (DESIGN.md §1.3).
+
+The method
+----------
+Each round works on the items still in the pool. Embeddings are standardised over the
+pool (mean 0, population std 1 per dimension; a constant dimension keeps std 1, so it is
+exactly 0 after centring) and L2-normalised: rows ``f_i`` (a zero row stays zero). The
+kernel is ``L = diag(q) F Fᵀ diag(q)``. Greedy MAP (Chen, Zhang & Zhou 2018) picks the
+item with the largest residual ``d_i² = q_i² (‖f_i‖² − ‖Uᵀ f_i‖²)`` (``U`` an orthonormal
+basis of the picked items' features), stops when the best residual is < ``eps``
+(ties: lowest input index), and the next round restarts on the rest of the pool. That
+is pivoted Cholesky / QR with column pivoting on the columns ``q_i f_i``: we keep the
+``d``-dimensional basis, never the kernel, so memory is O(N·d + k·d).
+
+Speed: projections of the pool onto new basis vectors are batched into one GEMM per
+"flush"; between flushes, picks are chosen from a small *hot set* whose residuals are
+kept exactly (float64) pick by pick, and a pick is taken only when it provably beats the
+stale residuals of everything outside the hot set (residuals only decrease, so stale
+values are upper bounds). Items are visited in descending quality: an item whose q² is
+below the current best residual need not be projected at all yet ("activation").
+A round stops without a check once it has as many picks as the pool's features have
+rank (at most the number of non-constant dimensions, and pool size − 1 because of the
+centring): in exact arithmetic every residual is then 0.
+
+Precision: ``precision="float64"`` does everything in float64 (exact to rounding; used by
+default while N·d ≤ 2**26). ``"float32"`` screens with float32 GEMMs but keeps the hot set,
+the basis, the statistics and the ``eps`` test in float64; a pick is only taken when it
+beats every screened value by more than ``tau = 1e-4·q_i²`` (≈ 50× the typical float32
+error of a 384-term projection), so the picks equal float64 ones unless float32 rounding
+exceeds that margin (measured in bench/dpp_scale.py and docs/selection.md).
+
+Special cases, all part of the specification that the tests' dense reference shares:
+
+- Items with ``q_i² < eps`` (zero quality) can never win a greedy step; they stay in the
+  pool for the standardisation and are appended last, in input order, only to fill k.
+- A round in which no item has a residual ≥ eps (all remaining embeddings equal the pool
+  mean) picks its single highest-quality item (ties: lowest index).
+- Cross-epoch conditioning (``condition_on`` = the previous epoch's first picks, raw
+  embeddings, m ≤ d rows, and weight ``w = condition_weight`` in [0, 1]). Every round
+  uses the kernel
+
+      L⁽ʷ⁾ = diag(q) F (I − w Π) Fᵀ diag(q),   Π = projector onto span{f_p : p ∈ P}
+
+  with the previous picks ``f_p`` standardised by the *current* round's statistics.
+  For w = 1 this is exactly the DPP conditioned on P already being in the set
+  (Schur complement ``L_ĀĀ − L_ĀP L_PP⁺ L_PĀ`` of the kernel extended by P); 0 < w < 1
+  softens it (``I − wΠ`` is PSD). Implemented as a feature map ``g = (I − cΠ) f`` with
+  ``c = 1 − √(1−w)``. If conditioning leaves no residual ≥ eps the rest is unconditioned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from p3.logs import get_logger
+
+log = get_logger("dpp")
+
+# Above this many matrix entries the default precision switches to float32 screening.
+FLOAT64_MAX_ENTRIES = 2**26
+TAU = {"float64": 1e-11, "float32": 1e-4}
+CHUNK_ROWS = 32768
+
+
+@dataclasses.dataclass
+class DppResult:
+    """Picks in order. ``order`` indexes the input rows; ``gains`` are the residuals d_i²
+    at pick time (0 for fill picks); ``rounds`` the round of each pick (fill picks get
+    one last round of their own)."""
+
+    order: np.ndarray
+    rounds: np.ndarray
+    gains: np.ndarray
+    n_greedy: int
+    n_fill: int
+    n_rounds: int
+    round_sizes: list
+    precision: str
+    device: str
+    flushes: int
+    seconds: float
+
+    @property
+    def logdet(self) -> float:
+        """Σ log d_i² of the greedy picks = Σ over rounds of log det L_round[picks]."""
+        g = self.gains[: self.n_greedy]
+        return float(np.log(g).sum()) if len(g) else 0.0
+
+
+def dpp_select(
+    features,
+    quality,
+    k: int,
+    eps: float = 1e-10,
+    precision: str = "auto",
+    device: str = "auto",
+    condition_on=None,
+    condition_weight: float = 1.0,
+    hot_size: int = 512,
+) -> DppResult:
+    """Greedy MAP DPP selection of ``k`` rows of ``features`` (N×d) with quality ``quality``.
+
+    See the module docstring for the exact specification. ``device``: "auto" (CUDA
+    through torch when available, else numpy), "cpu" (numpy), or a torch device string
+    ("cuda", "cuda:1", "torch:cpu"). Deterministic: no randomness is involved.
+    """
+    start = time.perf_counter()
+    X = np.asarray(features)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float32)
+    if X.ndim != 2:
+        raise ValueError(f"features must be a 2-D matrix, got shape {X.shape}")
+    n_items, dim = X.shape
+    q = np.asarray(quality, dtype=np.float64).reshape(-1)
+    if len(q) != n_items:
+        raise ValueError(f"quality has {len(q)} values for {n_items} feature rows")
+    if not np.isfinite(q).all() or (q < 0).any():
+        raise ValueError("quality must be finite and ≥ 0")
+    if not 0.0 <= condition_weight <= 1.0:
+        raise ValueError(f"condition_weight must be in [0, 1], got {condition_weight}")
+    k = max(0, min(int(k), n_items))
+    if precision == "auto":
+        precision = "float64" if n_items * dim <= FLOAT64_MAX_ENTRIES else "float32"
+    if precision not in TAU:
+        raise ValueError(f"precision must be auto, float64 or float32, got {precision!r}")
+    backend = _make_backend(device)
+
+    fill = np.flatnonzero(q * q < eps)
+    cand = np.flatnonzero(q * q >= eps)
+    cand = cand[np.lexsort((cand, -q[cand]))]  # quality descending, then index
+    state = _Greedy(X, q, cand, fill, eps, precision, backend, hot_size)
+    cond = None
+    if condition_on is not None and condition_weight > 0:
+        cond = np.asarray(condition_on, dtype=np.float64).reshape(-1, dim)
+        if len(cond) == 0:
+            cond = None
+
+    picks: list[int] = []
+    rounds: list[int] = []
+    gains: list[float] = []
+    sizes: list[int] = []
+    while len(picks) < k and state.n_alive_cand > 0:
+        got = state.run_round(k - len(picks), cond, condition_weight)
+        if not got and cond is not None:
+            cond = None  # conditioning left nothing ≥ eps: go on unconditioned
+            continue
+        if not got:
+            got = [state.fallback_pick()]
+        r = len(sizes)
+        sizes.append(len(got))
+        for pos, gain in got:
+            picks.append(int(cand[pos]))
+            rounds.append(r)
+            gains.append(gain)
+    n_greedy = len(picks)
+    n_fill = min(k - n_greedy, len(fill))
+    if n_fill:
+        picks.extend(int(i) for i in fill[:n_fill])
+        rounds.extend([len(sizes)] * n_fill)
+        gains.extend([0.0] * n_fill)
+        sizes.append(n_fill)
+    took = time.perf_counter() - start
+    log.debug(f"dpp: N={n_items} d={dim} k={k} rounds={len(sizes)} flushes={state.flushes} in {took:.2f}s")
+    return DppResult(
+        order=np.asarray(picks, dtype=np.int64),
+        rounds=np.asarray(rounds, dtype=np.int64),
+        gains=np.asarray(gains, dtype=np.float64),
+        n_greedy=n_greedy,
+        n_fill=n_fill,
+        n_rounds=len(sizes),
+        round_sizes=sizes,
+        precision=precision,
+        device=backend.name,
+        flushes=state.flushes,
+        seconds=took,
+    )
+
+
+class _Greedy:
+    """State across rounds: the screened matrix in quality order, pool statistics."""
+
+    def __init__(self, X, q, cand, fill, eps, precision, backend, hot_size):
+        self.X, self.q, self.cand, self.fill, self.eps = X, q, cand, fill, eps
+        self.precision, self.bk, self.hot_size = precision, backend, max(16, int(hot_size))
+        self.dtype = np.float64 if precision == "float64" else np.float32
+        self.tau = TAU[precision]
+        self.qs = q[cand]
+        self.q2 = self.qs * self.qs
+        self.alive = np.ones(len(cand), dtype=bool)
+        self.n_alive_cand = len(cand)
+        self.flushes = 0
+        # Centring reference: keeps float32 screening well conditioned and the running
+        # sums below free of cancellation.
+        self.m0 = _mean_rows(X, np.arange(len(X)))
+        self.Z = backend.put(_gather_centered(X, cand, self.m0, self.dtype))
+        self.refresh_stats()
+
+    # -- pool statistics (running sums of the pool rows, centred at m0) ------------
+    def pool_rows(self) -> np.ndarray:
+        return np.concatenate([self.cand[self.alive], self.fill])
+
+    def refresh_stats(self) -> None:
+        rows = self.pool_rows()
+        self.n_pool = len(rows)
+        self.n_at_refresh = self.n_pool
+        self.S1 = np.zeros(self.X.shape[1])
+        self.S2 = np.zeros(self.X.shape[1])
+        for a in range(0, len(rows), CHUNK_ROWS):
+            z = self.X[rows[a : a + CHUNK_ROWS]].astype(np.float64) - self.m0
+            self.S1 += z.sum(axis=0)
+            self.S2 += (z * z).sum(axis=0)
+
+    def remove_from_stats(self, pos: int) -> None:
+        z = self.X[self.cand[pos]].astype(np.float64) - self.m0
+        self.S1 -= z
+        self.S2 -= z * z
+        self.n_pool -= 1
+        self.alive[pos] = False
+        self.n_alive_cand -= 1
+
+    def round_standardisation(self):
+        # Running sums drift by rounding as rows are removed; recompute when the pool
+        # has halved so the error stays within a small factor of one pass.
+        if self.n_pool * 2 < self.n_at_refresh:
+            self.refresh_stats()
+        n = self.n_pool
+        mean_sq = self.S2 / n
+        mu = self.S1 / n
+        var = mean_sq - mu * mu
+        const = var <= 1e-10 * mean_sq
+        inv = np.where(const, 0.0, 1.0 / np.sqrt(np.where(const, 1.0, var)))
+        return mu, inv, int((~const).sum())
+
+    def fallback_pick(self):
+        pos = int(np.flatnonzero(self.alive)[0])  # highest quality, lowest index
+        self.remove_from_stats(pos)
+        return pos, 0.0
+
+    # -- one round ----------------------------------------------------------------
+    def run_round(self, budget, cond, weight):
+        dim = self.X.shape[1]
+        mu, inv, nonconst = self.round_standardisation()
+        cap = min(nonconst, self.n_alive_cand, self.n_pool - 1, budget)
+        cols = np.zeros((dim, 0))
+        omega = np.zeros(0)
+        c_shrink = 0.0
+        V = None
+        if cond is not None:
+            Yp = (cond - self.m0 - mu) * inv
+            V = _orthonormal_rows(Yp)
+            if V.shape[1]:
+                c_shrink = 1.0 - math.sqrt(max(0.0, 1.0 - weight))
+                cols, omega = V.copy(), np.full(V.shape[1], weight)
+                if weight >= 1.0:
+                    cap = min(cap, nonconst - V.shape[1])
+            else:
+                V = None
+        if cap <= 0:
+            return []
+        rd = _Round(self, mu, inv, cols, omega, V, c_shrink, cap)
+        return rd.run()
+
+
+class _Round:
+    def __init__(self, g: _Greedy, mu, inv, cols, omega, V, c_shrink, cap):
+        self.g, self.mu, self.inv, self.V, self.c = g, mu, inv, V, c_shrink
+        dim = len(mu)
+        n_cols_max = cols.shape[1] + cap
+        self.cols = np.zeros((dim, n_cols_max))
+        self.omega = np.zeros(n_cols_max)
+        self.n_cols = cols.shape[1]
+        self.cols[:, : self.n_cols] = cols
+        self.omega[: self.n_cols] = omega
+        self.U = np.zeros((dim, cap))  # orthonormal basis in g-space
+        self.cap = cap
+        self.done = 0  # columns applied to every active screened row
+        self.active = 0  # screened prefix length (positions in quality order)
+        n = len(g.cand)
+        self.acc = np.zeros(n)
+        self.nrm = np.zeros(n)
+        self.h = min(g.hot_size, g.n_alive_cand)
+
+    # Screened upper bound on the residual of every position outside the hot set.
+    def flush(self) -> None:
+        g = self.g
+        g.flushes += 1
+        new = slice(self.done, self.n_cols)
+        if self.n_cols > self.done and self.active:
+            cz = self.inv[:, None] * self.cols[:, new]
+            g.bk.project(g.Z, 0, self.active, cz, self.mu @ cz, self.omega[new], self.acc)
+        self.done = self.n_cols
+        while True:
+            s = self.screen()
+            need = self.h
+            alive_active = int(g.alive[: self.active].sum())
+            if self.active >= len(g.cand):
+                break
+            level = _kth_largest(s, need) if alive_active >= need else -np.inf
+            if g.q2[self.active] * (1 + g.tau) < level:
+                break
+            grow = max(need, self.active, 1024)
+            self.activate(min(len(g.cand), self.active + grow))
+        self.s = s
+
+    def activate(self, upto: int) -> None:
+        g = self.g
+        a0 = self.active
+        g.bk.activate(g.Z, a0, upto, self.mu, self.inv, self.cols[:, : self.n_cols], self.omega[: self.n_cols], self.acc, self.nrm)
+        self.active = upto
+
+    def screen(self) -> np.ndarray:
+        g = self.g
+        a = self.active
+        nrm = self.nrm[:a]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = g.q2[:a] * np.where(nrm > 0, 1.0 - self.acc[:a] / nrm, 0.0)
+        s[~g.alive[:a]] = -np.inf
+        return s
+
+    def build_hot(self) -> None:
+        g = self.g
+        s = self.s
+        alive_active = int(g.alive[: self.active].sum())
+        h = min(self.h, alive_active)
+        if h < alive_active:
+            hot = np.argpartition(-s, h - 1)[:h]
+            rest = s.copy()
+            rest[hot] = -np.inf
+            out = rest.max()
+        else:
+            hot = np.flatnonzero(g.alive[: self.active])
+            out = -np.inf
+        inactive = g.q2[self.active] if self.active < len(g.cand) else -np.inf
+        out = max(out, inactive)
+        tau = g.tau * (g.q2[0] if len(g.q2) else 0.0)
+        self.out_bound = out + tau if out > -np.inf else -np.inf
+        hot = np.sort(hot)
+        self.hot = hot
+        self.hot_idx = g.cand[hot]
+        Y = (g.X[self.hot_idx].astype(np.float64) - g.m0 - self.mu) * self.inv
+        self.Yh = Y
+        self.nrm_h = np.einsum("ij,ij->i", Y, Y)
+        P = Y @ self.cols[:, : self.n_cols]
+        self.acc_h = (P * P) @ self.omega[: self.n_cols]
+        self.r_h = self.hot_residual()
+
+    def hot_residual(self) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = self.g.q2[self.hot] * np.where(self.nrm_h > 0, 1.0 - self.acc_h / self.nrm_h, 0.0)
+        r[~self.g.alive[self.hot]] = -np.inf
+        return r
+
+    def run(self):
+        g = self.g
+        picks = []
+        self.flush()
+        self.build_hot()
+        fresh = True
+        while len(picks) < self.cap:
+            r = self.r_h
+            best = r.max()
+            if not best > self.out_bound:
+                if best < g.eps and self.out_bound < g.eps:
+                    break
+                if fresh:  # the screen is up to date: the hot set is too small
+                    self.h = min(self.h * 2, g.n_alive_cand)
+                self.flush()
+                self.build_hot()
+                fresh = True
+                continue
+            if best < g.eps:
+                break
+            ties = np.flatnonzero(r == best)
+            i = ties[np.argmin(self.hot_idx[ties])] if len(ties) > 1 else ties[0]
+            pos = int(self.hot[i])
+            self.add_basis(self.Yh[i] / math.sqrt(self.nrm_h[i]), len(picks))
+            picks.append((pos, float(best)))
+            g.remove_from_stats(pos)
+            e = self.Yh @ self.cols[:, self.n_cols - 1]
+            self.acc_h += e * e
+            self.r_h = self.hot_residual()
+            fresh = False
+        return picks
+
+    def add_basis(self, f: np.ndarray, j: int) -> None:
+        # g = (I − cΠ) f ; Gram–Schmidt twice (CGS2) against the g-space basis.
+        if self.V is not None:
+            f = f - self.c * (self.V @ (self.V.T @ f))
+        U = self.U[:, :j]
+        u = f - U @ (U.T @ f)
+        u -= U @ (U.T @ u)
+        u /= np.linalg.norm(u)
+        self.U[:, j] = u
+        col = u - self.c * (self.V @ (self.V.T @ u)) if self.V is not None else u
+        self.cols[:, self.n_cols] = col
+        self.omega[self.n_cols] = 1.0
+        self.n_cols += 1
+
+
+def _kth_largest(s: np.ndarray, k: int) -> float:
+    return float(np.partition(s, len(s) - k)[len(s) - k])
+
+
+def _orthonormal_rows(Y: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (d×r) of the span of the rows of Y (relative rank tolerance)."""
+    if not len(Y):
+        return np.zeros((Y.shape[1], 0))
+    U, S, _ = np.linalg.svd(Y.T, full_matrices=False)
+    if not len(S) or S[0] == 0:
+        return np.zeros((Y.shape[1], 0))
+    r = int((S > S[0] * max(Y.shape) * 1e-12).sum())
+    return U[:, :r]
+
+
+def _mean_rows(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    total = np.zeros(X.shape[1])
+    for a in range(0, len(rows), CHUNK_ROWS):
+        total += X[rows[a : a + CHUNK_ROWS]].sum(axis=0, dtype=np.float64)
+    return total / max(1, len(rows))
+
+
+def _gather_centered(X, rows, m0, dtype) -> np.ndarray:
+    Z = np.empty((len(rows), X.shape[1]), dtype=dtype)
+    for a in range(0, len(rows), CHUNK_ROWS):
+        Z[a : a + CHUNK_ROWS] = X[rows[a : a + CHUNK_ROWS]].astype(np.float64) - m0
+    return Z
+
+
+# -- screening backends: numpy (CPU) and torch (CUDA) -------------------------------
+class _NumpyBackend:
+    name = "cpu"
+
+    def put(self, Z):
+        return Z
+
+    def project(self, Z, a0, a1, cz, off, omega, acc) -> None:
+        """acc[a0:a1] += Σ_c ω_c ((Z − …)·cz_c)² for the given new columns."""
+        czt = cz.astype(Z.dtype)
+        w = omega.astype(Z.dtype)
+        for a in range(a0, a1, CHUNK_ROWS):
+            b = min(a1, a + CHUNK_ROWS)
+            E = Z[a:b] @ czt
+            E -= off.astype(Z.dtype)
+            acc[a:b] += (E * E) @ w
+
+    def activate(self, Z, a0, a1, mu, inv, cols, omega, acc, nrm) -> None:
+        """Start screening rows a0:a1: their ‖y‖² and projections on every column so far."""
+        mu_t, inv_t = mu.astype(Z.dtype), inv.astype(Z.dtype)
+        cols_t, w = cols.astype(Z.dtype), omega.astype(Z.dtype)
+        for a in range(a0, a1, CHUNK_ROWS):
+            b = min(a1, a + CHUNK_ROWS)
+            Y = (Z[a:b] - mu_t) * inv_t
+            nrm[a:b] = np.einsum("ij,ij->i", Y, Y, dtype=np.float64)
+            if cols.shape[1]:
+                E = Y @ cols_t
+                acc[a:b] = (E * E) @ w
+            else:
+                acc[a:b] = 0.0
+
+
+class _TorchBackend:
+    def __init__(self, device: str):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.name = str(self.device)
+
+    def put(self, Z):
+        return self.torch.from_numpy(Z).to(self.device)
+
+    def _t(self, a, like):
+        return self.torch.as_tensor(np.ascontiguousarray(a), device=self.device, dtype=like.dtype)
+
+    def project(self, Z, a0, a1, cz, off, omega, acc) -> None:
+        czt, offt, w = self._t(cz, Z), self._t(off, Z), self._t(omega, Z)
+        for a in range(a0, a1, CHUNK_ROWS * 4):
+            b = min(a1, a + CHUNK_ROWS * 4)
+            E = Z[a:b] @ czt - offt
+            acc[a:b] += ((E * E) @ w).double().cpu().numpy()
+
+    def activate(self, Z, a0, a1, mu, inv, cols, omega, acc, nrm) -> None:
+        mu_t, inv_t = self._t(mu, Z), self._t(inv, Z)
+        base, w = self._t(cols, Z), self._t(omega, Z)
+        for a in range(a0, a1, CHUNK_ROWS * 4):
+            b = min(a1, a + CHUNK_ROWS * 4)
+            Y = (Z[a:b] - mu_t) * inv_t
+            nrm[a:b] = (Y.double() * Y.double()).sum(1).cpu().numpy()
+            if cols.shape[1]:
+                E = Y @ base
+                acc[a:b] = ((E * E) @ w).double().cpu().numpy()
+            else:
+                acc[a:b] = 0.0
+
+
+def _make_backend(device: str):
+    if device == "auto":
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return _TorchBackend("cuda")
+        except ImportError:  # pragma: no cover - torch is a dependency
+            pass
+        return _NumpyBackend()
+    if device in ("cpu", "numpy"):
+        return _NumpyBackend()
+    return _TorchBackend(device.removeprefix("torch:"))

@@ -97,10 +97,11 @@ else:
     out = os.dup(1)
     os.dup2(2, 1)  # the program's prints go to stderr; stdout carries only the answer
     exec(code, g)
-    if cfg["cls"]:
-        fn = getattr(g["Solution"](), cfg["fn"])
+    name = cfg["fn"]
+    if (cfg["cls"] or name not in g) and "Solution" in g:
+        fn = getattr(g["Solution"](), name)  # LeetCode style
     else:
-        fn = g[cfg["fn"]]
+        fn = g[name]
     data = _dumps(fn(*args)).encode("utf-8")
     sys.stdout.flush()
     while data:

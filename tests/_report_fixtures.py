@@ -54,7 +54,8 @@ def make_run(root: Path, n: int = 240, k: int = 48, epochs: int = 3, dim: int = 
                             "selected": int(len(picks)), "threshold": thr, "percentile": pct,
                             "rounds": int(rounds.max() + 1)}, d / "selection_report.json")
         acc_by_level = {str(lv): round(float(max(0.0, 0.9 - 0.15 * lv + 0.05 * e)), 3) for lv in range(1, 6)}
-        storage.write_json({"accuracy": round(0.3 + 0.05 * e, 3), "n": 100, "by_level": acc_by_level},
+        storage.write_json({"accuracy": round(0.3 + 0.05 * e, 3), "n_problems": 100,
+                            "by_level": {k: {"accuracy": v, "n_problems": 20} for k, v in acc_by_level.items()}},
                            d / "metrics.json")
         storage.write_table(emb_table, d / "embeddings.parquet")
         # The policy learns: trained problems get easier, everything a little easier.

@@ -36,7 +36,7 @@ def test_render_epoch_has_plots_tables_and_metrics(run_dir):
     assert metrics == {"accuracy": 0.35, "selected": 48.0, "eligible": float(sel["eligible"]),
                        "threshold": pytest.approx(sel["threshold"])}
     assert "## Epoch 1" in md and "### Diversity" in md and "| level | pool | selected |" in md
-    assert "Number Theory" in md
+    assert "Number Theory" in md and "| test problems | 100 |" in md and "| level 5 | 0.200 |" in md
     # trained problems got easier by construction: the report must show it
     change = report.difficulty_change(data)
     assert change["mean_delta_trained"] < change["mean_delta_untrained"] < 0
@@ -76,8 +76,11 @@ def test_diversity_of_spread_vs_clustered_points():
     ident = report.diversity(np.eye(5))
     assert ident["mean_cosine"] == 0.0 and ident["logdet"] == pytest.approx(5 * np.log(2))
     # more rows than dimensions: still finite, and the same through either Gram form
-    wide = report.normalized_embeddings(rng.normal(size=(40, 8)))
-    assert report.diversity(wide)["logdet"] == pytest.approx(np.linalg.slogdet(np.eye(40) + wide @ wide.T)[1])
+    wide = report.normalized_embeddings(rng.normal(size=(40, 8))).astype(np.float64)
+    gram = wide @ wide.T
+    got = report.diversity(wide)
+    assert got["logdet"] == pytest.approx(np.linalg.slogdet(np.eye(40) + gram)[1])
+    assert got["mean_cosine"] == pytest.approx((gram.sum() - np.trace(gram)) / (40 * 39))
 
 
 def test_diversity_vs_random_uses_same_size(run_dir):

@@ -60,6 +60,8 @@ PROBLEMS_FILES = ("problems.parquet", "train.parquet", "train_problems.parquet")
 
 # How many random draws the diversity baseline averages over (one draw is noisy).
 RANDOM_DRAWS = 5
+# Pools larger than this estimate the standardisation statistics from a sample.
+STATS_ROWS = 50_000
 
 
 @dataclass
@@ -211,12 +213,20 @@ def eligible_mask(data: EpochData) -> np.ndarray | None:
     return data.difficulty <= thr + 1e-12
 
 
-def normalized_embeddings(matrix: np.ndarray) -> np.ndarray:
-    """Per-dimension standardisation then L2 normalisation (the DPP's similarity space)."""
-    x = matrix.astype(np.float64)
-    std = x.std(axis=0)
+def normalized_embeddings(matrix: np.ndarray, stats_rows: int | None = None, seed: int = 0) -> np.ndarray:
+    """Per-dimension standardisation then L2 normalisation (the DPP's similarity space).
+
+    ``stats_rows``: estimate mean/std from a seeded sample of that many rows (a 1M-row
+    pool needs no exact statistics for a report).
+    """
+    x = np.asarray(matrix, dtype=np.float32)
+    sample = x
+    if stats_rows is not None and len(x) > stats_rows:
+        sample = x[np.random.default_rng(seed).choice(len(x), size=stats_rows, replace=False)]
+    mean = sample.mean(axis=0, dtype=np.float64)
+    std = sample.std(axis=0, dtype=np.float64)
     std[std == 0] = 1.0
-    x = (x - x.mean(axis=0)) / std
+    x = ((x - mean) / std).astype(np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return x / norms
@@ -228,14 +238,17 @@ def diversity(x: np.ndarray) -> dict[str, float]:
     log-det is log det(I + S) with S the k×k cosine Gram matrix: unlike det(S) it stays
     finite when k exceeds the embedding dimension (S then has rank ≤ d), and it grows
     with the volume the set spans. Compare it only between sets of the same size.
+    Never forms S: O(k·d) memory, so k = 100k is fine.
     """
-    k = len(x)
+    x = np.asarray(x, dtype=np.float64)
+    k, d = x.shape
     if k < 2:
         return {"logdet": float("nan"), "mean_cosine": float("nan")}
-    gram = x @ x.T
-    mean_cos = (gram.sum() - np.trace(gram)) / (k * (k - 1))
+    # Σ_{i≠j} x_i·x_j = ‖Σ x_i‖² − Σ ‖x_i‖²
+    total = x.sum(axis=0)
+    mean_cos = (total @ total - (x * x).sum()) / (k * (k - 1))
     # det(I_k + X Xᵀ) = det(I_d + Xᵀ X): take the smaller of the two.
-    small = gram if k <= x.shape[1] else x.T @ x
+    small = x @ x.T if k <= d else x.T @ x
     sign, logdet = np.linalg.slogdet(np.eye(len(small)) + small)
     return {"logdet": float(logdet) if sign > 0 else float("-inf"), "mean_cosine": float(mean_cos)}
 
@@ -246,13 +259,13 @@ def diversity_vs_random(data: EpochData, seed: int = 0) -> dict[str, Any] | None
         return None
     ids, matrix = data.embeddings
     index = {pid: i for i, pid in enumerate(ids)}
-    pool = [index[p] for p in (data.ids or ids) if p in index]
+    pool = np.array([index[p] for p in (data.ids or ids) if p in index], dtype=np.int64)
     sel = [index[p] for p in data.selected if p in index]
     if len(sel) < 2 or len(pool) < len(sel):
         return None
     # Standardise over the pool the selection was drawn from, as the DPP saw it.
-    x = normalized_embeddings(matrix[pool])
-    pos = {j: n for n, j in enumerate(pool)}
+    x = normalized_embeddings(matrix[pool], stats_rows=STATS_ROWS, seed=seed)
+    pos = {int(j): n for n, j in enumerate(pool)}
     chosen = diversity(x[[pos[j] for j in sel]])
     rng = np.random.default_rng(seed)
     draws = [diversity(x[rng.choice(len(pool), size=len(sel), replace=False)]) for _ in range(RANDOM_DRAWS)]
@@ -592,8 +605,9 @@ def _epoch_sections(d: EpochData, seed: int) -> tuple[str, str]:
     else:
         erow = [["overall", _fmt(d.metrics.get("accuracy"))]]
         erow += [[f"level {k}", _fmt(v)] for k, v in sorted(_by_level(d.metrics).items(), key=lambda kv: _natural(kv[0]))]
-        if d.metrics.get("n") is not None:
-            erow.append(["test problems", _fmt(d.metrics.get("n"), 0)])
+        n_test = d.metrics.get("n_problems")
+        if n_test is not None:
+            erow.append(["test problems", _fmt(n_test, 0)])
         h.append(_html_table(["", "accuracy"], erow))
         md.append(_md_table(["", "accuracy"], erow))
     h.append("</section>")

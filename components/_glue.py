@@ -9,7 +9,6 @@ itself lives in the ``p3`` library.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import dataclasses
 from typing import Any, Iterable
@@ -26,6 +25,13 @@ def model_ref(artifact: Any, base_model: str) -> str:
     if not base_model:
         raise ValueError("no model: connect a Model input or set base_model")
     return base_model
+
+
+def empty_table_unless_written(path: str, schema: pa.Schema) -> None:
+    """Write an empty ``schema`` table at ``path`` when the step wrote nothing there: an
+    output artifact always exists (a cluster's launcher uploads every declared output)."""
+    if not storage.exists(path):
+        storage.write_table(schema.empty_table(), path)
 
 
 def split_rows(src: str, index: int, count: int, out: str) -> int:
@@ -103,14 +109,6 @@ def torchrun_command(cli_words: list[str], cfg: Any, gpus: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
             "-m", "p3.cli", *cli_words, *config_argv(cfg)]
 
-
-def describe(argv: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)
-
-
-def ensure_dir(path: str) -> str:
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 # Names the report renderer looks for inside an epoch folder (p3.report.EPOCH_FILES).

@@ -11,6 +11,7 @@ def evaluator(
     problems: Input[Dataset],
     results: Output[Dataset],
     metrics: Output[Metrics],
+    epoch: int = 0,
     n: int = 1,
     k: int = 1,
     backend: str = "hf",
@@ -25,6 +26,7 @@ def evaluator(
         problems: Test problems table.
         results: Output: the evaluation JSON (overall and by level/type or difficulty).
         metrics: Output: the scalar metrics, for the Kubeflow UI.
+        epoch: The epoch whose model this is (recorded in the JSON).
         n: Samples per problem.
         k: pass@k's k (k <= n).
         backend: ``hf`` (transformers) or ``vllm``.
@@ -37,7 +39,8 @@ def evaluator(
     from p3.evaluate import EvaluateConfig, evaluate
 
     out = evaluate(EvaluateConfig(problems=problems.path, model=model_ref(policy, base_model), out=results.path,
-                                  n=n, k=k, backend=backend, max_new_tokens=max_new_tokens, seed=seed))
+                                  n=n, k=k, backend=backend, max_new_tokens=max_new_tokens, seed=seed,
+                                  epoch=epoch))
     for name, value in out.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics.log_metric(name, value)

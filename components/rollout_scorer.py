@@ -10,6 +10,7 @@ from p3.components.images import VLLM
 def rollout_scorer(
     problems: Input[Dataset],
     difficulty: Output[Dataset],
+    rollouts: Output[Dataset],
     epoch: int = 0,
     mode: str = "likelihood",
     n: int = 8,
@@ -26,6 +27,7 @@ def rollout_scorer(
     Args:
         problems: Problems table (all of it, or one shard).
         difficulty: Output difficulty table (id, epoch, difficulty, likelihood, pass_rate, n_rollouts).
+        rollouts: Output rollouts audit table (id, sample, completion, score, status); empty in likelihood mode.
         epoch: The epoch being scored (written into the table).
         mode: ``likelihood`` (the paper's step probability), ``rollout`` (1 - mean
             verifier score of n samples) or ``hybrid``.
@@ -38,9 +40,11 @@ def rollout_scorer(
         base_model: Model name/path/URI used when no ``policy`` artifact is connected (epoch 0).
         policy: The current policy (the previous epoch's trained model).
     """
-    from p3.components._glue import model_ref
+    from p3.components._glue import empty_table_unless_written, model_ref
+    from p3.contracts import ROLLOUTS
     from p3.difficulty import ScoreConfig, score
 
     score(ScoreConfig(problems=problems.path, model=model_ref(policy, base_model), out=difficulty.path,
                       mode=mode, epoch=epoch, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
-                      weight=weight, backend=backend, seed=seed))
+                      weight=weight, backend=backend, seed=seed, rollouts_out=rollouts.path))
+    empty_table_unless_written(rollouts.path, ROLLOUTS)

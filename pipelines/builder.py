@@ -300,7 +300,7 @@ def _wire(opts: BuildOptions, p: dict[str, Any], epoch_of_task: dict[str, int]):
                                             max_len=p["max_len"], seed=p["seed"])),
                       "train", e, "train", "image_train")
         policy = train.outputs["model"]
-        evaluation = setup(evaluator(problems=test, policy=policy, n=p["eval_n"], k=p["eval_k"],
+        evaluation = setup(evaluator(problems=test, policy=policy, epoch=e, n=p["eval_n"], k=p["eval_k"],
                                      backend=p["backend"], max_new_tokens=p["max_new_tokens"], seed=p["seed"]),
                            "evaluate", e, "evaluate", "image_vllm")
         rep_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings,

@@ -7,9 +7,13 @@ Every run is a new process that:
 - runs as an unprivileged uid when the grader is root (RLIMIT_NPROC does not bind root):
   one uid per worker slot, so that parallel runs cannot signal or count against each other;
 - is isolated by the best mechanism this machine allows, probed once (:func:`probe`):
-  ``bwrap``    bubblewrap: new user, network, pid, mount, ipc and uts namespaces; the
-               program sees only /usr (read-only), a size-limited tmpfs as cwd, its own
-               /proc and a minimal /dev; when its pid 1 dies every process in it dies.
+  ``bwrap``    bubblewrap: new user, network, pid, mount, ipc and uts namespaces, no
+               nested user namespaces; the program sees only /usr (read-only), a
+               size-limited tmpfs as cwd and /dev/shm, its own /proc and a minimal /dev.
+               The program is pid 1 of its namespace (``--as-pid-1``): when it ends,
+               every process it left behind dies with the namespace (and bwrap reaps it;
+               with bwrap's own init process in between, that init is left a zombie for
+               the host's init to reap, which in a container may never happen).
                Works for a non-root grader too (unprivileged user namespaces).
   ``unshare``  no bubblewrap: new user + network namespaces made by the runner itself
                (no network), but host files are protected by permissions only, no pid ns.
@@ -60,12 +64,14 @@ LEVELS = ("bwrap", "unshare", "none")
 RC_COMPILE_ERROR = 97
 RC_SANDBOX_ERROR = 96
 
-# The trusted prologue, run as `python3 -I -S -c RUNNER CONFIG_JSON`. It must run on any
-# Python 3.8+ and import only the standard library.
+# The trusted prologue, run as `python3 -I -S -B -c RUNNER unshare cpu as fsize nofile nproc
+# method prog fn_name`. Any Python 3.8+; standard library only, and as little of it as
+# possible (json alone costs ~10 ms of start-up, more than the whole trivial program).
 RUNNER = r"""
-import sys, os, json, resource
-cfg = json.loads(sys.argv[1])
-if cfg["unshare"]:
+import sys, os, resource
+unshare, cpu, mem, fsize, nofile, nproc, is_method = (int(x) for x in sys.argv[1:8])
+prog, fn_name = sys.argv[8], sys.argv[9]
+if unshare:
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     # CLONE_NEWUSER | CLONE_NEWNET: a network namespace with nothing in it, unprivileged.
@@ -73,35 +79,33 @@ if cfg["unshare"]:
         os.write(2, b"p3-sandbox: unshare failed\n")
         os._exit(96)
 R = resource
-for lim, value in ((R.RLIMIT_CORE, 0), (R.RLIMIT_CPU, cfg["cpu"]), (R.RLIMIT_AS, cfg["as"]),
-                   (R.RLIMIT_FSIZE, cfg["fsize"]), (R.RLIMIT_NOFILE, cfg["nofile"]),
-                   (R.RLIMIT_NPROC, cfg["nproc"])):
-    hard = value + 1 if lim == R.RLIMIT_CPU else value  # SIGXCPU first, then SIGKILL
-    R.setrlimit(lim, (value, hard))
-import builtins, io, traceback
+for lim, value in ((R.RLIMIT_CORE, 0), (R.RLIMIT_CPU, cpu), (R.RLIMIT_AS, mem), (R.RLIMIT_FSIZE, fsize),
+                   (R.RLIMIT_NOFILE, nofile), (R.RLIMIT_NPROC, nproc)):
+    R.setrlimit(lim, (value, value + 1 if lim == R.RLIMIT_CPU else value))  # SIGXCPU, then SIGKILL
+del R, lim, value
+import builtins
 builtins.exit = builtins.quit = sys.exit  # -S drops site's exit(); programs use it
 try:
-    with open(cfg["prog"], "rb") as fh:
+    with open(prog, "rb") as fh:
         code = compile(fh.read(), "solution.py", "exec")
-except BaseException:
-    traceback.print_exc(limit=0)
-    sys.stderr.flush()
+except BaseException as exc:
+    os.write(2, ("%s: %s\n" % (type(exc).__name__, exc)).encode("utf-8", "replace"))
     os._exit(97)
 g = {"__name__": "__main__", "__builtins__": builtins, "__file__": "solution.py"}
-if cfg["fn"] is None:
+if not fn_name:
     exec(code, g)
 else:
+    import io, json
     _dumps, _write, _exit = json.dumps, os.write, os._exit
     args = json.loads(sys.stdin.read())
     sys.stdin = io.StringIO("")
     out = os.dup(1)
     os.dup2(2, 1)  # the program's prints go to stderr; stdout carries only the answer
     exec(code, g)
-    name = cfg["fn"]
-    if (cfg["cls"] or name not in g) and "Solution" in g:
-        fn = getattr(g["Solution"](), name)  # LeetCode style
+    if (is_method or fn_name not in g) and "Solution" in g:
+        fn = getattr(g["Solution"](), fn_name)  # LeetCode style
     else:
-        fn = g[name]
+        fn = g[fn_name]
     data = _dumps(fn(*args)).encode("utf-8")
     sys.stdout.flush()
     while data:
@@ -272,23 +276,14 @@ class Sandbox:
     def _argv(self, workdir: str, job: Job, lim: Limits) -> list[str]:
         cpu = lim.cpu if lim.cpu is not None else int(lim.timeout) + 2
         inner_prog = "/code/prog.py" if self.level == "bwrap" else os.path.join(workdir, "prog.py")
-        cfg = {
-            "unshare": self.level == "unshare",
-            "cpu": cpu,
-            "as": lim.memory_mb << 20,
-            "fsize": lim.file_mb << 20,
-            "nofile": lim.nofile,
-            "nproc": lim.nproc,
-            "prog": inner_prog,
-            "fn": job.fn_name,
-            "cls": bool(job.method),
-        }
-        py = [self.python, "-I", "-S", "-B", "-c", RUNNER, json.dumps(cfg)]
+        cfg = [self.level == "unshare", cpu, lim.memory_mb << 20, lim.file_mb << 20, lim.nofile, lim.nproc,
+               bool(job.method)]
+        py = [self.python, "-I", "-S", "-B", "-c", RUNNER, *(str(int(v)) for v in cfg), inner_prog, job.fn_name or ""]
         if self.level != "bwrap":
             return py
         argv = [self.bwrap, "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net",
                 "--unshare-uts", "--unshare-cgroup-try", "--disable-userns",
-                "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv",
+                "--die-with-parent", "--new-session", "--as-pid-1", "--cap-drop", "ALL", "--clearenv",
                 "--setenv", "PATH", "/usr/bin:/bin", "--hostname", "sandbox",
                 "--ro-bind", "/usr", "/usr"]
         for name in ("bin", "lib", "lib32", "lib64", "sbin"):
@@ -301,9 +296,12 @@ class Sandbox:
         if not real.startswith("/usr/"):  # an interpreter outside /usr: show its prefix too
             prefix = os.path.dirname(os.path.dirname(real))
             argv += ["--ro-bind", prefix, prefix]
+        # Writable: only /sandbox (cwd) and /dev/shm, both size-limited tmpfs. bwrap's root
+        # and /dev are tmpfs too, without a size: made read-only once set up.
+        tmpfs = str(lim.tmpfs_mb << 20)
         argv += ["--proc", "/proc", "--dev", "/dev", "--ro-bind", workdir, "/code",
-                 "--size", str(lim.tmpfs_mb << 20), "--tmpfs", "/sandbox", "--chdir", "/sandbox",
-                 "--"]
+                 "--size", tmpfs, "--tmpfs", "/sandbox", "--size", tmpfs, "--tmpfs", "/dev/shm",
+                 "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/sandbox", "--"]
         return argv + py
 
     def _execute(self, argv: list[str], stdin_data: str, lim: Limits, uid: int | None, cwd: str) -> RunResult:
@@ -376,7 +374,18 @@ class Sandbox:
 
     @staticmethod
     def _kill(proc: subprocess.Popen) -> None:
-        """SIGKILL the run's process group; under bwrap its pid 1 dies and takes the namespace."""
+        """SIGKILL the run's process group; under bwrap its pid 1 dies and takes the namespace.
+
+        bwrap's child (the program, pid 1 of the namespace) is killed first, so that bwrap
+        is still alive to reap it: killed the other way round it would be orphaned to the
+        host's init, which in a container need not reap anything.
+        """
+        if proc.poll() is None:
+            for child in _children(proc.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(child, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.5)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
@@ -414,6 +423,14 @@ class Sandbox:
         else:
             res.status = "runtime_error"
         return res
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(x) for x in fh.read().split()]
+    except (OSError, ValueError):
+        return []
 
 
 def decode_call_result(res: RunResult) -> tuple[bool, Any]:

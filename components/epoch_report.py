@@ -19,6 +19,7 @@ def epoch_report(
     metrics: Output[Metrics],
     run: Output[Artifact],
     run_html: Output[HTML],
+    run_markdown: Output[Markdown],
     epoch: int = 0,
     seed: int = 0,
     previous_run: Input[Artifact] = None,
@@ -37,6 +38,7 @@ def epoch_report(
         metrics: Output: accuracy, selected, eligible, threshold.
         run: Output: the run folder (epoch_0 … epoch_e), handed to the next epoch's report.
         run_html: Output: one page with every epoch so far (the last epoch's is the run's report).
+        run_markdown: Output: the same as Markdown.
         epoch: This epoch, 0-based.
         seed: Seed of the random-selection diversity baseline.
         previous_run: The previous epoch's ``run`` folder.
@@ -57,5 +59,6 @@ def epoch_report(
     for name, value in scalars.items():
         if value is not None:
             metrics.log_metric(name, value)
-    run_page, _ = report.render_run(report.find_epoch_dirs(run.path), seed=seed, problems=problems.path)
+    run_page, run_md = report.render_run(report.find_epoch_dirs(run.path), seed=seed, problems=problems.path)
     storage.write_text(run_page, run_html.path)
+    storage.write_text(run_md, run_markdown.path)

@@ -25,7 +25,7 @@ from importlib import resources
 from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
-from kfp.dsl import HTML, Dataset, Model
+from kfp.dsl import HTML, Dataset, Markdown, Model
 
 from p3.components import images
 from p3.components.bootstrap_tiny_model import bootstrap_tiny_model
@@ -223,7 +223,7 @@ def build(opts: BuildOptions, defaults: dict[str, Any] | None = None) -> Built:
 
 
 def _outputs_type(epochs: int) -> type:
-    fields = [("report", HTML), ("final_model", Model)] + [(f"selection_{e}", Dataset) for e in range(epochs)]
+    fields = [("report", HTML), ("report_md", Markdown), ("final_model", Model)] + [(f"selection_{e}", Dataset) for e in range(epochs)]
     return NamedTuple("P3Outputs", fields)
 
 
@@ -312,7 +312,7 @@ def _wire(opts: BuildOptions, p: dict[str, Any], epoch_of_task: dict[str, int]):
         previous_selection, previous_run = select.outputs["selection"], report.outputs["run"]
         selections.append(select.outputs["selection"])
     outputs = _outputs_type(opts.epochs)
-    return outputs(report.outputs["run_html"], policy, *selections)
+    return outputs(report.outputs["run_html"], report.outputs["run_markdown"], policy, *selections)
 
 
 # Which steps need what on a cluster.

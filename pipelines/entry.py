@@ -62,6 +62,7 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     lo.add_argument("--runs-dir", default="runs", help="where run folders go")
     lo.add_argument("--name", help="run folder name under --runs-dir (default <task>-<preset>)")
     lo.add_argument("--fresh", action="store_true", help="start over instead of resuming from the run's cache")
+    lo.add_argument("--export", metavar="URI", help="also copy report, selections and final model to a folder or s3:// URI")
     lo.add_argument("-v", "--verbose", action="store_true", help="show every log line, not just the summary lines")
     return ap
 
@@ -126,7 +127,7 @@ def main(task: str, argv: list[str] | None = None) -> int:
 
         try:
             run_local(opts, overrides, runs_dir=args.runs_dir, name=args.name, fresh=args.fresh,
-                      verbose=args.verbose)
+                      verbose=args.verbose, export=args.export)
         except Exception:  # noqa: BLE001 - the summary (with the log's path) is already printed
             return 1
         return 0

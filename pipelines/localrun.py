@@ -84,8 +84,13 @@ class _CacheHits(logging.Handler):
 
 
 def run_local(opts: BuildOptions, params: dict[str, Any], runs_dir: str = "runs", name: str | None = None,
-              fresh: bool = False, verbose: bool = False, console: TextIO | None = None) -> dict[str, Any]:
-    """Run the pipeline locally; return the run summary (also written to run.json)."""
+              fresh: bool = False, verbose: bool = False, console: TextIO | None = None,
+              export: str | None = None) -> dict[str, Any]:
+    """Run the pipeline locally; return the run summary (also written to run.json).
+
+    ``export``: also copy the report, the selections, the final model and run.json
+    there (a folder or an ``s3://`` URI).
+    """
     from kfp import local
 
     console = console or sys.stdout
@@ -132,10 +137,14 @@ def run_local(opts: BuildOptions, params: dict[str, Any], runs_dir: str = "runs"
     if error is None:
         summary.update(collect_outputs(task.outputs, run_dir, opts.epochs))
         summary["status"] = "succeeded"
+        if export:
+            summary["exported"] = export_run(run_dir, export, opts.epochs)
     else:
         summary["status"] = "failed"
         summary["error"] = str(error).splitlines()[0] if str(error) else type(error).__name__
     storage.write_json(summary, os.path.join(run_dir, "run.json"))
+    if summary.get("exported"):
+        storage.write_json(summary, f"{summary['exported']}/run.json")
     _print_summary(summary, console)
     if error is not None:
         raise error
@@ -157,6 +166,7 @@ def collect_outputs(outputs: dict[str, Any], run_dir: str, epochs: int) -> dict[
     """Copy the pipeline's outputs to stable names under ``run_dir``."""
     report = os.path.join(run_dir, "report.html")
     shutil.copyfile(outputs["report"].path, report)
+    shutil.copyfile(outputs["report_md"].path, os.path.join(run_dir, "report.md"))
     selections = []
     for e in range(epochs):
         dst = os.path.join(run_dir, "selections", f"epoch_{e}.parquet")
@@ -169,6 +179,21 @@ def collect_outputs(outputs: dict[str, Any], run_dir: str, epochs: int) -> dict[
             "artifacts": {k: v.uri for k, v in outputs.items()}}
 
 
+def export_run(run_dir: str, uri: str, epochs: int) -> str:
+    """Copy a finished run's results (not its cache) to ``uri`` (folder or s3://)."""
+    uri = uri.rstrip("/")
+    for name in ("report.html", "report.md"):
+        if os.path.exists(os.path.join(run_dir, name)):
+            with open(os.path.join(run_dir, name), "rb") as src, storage.atomic_write(f"{uri}/{name}") as dst:
+                shutil.copyfileobj(src, dst)
+    for e in range(epochs):
+        with open(os.path.join(run_dir, "selections", f"epoch_{e}.parquet"), "rb") as src, \
+                storage.atomic_write(f"{uri}/selections/epoch_{e}.parquet") as dst:
+            shutil.copyfileobj(src, dst)
+    storage.upload_dir(os.path.join(run_dir, "model"), f"{uri}/model")
+    return uri
+
+
 def _print_summary(s: dict[str, Any], out: TextIO) -> None:
     out.write(f"\np3 local run {s['status']} in {s['wall_s']:.0f}s ({s['task']}, preset {s['preset']}, "
               f"{s['epochs']} epochs, {s['shards']} shard(s))\n")
@@ -179,6 +204,8 @@ def _print_summary(s: dict[str, Any], out: TextIO) -> None:
         out.write(f"ran epochs: {', '.join(map(str, s['ran_epochs'])) or 'none'}\n")
         out.write(f"report: {s['report']}\nselections: {os.path.dirname(s['selections'][0])}\n"
                   f"final model: {s['model']}\n")
+        if s.get("exported"):
+            out.write(f"exported to: {s['exported']}\n")
     else:
         out.write(f"error: {s.get('error')}\nfull log: {os.path.join(s['run_dir'], 'pipeline.log')}\n"
                   "run the same command again to resume from the last finished step\n")

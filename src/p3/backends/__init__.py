@@ -1,0 +1,151 @@
+"""Model backends: one interface over transformers (``hf``) and vLLM (``vllm``).
+
+A backend answers the two questions the P3 steps ask of a policy:
+
+- :meth:`Backend.token_logprobs`: for each text, every token's character span and its
+  log-probability given the tokens before it (one forward pass per text);
+- :meth:`Backend.generate`: ``n`` sampled (or greedy) continuations per prompt.
+
+Everything that loads a model goes through :func:`load_causal_lm`, which understands a
+full model dir, a LoRA adapter dir (``adapter_config.json`` -> base + adapter), a hub
+name, and ``s3://`` URIs (downloaded with :func:`p3.storage.local_dir`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from p3 import storage
+
+BACKENDS = ("hf", "vllm")
+
+
+@dataclass
+class TokenScores:
+    """Per-token results for one text: ``offsets[i]`` = (start, end) characters of token i,
+    ``logprobs[i]`` = log p(token i | tokens < i); NaN where there is no prediction
+    (the first token) and for special tokens (offsets (0, 0))."""
+
+    offsets: np.ndarray  # (T, 2) int64
+    logprobs: np.ndarray  # (T,) float64
+
+
+class Backend(Protocol):
+    tokenizer: Any
+
+    def token_logprobs(self, texts: list[str], add_special_tokens: bool = True) -> list[TokenScores]: ...
+
+    def generate(
+        self, prompts: list[str], n: int = 1, temperature: float = 0.0, max_new_tokens: int = 256,
+        seed: int = 0, top_p: float = 1.0, add_special_tokens: bool = True,
+    ) -> list[list[str]]: ...
+
+    def close(self) -> None: ...
+
+
+def get_backend(name: str, model: str, **options: Any) -> Backend:
+    """Open ``model`` with backend ``name`` (``hf`` or ``vllm``); options go to its constructor."""
+    if name == "hf":
+        from p3.backends.hf import HFBackend
+
+        return HFBackend(model, **options)
+    if name == "vllm":
+        from p3.backends.vllm import VLLMBackend
+
+        return VLLMBackend(model, **options)
+    raise ValueError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    if device in ("auto", "", None):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """``auto`` -> bfloat16 on a GPU that supports it, float32 elsewhere."""
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def is_adapter_dir(path: str) -> bool:
+    """A peft adapter folder (adapter_config.json) without a full model config."""
+    return os.path.exists(os.path.join(path, "adapter_config.json")) and not os.path.exists(
+        os.path.join(path, "config.json")
+    )
+
+
+def adapter_base(path: str) -> str:
+    """The base model an adapter folder was trained on."""
+    with open(os.path.join(path, "adapter_config.json")) as fh:
+        return json.load(fh)["base_model_name_or_path"]
+
+
+def load_tokenizer(path: str):
+    """The tokenizer of a model folder, padded on the left (generation needs that)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_causal_lm(path_or_uri: str, device: str = "auto", dtype: str = "auto", merge: bool = True,
+                   quantization_config: Any = None):
+    """Load ``(model, tokenizer)`` from a model dir, an adapter dir, a hub name or s3:// URI.
+
+    An adapter dir loads its base (itself any of these forms) and applies the adapter;
+    ``merge`` folds it into the weights (what inference wants). The model is in eval mode.
+    """
+    from transformers import AutoModelForCausalLM
+
+    device = resolve_device(device)
+    with storage.local_dir(path_or_uri) as path:
+        if is_adapter_dir(path):
+            from peft import PeftModel
+
+            base, tok = load_causal_lm(adapter_base(path), device, dtype, merge=False,
+                                       quantization_config=quantization_config)
+            if any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+                tok = load_tokenizer(path)
+            model = PeftModel.from_pretrained(base, path)
+            if merge:
+                model = model.merge_and_unload()
+            return model.eval(), tok
+        kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, device)}
+        if quantization_config is not None:
+            kwargs.update(quantization_config=quantization_config, device_map={"": device})
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except OSError as exc:
+            raise FileNotFoundError(f"cannot load a model from {path_or_uri}: {exc}") from exc
+        if quantization_config is None:
+            model = model.to(device)
+        tok = load_tokenizer(path)
+    return model.eval(), tok
+
+
+@contextlib.contextmanager
+def opened(name: str, model: str, **options: Any):
+    """``with opened("hf", path) as backend:`` — closes (frees the GPU) at the end."""
+    backend = get_backend(name, model, **options)
+    try:
+        yield backend
+    finally:
+        backend.close()

@@ -1,0 +1,104 @@
+"""The vLLM backend (GPU images): ``vllm.LLM`` for rollouts and prompt log-probs.
+
+vllm is imported only here, only when this backend is chosen. Likelihood uses
+``prompt_logprobs``: we tokenize with the model's HF tokenizer (for character offsets)
+and hand vLLM the token ids, so its log-probs line up with our offsets token for token.
+A LoRA adapter dir is served as base model + ``LoRARequest`` (no merge needed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from p3 import storage
+from p3.backends import TokenScores, adapter_base, is_adapter_dir, load_tokenizer
+
+INSTALL_HINT = "the vllm backend needs vLLM (Linux + NVIDIA GPU): pip install 'p3-kubeflow[gpu]', or use --backend hf"
+
+
+def import_vllm():
+    try:
+        import vllm
+    except ImportError as exc:
+        raise RuntimeError(f"{INSTALL_HINT} ({exc})") from None
+    return vllm
+
+
+def _lora_rank(adapter_dir: str) -> int:
+    with open(os.path.join(adapter_dir, "adapter_config.json")) as fh:
+        r = int(json.load(fh).get("r", 16))
+    # vLLM accepts a fixed set of max_lora_rank values; take the smallest that fits.
+    return next((x for x in (8, 16, 32, 64, 128, 256, 320, 512) if x >= r), r)
+
+
+def _lora_request_class(vllm: Any):
+    if hasattr(vllm, "LoRARequest"):
+        return vllm.LoRARequest
+    import importlib
+
+    return importlib.import_module("vllm.lora.request").LoRARequest
+
+
+class VLLMBackend:
+    """See :class:`p3.backends.Backend`. ``vllm_module`` lets tests hand in a stand-in."""
+
+    def __init__(self, model: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
+                 dtype: str = "auto", max_len: int = 2048, seed: int = 0, vllm_module: Any = None, **_ignored: Any):
+        self.vllm = vllm_module or import_vllm()
+        self._stack = contextlib.ExitStack()
+        path = self._stack.enter_context(storage.local_dir(model))  # kept until close()
+        self.lora_request = None
+        base = path
+        if is_adapter_dir(path):
+            base = self._stack.enter_context(storage.local_dir(adapter_base(path)))
+            self.lora_request = _lora_request_class(self.vllm)("p3-adapter", 1, path)
+        self.tokenizer = load_tokenizer(path if os.path.exists(os.path.join(path, "tokenizer_config.json")) else base)
+        kwargs: dict[str, Any] = dict(
+            model=base, tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+            dtype=dtype, max_model_len=max_len, seed=seed,
+        )
+        if self.lora_request is not None:
+            kwargs.update(enable_lora=True, max_lora_rank=_lora_rank(path))
+        self.llm = self.vllm.LLM(**kwargs)
+        self.max_len = max_len
+
+    def close(self) -> None:
+        self.llm = None
+        self._stack.close()
+
+    def token_logprobs(self, texts: list[str], add_special_tokens: bool = True) -> list[TokenScores]:
+        """Log-prob of every prompt token via ``prompt_logprobs`` (max_tokens=1: nothing generated)."""
+        enc = [self.tokenizer(t, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
+                              truncation=True, max_length=self.max_len - 1) for t in texts]
+        params = self.vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        requests = [{"prompt_token_ids": list(e["input_ids"])} for e in enc]
+        outputs = self.llm.generate(requests, params, lora_request=self.lora_request, use_tqdm=False)
+        result = []
+        for e, out in zip(enc, outputs):
+            ids = list(e["input_ids"])
+            lps = np.full(len(ids), np.nan)
+            for i, entry in enumerate(out.prompt_logprobs or []):
+                if entry is not None and i < len(ids) and ids[i] in entry:
+                    lps[i] = entry[ids[i]].logprob  # the prompt's own token is always in the dict
+            offsets = np.asarray(e["offset_mapping"], dtype=np.int64).reshape(len(ids), 2)
+            result.append(TokenScores(offsets=offsets, logprobs=lps))
+        return result
+
+    def generate(self, prompts: list[str], n: int = 1, temperature: float = 0.0, max_new_tokens: int = 256,
+                 seed: int = 0, top_p: float = 1.0, add_special_tokens: bool = True) -> list[list[str]]:
+        """n samples per prompt in one ``LLM.generate`` call (vLLM schedules the batch itself).
+
+        Greedy (temperature 0) asks for one sample and repeats it n times, as the hf backend does.
+        """
+        greedy = temperature <= 0
+        params = self.vllm.SamplingParams(n=1 if greedy else n, temperature=max(temperature, 0.0), top_p=top_p,
+                                          max_tokens=max_new_tokens, seed=seed)
+        requests = [{"prompt_token_ids": list(self.tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"])}
+                    for p in prompts]
+        outputs = self.llm.generate(requests, params, lora_request=self.lora_request, use_tqdm=False)
+        return [[c.text for c in out.outputs] * (n if greedy else 1) for out in outputs]

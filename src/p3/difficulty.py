@@ -1,0 +1,205 @@
+"""Policy-driven difficulty (DESIGN.md §1.1): likelihood, rollout or hybrid.
+
+``likelihood`` (the paper's): the reference solution's non-empty lines are the steps
+a_1..a_K; p(a_k) = exp(mean log-prob of a_k's tokens given everything before it);
+difficulty = 1 - mean_k p(a_k). A causal model gives every p(a_k) from ONE forward pass
+over prefix + solution; a step's tokens are those whose characters lie inside its line
+(the "\\n" separators belong to no step). :func:`per_step_likelihood` is the paper
+code's K-pass form, kept as the reference the fast path is tested and benchmarked against.
+
+``rollout``: sample n completions, grade each with the task verifier
+(:func:`p3.verify.grade.grade_completions`), difficulty = 1 - mean score; the graded
+samples are written as the rollouts table. ``hybrid`` = w * likelihood + (1-w) * rollout.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+
+from p3 import contracts, prompts, storage
+from p3.backends import BACKENDS, TokenScores, get_backend
+from p3.logs import get_logger, step
+
+log = get_logger("score")
+MODES = ("likelihood", "rollout", "hybrid")
+
+
+@dataclass
+class ScoreConfig:
+    problems: str = field(metadata={"help": "problems table to score"})
+    model: str = field(metadata={"help": "current policy: model dir, adapter dir, hub name or s3:// URI"})
+    out: str = field(metadata={"help": "output difficulty table"})
+    mode: str = field(default="likelihood", metadata={"help": "difficulty measure", "choices": list(MODES)})
+    backend: str = field(default="hf", metadata={"help": "inference engine", "choices": list(BACKENDS)})
+    template: str = field(default="plain", metadata={"help": "prompt template", "choices": list(prompts.TEMPLATES)})
+    epoch: int = field(default=0, metadata={"help": "epoch recorded in the table"})
+    batch_size: int = field(default=16, metadata={"help": "texts per forward / generate batch (hf)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 … (hf)"})
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
+    max_len: int = field(default=2048, metadata={"help": "truncate scored texts / prompts to this many tokens"})
+    n: int = field(default=8, metadata={"help": "rollouts per problem (rollout, hybrid)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature for rollouts"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling for rollouts"})
+    max_new_tokens: int = field(default=256, metadata={"help": "rollout length limit"})
+    weight: float = field(default=0.5, metadata={"help": "hybrid: weight of the likelihood difficulty"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    rollouts_out: Optional[str] = field(default=None, metadata={"help": "rollouts table (default <out stem>.rollouts.parquet)"})
+    grade_timeout: float = field(default=10.0, metadata={"help": "seconds per graded completion"})
+    grade_workers: int = field(default=0, metadata={"help": "grading processes (0 = all cores)"})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs per model"})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: fraction of GPU memory to use"})
+
+
+def step_probabilities(scores: TokenScores, spans: list[tuple[int, int]]) -> list[float]:
+    """p(step) = exp(mean log-prob of the tokens inside the step's span), per step.
+
+    Steps cut off by truncation (no scored token) are left out. A step whose every token
+    also covers a separator (a BPE merge like ".\\n") falls back to the overlapping tokens.
+    """
+    starts, ends = scores.offsets[:, 0], scores.offsets[:, 1]
+    scored = np.isfinite(scores.logprobs) & (ends > starts)
+    probs = []
+    for s, e in spans:
+        inside = scored & (starts >= s) & (ends <= e)
+        if not inside.any():
+            inside = scored & (starts < e) & (ends > s)
+        if inside.any():
+            probs.append(math.exp(float(scores.logprobs[inside].mean())))
+    return probs
+
+
+def likelihoods(backend, rows: list[dict], template: str, path: str = "problems") -> list[float]:
+    """Mean step probability per row, from one forward pass per row (batched)."""
+    texts, spans = [], []
+    for i, row in enumerate(rows):
+        text, sp = prompts.scored_text(row, template, backend.tokenizer)
+        if not sp:
+            raise contracts.ContractError(path, "solution", "has no non-empty line: likelihood needs a reference solution", row=i + 1)
+        texts.append(text)
+        spans.append(sp)
+    out = []
+    for i, (scores, sp) in enumerate(zip(backend.token_logprobs(texts, prompts.add_special_tokens(template)), spans)):
+        probs = step_probabilities(scores, sp)
+        if not probs:
+            raise ValueError(f"{path}, row {i + 1}: no solution token within --max-len; raise --max-len")
+        out.append(float(np.mean(probs)))
+    return out
+
+
+def per_step_likelihood(model, tok, row: dict, template: str = "plain") -> float:
+    """The paper code's K-pass reference: one forward per step over prefix + steps[:k+1]."""
+    import torch
+
+    text, spans = prompts.scored_text(row, template, tok)
+    probs = []
+    for s, e in spans:
+        enc = tok(text[:e], add_special_tokens=prompts.add_special_tokens(template), return_offsets_mapping=True,
+                  return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(input_ids=enc["input_ids"].to(model.device)).logits[0].float()
+        lp = torch.log_softmax(logits[:-1], -1).gather(1, enc["input_ids"][0, 1:, None].to(logits.device))[:, 0]
+        offsets = enc["offset_mapping"][0, 1:]
+        inside = (offsets[:, 0] >= s) & (offsets[:, 1] <= e) & (offsets[:, 1] > offsets[:, 0])
+        probs.append(math.exp(lp[inside.to(lp.device)].mean().item()))
+    return float(np.mean(probs))
+
+
+def rollouts(backend, problems: pa.Table, rows: list[dict], cfg: ScoreConfig) -> tuple[list[float], pa.Table]:
+    """Sample cfg.n completions per row, grade them; (pass rate per row, rollouts table)."""
+    from p3.verify.grade import grade_completions
+
+    texts = [prompts.prompt_text(r, cfg.template, backend.tokenizer) for r in rows]
+    samples = backend.generate(texts, n=cfg.n, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                               seed=cfg.seed, top_p=cfg.top_p, add_special_tokens=prompts.add_special_tokens(cfg.template))
+    completions = [{"id": r["id"], "sample": j, "completion": c} for r, outs in zip(rows, samples) for j, c in enumerate(outs)]
+    graded = grade_completions(problems, completions, timeout=cfg.grade_timeout,
+                                       math_timeout=cfg.grade_timeout, workers=grade_workers(cfg))
+    table = rollouts_table(join_grades(completions, graded))
+    score_by_id: dict[str, list[float]] = {}
+    for rec in table.to_pylist():
+        score_by_id.setdefault(rec["id"], []).append(rec["score"])
+    return [float(np.mean(score_by_id[r["id"]])) for r in rows], table
+
+
+def join_grades(completions: list[dict], graded: list[dict]) -> list[dict]:
+    """Each completion with its grade (matched by id and sample when given, else by position):
+    adds ``score``, ``status`` and ``passed``."""
+    by_key = {(g["id"], g["sample"]): g for g in graded if "id" in g and "sample" in g}
+    out = []
+    for i, c in enumerate(completions):
+        g = by_key.get((c["id"], c["sample"]), graded[i] if len(graded) == len(completions) else None)
+        if g is None:
+            raise RuntimeError(f"grader returned no result for {c['id']} sample {c['sample']}")
+        score = float(g["score"])
+        out.append({**c, "score": score, "status": str(g.get("status", "")), "passed": bool(g.get("passed", score >= 1.0))})
+    return out
+
+
+def rollouts_table(records: list[dict]) -> pa.Table:
+    """Graded samples as the rollouts (audit) table."""
+    return pa.Table.from_pylist([{k: r[k] for k in contracts.ROLLOUTS.names} for r in records], schema=contracts.ROLLOUTS)
+
+
+def grade_workers(cfg) -> int:
+    return cfg.grade_workers or min(8, os.cpu_count() or 2)
+
+
+def default_rollouts_path(out: str) -> str:
+    stem = out[: -len(".parquet")] if out.endswith(".parquet") else out
+    return stem + ".rollouts.parquet"
+
+
+def backend_options(cfg) -> dict:
+    """Constructor options shared by score and evaluate (each backend takes what it knows)."""
+    return dict(device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, max_len=cfg.max_len,
+                tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                seed=cfg.seed)
+
+
+def score(cfg: ScoreConfig) -> None:
+    """Score every problem with the current policy and write the difficulty table."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"unknown --mode {cfg.mode!r} (choose from {', '.join(MODES)})")
+    if not 0.0 <= cfg.weight <= 1.0:
+        raise ValueError(f"--weight must be in [0, 1], got {cfg.weight}")
+    problems = contracts.read(cfg.problems, contracts.PROBLEMS)
+    rows = prompts.rows(problems)
+    n = len(rows)
+    lik: list[Optional[float]] = [None] * n
+    pass_rate: list[Optional[float]] = [None] * n
+    rollout_table = None
+    backend = get_backend(cfg.backend, cfg.model, **backend_options(cfg))
+    try:
+        if cfg.mode in ("likelihood", "hybrid"):
+            with step(log, "likelihood") as counts:
+                lik = likelihoods(backend, rows, cfg.template, cfg.problems)
+                counts.update(problems=n, mean=round(float(np.mean(lik)), 4) if n else None)
+        if cfg.mode in ("rollout", "hybrid"):
+            with step(log, "rollouts") as counts:
+                pass_rate, rollout_table = rollouts(backend, problems, rows, cfg)
+                counts.update(problems=n, samples=rollout_table.num_rows,
+                              pass_rate=round(float(np.mean(pass_rate)), 4) if n else None)
+    finally:
+        backend.close()
+    if cfg.mode == "likelihood":
+        diff = [1.0 - x for x in lik]
+    elif cfg.mode == "rollout":
+        diff = [1.0 - x for x in pass_rate]
+    else:
+        diff = [cfg.weight * (1.0 - a) + (1.0 - cfg.weight) * (1.0 - b) for a, b in zip(lik, pass_rate)]
+    diff = [min(1.0, max(0.0, d)) for d in diff]  # float noise only; both parts are in [0, 1]
+    table = pa.table({
+        "id": [r["id"] for r in rows], "epoch": [cfg.epoch] * n, "difficulty": diff, "likelihood": lik,
+        "pass_rate": pass_rate, "n_rollouts": [cfg.n if rollout_table is not None else 0] * n,
+    }, schema=contracts.DIFFICULTY)
+    if rollout_table is not None:
+        storage.write_table(rollout_table, cfg.rollouts_out or default_rollouts_path(cfg.out))
+    storage.write_table(table, cfg.out)
+    log.info(f"wrote {cfg.out}: {n} problems, mean difficulty {np.mean(diff) if n else float('nan'):.4f}")
+

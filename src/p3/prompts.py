@@ -1,0 +1,88 @@
+"""The one place that turns a problem row into model text.
+
+Scoring, training, evaluation and rollouts all call these functions, so the policy is
+always scored on exactly the text it is trained to produce and asked to continue.
+
+A problem's reference solution is split into *steps*: its non-empty lines (the
+paper's actions a_1..a_K). The target text is the steps joined by ``"\\n"``.
+
+Templates:
+- ``plain``: prefix = ``prompt + "\\n"``; the scored/trained text is
+  ``prompt + "\\n" + "\\n".join(steps)`` exactly.
+- ``chat``: prefix = the tokenizer's chat template applied to one user message
+  (the prompt) with the generation prompt; target as above.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+TEMPLATES = ("plain", "chat")
+
+
+def solution_steps(solution: str | None) -> list[str]:
+    """Non-empty lines of a reference solution, in order, unchanged."""
+    return [line for line in (solution or "").split("\n") if line.strip()]
+
+
+def target_text(row: dict) -> str:
+    """What the policy is trained to write after the prefix: the steps, one per line."""
+    return "\n".join(solution_steps(row["solution"]))
+
+
+def chat_messages(row: dict) -> list[dict]:
+    """The conversation a chat model sees: one user turn holding the problem."""
+    return [{"role": "user", "content": row["prompt"]}]
+
+
+def prompt_text(row: dict, template: str, tokenizer: Any = None) -> str:
+    """The prefix the model continues from (includes the separator before the answer)."""
+    if template == "plain":
+        return row["prompt"] + "\n"
+    if template == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("--template chat needs a tokenizer with a chat template; use --template plain")
+        return tokenizer.apply_chat_template(chat_messages(row), tokenize=False, add_generation_prompt=True)
+    raise ValueError(f"unknown template {template!r} (choose from {', '.join(TEMPLATES)})")
+
+
+def add_special_tokens(template: str) -> bool:
+    """Whether tokenizing a prefix should add BOS: a chat template already writes its own."""
+    return template == "plain"
+
+
+def scored_text(row: dict, template: str, tokenizer: Any = None) -> tuple[str, list[tuple[int, int]]]:
+    """The text scored for likelihood difficulty and the character span of each step.
+
+    Spans are [start, end) into the text; the "\\n" separators belong to no step.
+    """
+    prefix = prompt_text(row, template, tokenizer)
+    spans: list[tuple[int, int]] = []
+    pos = len(prefix)
+    for step in solution_steps(row["solution"]):
+        spans.append((pos, pos + len(step)))
+        pos += len(step) + 1
+    return prefix + target_text(row), spans
+
+
+def rows(table: pa.Table) -> list[dict]:
+    """Problem rows as plain dicts (the form every function here takes)."""
+    return table.to_pylist()
+
+
+def problem_group_keys(row: dict) -> dict[str, str]:
+    """The report groups of one problem: MATH level/type, APPS difficulty (from meta JSON)."""
+    import json
+
+    try:
+        meta = json.loads(row.get("meta") or "{}")
+    except (TypeError, ValueError):
+        meta = {}
+    keys = {"level": meta.get("level"), "type": meta.get("type"), "difficulty": meta.get("difficulty")}
+    return {k: str(v) for k, v in keys.items() if v is not None and v != ""}
+
+
+def ids(rows_: Iterable[dict]) -> list[str]:
+    return [r["id"] for r in rows_]

@@ -1,0 +1,251 @@
+"""Supervised fine-tuning on one epoch's selection: LoRA (default), QLoRA or full.
+
+The text is :mod:`p3.prompts`' prefix + target; the prefix is masked out of the loss
+(labels -100), so the policy learns to write solutions, not to repeat problems.
+Training is the transformers ``Trainer`` (so ``torchrun``/``accelerate launch`` gives
+multi-GPU for free); LoRA is peft's, with the paper's defaults (r=64, alpha=16,
+dropout 0.1, lr 4e-4, weight decay 1e-4). QLoRA (4-bit base) is used when a GPU and
+bitsandbytes are both present, unless ``--qlora off``.
+
+The output dir is a loadable model: by default the merged weights (the next epoch's
+scorer loads it like any model), the adapter in ``adapter/``, the tokenizer and
+``trainer_state.json``. Checkpoints go to ``--checkpoint-dir`` (default ``<out>.ckpt``
+beside a local output) so ``--resume`` can continue an interrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from p3 import contracts, prompts, storage
+from p3.logs import get_logger, step
+
+log = get_logger("train")
+
+
+@dataclass
+class TrainConfig:
+    problems: str = field(metadata={"help": "problems table (the training pool)"})
+    selection: str = field(metadata={"help": "selection table: the ids to train on this epoch"})
+    model: str = field(metadata={"help": "model to start from: dir, adapter dir, hub name or s3:// URI"})
+    out: str = field(metadata={"help": "output model dir (local path or s3:// URI)"})
+    lora: str = field(default="64,16,0.1", metadata={"help": "LoRA r,alpha,dropout"})
+    full: bool = field(default=False, metadata={"help": "full fine-tuning instead of LoRA"})
+    qlora: str = field(default="auto", metadata={"help": "4-bit base for LoRA: auto = when a GPU and bitsandbytes are present",
+                                                 "choices": ["auto", "on", "off"]})
+    target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules (comma list or all-linear)"})
+    lr: float = field(default=4e-4, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    scheduler: str = field(default="cosine", metadata={"help": "learning-rate schedule (transformers name)"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    epochs_per_round: float = field(default=1.0, metadata={"help": "passes over the selection"})
+    max_len: int = field(default=2048, metadata={"help": "cutoff length in tokens (prefix + target)"})
+    batch_size: int = field(default=8, metadata={"help": "per-device batch size"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1 = full passes)"})
+    template: str = field(default="plain", metadata={"help": "prompt template", "choices": list(prompts.TEMPLATES)})
+    merge: bool = field(default=True, metadata={"help": "save merged weights (+ adapter/); --no-merge saves the adapter only"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory on big models"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --checkpoint-dir"})
+    checkpoint_dir: Optional[str] = field(default=None, metadata={"help": "where checkpoints go (default <out>.ckpt, local)"})
+    save_steps: int = field(default=200, metadata={"help": "checkpoint every N optimizer steps"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoints after a successful run"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    seed: int = field(default=0, metadata={"help": "seed for init, dropout and data order"})
+
+
+def encode_sft(rows: list[dict], tok, template: str, max_len: int) -> list[Optional[dict]]:
+    """Token ids and labels per row: prefix tokens labelled -100, target + EOS learned.
+
+    Rows whose target does not fit in ``max_len`` at all give None (nothing to learn).
+    """
+    special = prompts.add_special_tokens(template)
+    out: list[Optional[dict]] = []
+    for row in rows:
+        prefix = prompts.prompt_text(row, template, tok)
+        target = prompts.target_text(row)
+        enc = tok(prefix + target, add_special_tokens=special, return_offsets_mapping=True)
+        ids = list(enc["input_ids"]) + [tok.eos_token_id]
+        # A token is learned only if it starts inside the target (offset-based, so BPE merges
+        # across the boundary stay masked); special tokens have offsets (0, 0).
+        labels = [t if s >= len(prefix) and e > s else -100 for t, (s, e) in zip(enc["input_ids"], enc["offset_mapping"])]
+        labels.append(tok.eos_token_id)
+        ids, labels = ids[:max_len], labels[:max_len]
+        out.append({"input_ids": ids, "labels": labels} if any(x != -100 for x in labels) else None)
+    return out
+
+
+def collate(features: list[dict], pad_id: int) -> dict:
+    """Right-pad a batch: pad ids, attention mask 0, labels -100."""
+    import torch
+
+    width = max(len(f["input_ids"]) for f in features)
+    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(features), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    for r, f in enumerate(features):
+        n = len(f["input_ids"])
+        ids[r, :n] = torch.tensor(f["input_ids"])
+        labels[r, :n] = torch.tensor(f["labels"])
+        mask[r, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def selected_rows(cfg: TrainConfig) -> list[dict]:
+    """The problem rows named by the selection, in rank order (unknown ids are an error)."""
+    problems = contracts.read(cfg.problems, contracts.PROBLEMS)
+    selection = contracts.read(cfg.selection, contracts.SELECTION)
+    by_id = {r["id"]: r for r in prompts.rows(problems)}
+    picks = sorted(selection.to_pylist(), key=lambda r: r["rank"])
+    for i, pick in enumerate(picks):
+        if pick["id"] not in by_id:
+            raise contracts.ContractError(cfg.selection, "id", f"id {pick['id']!r} is not in {cfg.problems}", row=i + 1)
+    if not picks:
+        raise ValueError(f"{cfg.selection}: the selection is empty, nothing to train on")
+    return [by_id[p["id"]] for p in picks]
+
+
+def parse_lora(spec: str) -> tuple[int, int, float]:
+    try:
+        r, alpha, dropout = spec.split(",")
+        return int(r), int(alpha), float(dropout)
+    except ValueError:
+        raise ValueError(f"--lora must be r,alpha,dropout (e.g. 64,16,0.1), got {spec!r}") from None
+
+
+def use_qlora(cfg: TrainConfig) -> bool:
+    import importlib.util
+
+    import torch
+
+    if cfg.full or cfg.qlora == "off":
+        return False
+    available = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+    if cfg.qlora == "on" and not available:
+        raise RuntimeError("--qlora on needs a GPU and bitsandbytes: pip install 'p3-kubeflow[gpu]'")
+    return available
+
+
+def checkpoint_dir(cfg: TrainConfig) -> str:
+    if cfg.checkpoint_dir:
+        return cfg.checkpoint_dir
+    if storage.is_remote(cfg.out):
+        digest = hashlib.sha1(cfg.out.encode()).hexdigest()[:12]
+        return os.path.join(tempfile.gettempdir(), f"p3-ckpt-{digest}")
+    return cfg.out.rstrip("/") + ".ckpt"
+
+
+def prepare_model(cfg: TrainConfig, qlora: bool):
+    """The model to train (peft-wrapped for LoRA) and its tokenizer."""
+    import torch
+
+    from p3.backends import load_causal_lm
+
+    quant = None
+    device = "cpu"  # the Trainer moves it to its (per-rank) device
+    if qlora:
+        from transformers import BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16)
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() and cfg.device != "cpu" else "float32"
+    model, tok = load_causal_lm(cfg.model, device, dtype, quantization_config=quant)
+    tok.padding_side = "right"
+    if cfg.full:
+        return model.train(), tok
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if qlora:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    r, alpha, dropout = parse_lora(cfg.lora)
+    targets: Any = cfg.target_modules if cfg.target_modules == "all-linear" else cfg.target_modules.split(",")
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora), tok
+
+
+def train(cfg: TrainConfig) -> None:
+    """Fine-tune ``cfg.model`` on the selected problems and save the result to ``cfg.out``."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    rows = selected_rows(cfg)
+    qlora = use_qlora(cfg)
+    model, tok = prepare_model(cfg, qlora)
+    feats = encode_sft(rows, tok, cfg.template, cfg.max_len)
+    dataset = [f for f in feats if f is not None]
+    if len(dataset) < len(feats):
+        log.warning(f"{len(feats) - len(dataset)} of {len(feats)} problems have no target tokens within "
+                    f"--max-len {cfg.max_len}; skipped")
+    if not dataset:
+        raise ValueError(f"nothing to train on: no selected problem fits in --max-len {cfg.max_len}")
+    ckpt = checkpoint_dir(cfg)
+    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    args = TrainingArguments(
+        output_dir=ckpt, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr, weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_steps, num_train_epochs=cfg.epochs_per_round, max_steps=cfg.max_steps,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, logging_steps=10,
+        report_to="none", seed=cfg.seed, data_seed=cfg.seed, use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(), gradient_checkpointing=cfg.gradient_checkpointing,
+        remove_unused_columns=False, dataloader_pin_memory=cuda,
+        disable_tqdm=os.environ.get("P3_PROGRESS", "1") == "0",
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset,
+                      data_collator=lambda batch: collate(batch, tok.pad_token_id))
+    resume = cfg.resume and any(d.startswith("checkpoint-") for d in _listdir(ckpt))
+    with step(log, "train") as counts:
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
+        counts.update(examples=len(dataset), steps=trainer.state.global_step,
+                      loss=round(result.training_loss, 4), mode="full" if cfg.full else ("qlora" if qlora else "lora"),
+                      resumed=resume)
+    if trainer.is_world_process_zero():
+        save_trained(trainer, tok, cfg, qlora)
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def save_trained(trainer, tok, cfg: TrainConfig, qlora: bool) -> None:
+    """Write the output dir: merged model (+ adapter/) or the adapter alone, and the state."""
+    from p3.backends import load_causal_lm
+
+    model = trainer.model
+    parent = None if storage.is_remote(cfg.out) else os.path.dirname(os.path.abspath(cfg.out))
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    tok.padding_side = "left"
+    with tempfile.TemporaryDirectory(prefix=".p3-train-", dir=parent) as tmp:
+        if cfg.full:
+            model.save_pretrained(tmp)
+        else:
+            adapter = os.path.join(tmp, "adapter") if cfg.merge else tmp
+            model.save_pretrained(adapter)
+            tok.save_pretrained(adapter)
+            _point_adapter_at(adapter, cfg.model)
+            if cfg.merge:
+                # A 4-bit base cannot be merged into: reload the base in full precision.
+                merged = load_causal_lm(adapter, "cpu", "auto")[0] if qlora else model.merge_and_unload()
+                merged.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        trainer.state.save_to_json(os.path.join(tmp, "trainer_state.json"))
+        storage.upload_dir(tmp, cfg.out)
+
+
+def _point_adapter_at(adapter_dir: str, base: str) -> None:
+    """Record the base as the user named it (not a temp download) so the adapter reloads."""
+    path = os.path.join(adapter_dir, "adapter_config.json")
+    with open(path) as fh:
+        conf = json.load(fh)
+    conf["base_model_name_or_path"] = os.path.abspath(base) if os.path.exists(base) else base
+    with open(path, "w") as fh:
+        json.dump(conf, fh, indent=2)
+
+
+def _listdir(path: str) -> list[str]:
+    return os.listdir(path) if os.path.isdir(path) else []

@@ -222,3 +222,13 @@ def test_cli_grade_end_to_end(tmp_path, apps_problems, capsys):
     assert rc == 1
     err = capsys.readouterr().err
     assert "bad.jsonl, row 2, field 'id'" in err and not (tmp_path / "r2.parquet").exists()
+
+
+def test_no_row_is_lost_on_odd_completions(apps_problems, sandbox):
+    odd = ["", "\x00print(3)", "print('\ud800')", "```python\n" + "x = 1\n" * 20000 + "print(3)\n```",
+           "```\n```", "import sys; sys.stdout.buffer.write(b'\\xff\\xfe')", "def (", "🙂" * 1000]
+    comps = [{"id": "apps-4001", "sample": i, "completion": c} for i, c in enumerate(odd)]
+    res = grade_completions(apps_problems, comps, timeout=2.0, workers=2, sandbox=sandbox)
+    assert [r["sample"] for r in res] == list(range(len(odd)))
+    assert all(r["passed"] is False and r["status"] in vapps.FAIL_STATUSES for r in res), res
+    assert res[1]["status"] == "compile_error" and res[6]["status"] == "compile_error"

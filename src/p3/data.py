@@ -275,6 +275,8 @@ def _read_hf(name: str, split: str, hf_config: Optional[str]) -> Iterator[Record
     """A HF dataset by hub name, a ``save_to_disk`` folder, or a folder of data files."""
     import datasets
 
+    if name.startswith(("/", ".", "~")) and not os.path.exists(name):
+        raise FileNotFoundError(f"{name}: no such file or folder")  # a path, not a hub name: no hub lookup
     configs = [c.strip() for c in hf_config.split(",")] if hf_config else [None]
     parts = []
     for config in configs:
@@ -288,8 +290,11 @@ def _read_hf(name: str, split: str, hf_config: Optional[str]) -> Iterator[Record
             else:
                 ds = datasets.load_dataset(name, config, split=split)
         except Exception as exc:  # datasets raises many kinds: not found, offline, bad config …
-            what = "a local file or folder" if os.path.exists(name) else "a file, an s3:// URI or a loadable dataset"
-            raise ValueError(f"{name}: not {what}: {type(exc).__name__}: {exc}") from None
+            what = f"split {split!r}" + (f", config {config!r}" if config else "")
+            raise ValueError(
+                f"{name}: not a .jsonl/.json/.parquet file and not loadable as a Hugging Face dataset ({what}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
         parts.append(ds)
     offset = 0
     for ds in parts:

@@ -14,7 +14,6 @@ Bad input stops with a :class:`~p3.contracts.ContractError` naming the file, the
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os

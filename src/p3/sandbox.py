@@ -264,12 +264,9 @@ class Sandbox:
             # The program goes in through a file descriptor (bwrap copies it to a
             # read-only file inside): no host path has to be reachable by the sandbox uid,
             # and the private cwd is a tmpfs that vanishes with the namespace.
-            with tempfile.TemporaryFile() as code_file:
-                code_file.write(job.code.encode("utf-8", errors="surrogatepass"))
-                code_file.flush()
-                code_file.seek(0)
-                argv = self._argv(None, job, lim, code_fd=code_file.fileno())
-                return self._execute(argv, stdin_data, lim, uid, "/", pass_fds=(code_file.fileno(),))
+            with _readonly_temp(job.code.encode("utf-8", errors="surrogatepass")) as code_fd:
+                argv = self._argv(None, job, lim, code_fd=code_fd)
+                return self._execute(argv, stdin_data, lim, uid, "/", pass_fds=(code_fd,))
         workdir = tempfile.mkdtemp(prefix="p3-sbx-", dir=self.tmp_root)
         try:
             prog = os.path.join(workdir, "prog.py")
@@ -319,13 +316,11 @@ class Sandbox:
     def _execute(self, argv: list[str], stdin_data: str, lim: Limits, uid: int | None, cwd: str,
                  pass_fds: tuple[int, ...] = ()) -> RunResult:
         start = time.monotonic()
-        with tempfile.TemporaryFile() as stdin_file:
-            stdin_file.write(stdin_data.encode("utf-8", errors="surrogatepass"))
-            stdin_file.seek(0)
+        with _readonly_temp(stdin_data.encode("utf-8", errors="surrogatepass")) as stdin_fd:
             try:
                 proc = subprocess.Popen(
                     argv,
-                    stdin=stdin_file,
+                    stdin=stdin_fd,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     env={} if self.level == "bwrap" else {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
@@ -437,6 +432,20 @@ class Sandbox:
         else:
             res.status = "runtime_error"
         return res
+
+
+@contextlib.contextmanager
+def _readonly_temp(data: bytes):
+    """A read-only descriptor of an unlinked temp file holding ``data`` (a program's stdin
+    or code): the program cannot write through it to the host's disk."""
+    with tempfile.TemporaryFile() as fh:
+        fh.write(data)
+        fh.flush()
+        fd = os.open(f"/proc/self/fd/{fh.fileno()}", os.O_RDONLY)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
 
 def _children(pid: int) -> list[int]:

@@ -137,7 +137,12 @@ def grade_completions(
         return row
 
     with ThreadPoolExecutor(max(1, workers)) as ex:
-        return list(progress(ex.map(one, completions), desc="grade", total=len(completions)))
+        rows = list(progress(ex.map(one, completions), desc="grade", total=len(completions)))
+    untested = sorted({r["id"] for r in rows if r["status"] == "no_tests"})
+    if untested:
+        log.warning(f"{len(untested)} problem(s) have no tests / no gold answer; their completions are reported "
+                    f"as no_tests, never passed: {', '.join(untested[:10])}{' …' if len(untested) > 10 else ''}")
+    return rows
 
 
 def _grade_math(mpool: vmath.MathPool, completion: str, cols: dict, i: int, timeout: float) -> dict:
@@ -188,11 +193,16 @@ def grade(cfg: GradeConfig) -> pa.Table:
         if c["id"] not in known:
             raise ContractError(cfg.completions, "id", f"unknown problem id {c['id']!r} (not in {cfg.problems})",
                                 row=c["_line"])
+    limits = Limits(timeout=cfg.timeout, memory_mb=cfg.memory_mb)
+    sandbox = None
+    if "apps" in set(problems.column("task").to_pylist()):
+        sandbox = Sandbox(workers=cfg.workers, limits=limits, python=cfg.sandbox_python or None,
+                          isolation=cfg.isolation, require_isolation=cfg.require_isolation)
     with step(log, "grade") as counts:
         rows = grade_completions(problems, completions, timeout=cfg.timeout, workers=cfg.workers,
-                                 math_timeout=cfg.math_timeout, limits=Limits(timeout=cfg.timeout, memory_mb=cfg.memory_mb),
-                                 isolation=cfg.isolation, require_isolation=cfg.require_isolation,
-                                 python=cfg.sandbox_python or None)
+                                 math_timeout=cfg.math_timeout, sandbox=sandbox, limits=limits)
+        if sandbox is not None:
+            counts["isolation"] = sandbox.level
         table = pa.Table.from_pylist(rows, schema=RESULTS)
         storage.write_table(table, cfg.out)
         counts["n"] = len(rows)

@@ -58,6 +58,8 @@ TABLE = [
     ("2", "1,2", False),
     ("1,2,3", "1,2,2", False),
     ("\\{1,2\\}", "\\{2,1\\}", True),
+    ("1,2", "\\{1,2\\}", True),  # a list of solutions written as a set
+    ("\\{1,2\\}", "(1,2)", False),
     ("-2, 5", "5, -2", True),
     # plus-minus: math-verify's known false positive
     ("\\pm 2", "2", False),

@@ -119,7 +119,7 @@ class Limits:
     """Resource limits of one run."""
 
     timeout: float = 4.0  # wall clock, seconds; the whole process group is killed after it
-    cpu: int | None = None  # CPU seconds; None = ceil(timeout) + 1
+    cpu: int | None = None  # CPU seconds; None = int(timeout) + 2
     memory_mb: int = 1024  # address space (Python itself needs ~30 MB)
     file_mb: int = 16  # largest file the program may write
     tmpfs_mb: int = 64  # size of the working directory (bwrap level)
@@ -139,7 +139,6 @@ class RunResult:
     stderr: str = ""
     returncode: int | None = None
     wall: float = 0.0
-    result: Any = None  # call-based: the JSON-decoded return value (when status ok)
 
 
 @dataclass

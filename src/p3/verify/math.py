@@ -157,11 +157,14 @@ def equivalent_inproc(gold: str, pred: str) -> bool:
     go, gc, gparts = split_parts(g)
     po, pc, pparts = split_parts(p)
     if len(gparts) > 1 or len(pparts) > 1:
-        if (go, gc) != (po, pc) or len(gparts) != len(pparts):
+        if len(gparts) != len(pparts):
             return False
-        if go in ("(", "[", "\\langle") or gc in (")", "]"):
-            return all(_mv_equal(a, b) for a, b in zip(gparts, pparts))
-        return _multiset_equal(gparts, pparts)
+        unordered = {(None, None), ("\\{", "\\}")}  # a bare list of solutions or a set
+        if (go, gc) in unordered and (po, pc) in unordered:
+            return _multiset_equal(gparts, pparts)
+        if (go, gc) != (po, pc):
+            return False  # tuple vs interval, or (a,b] vs [a,b]
+        return all(_mv_equal(a, b) for a, b in zip(gparts, pparts))
     return _mv_equal(g, p)
 
 

@@ -117,3 +117,13 @@ def test_split_parts():
     assert vm.split_parts("(1,2]") == ("(", "]", ["1", "2"])
     assert vm.split_parts("(1,2)\\cup(3,4)") == (None, None, ["(1,2)\\cup(3,4)"])
     assert vm.split_parts("1, (2,3)") == (None, None, ["1", "(2,3)"])
+
+
+def test_worker_is_killed_at_the_timeout_and_restarted():
+    pool = vm.MathPool(1)
+    try:
+        assert pool.equivalent("x^2+2x+1", "(x+1)^2", timeout=1e-4) is False  # killed mid-comparison
+        assert pool._all[0].proc is None
+        assert pool.equivalent("x^2+2x+1", "(x+1)^2", timeout=60) is True  # a fresh worker
+    finally:
+        pool.close()

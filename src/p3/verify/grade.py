@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import pyarrow as pa
 from p3 import storage
 from p3.contracts import ContractError
 from p3.logs import get_logger, progress, step
-from p3.sandbox import LEVELS, Limits, Sandbox
+from p3.sandbox import LEVELS, Limits, Sandbox, sandbox_python
 from p3.verify import apps as vapps
 from p3.verify import math as vmath
 
@@ -118,8 +119,7 @@ def grade_completions(
     tasks = {cols["task"][index[c["id"]]] for c in completions}
     lim = limits or Limits(timeout=timeout)
     if "apps" in tasks and sandbox is None:
-        sandbox = Sandbox(workers=workers, limits=lim, python=python, isolation=isolation,
-                          require_isolation=require_isolation)
+        sandbox = shared_sandbox(workers, python, isolation, require_isolation)
     mpool = vmath.pool(workers) if "math" in tasks else None
 
     def one(c: dict) -> dict:
@@ -143,6 +143,22 @@ def grade_completions(
         log.warning(f"{len(untested)} problem(s) have no tests / no gold answer; their completions are reported "
                     f"as no_tests, never passed: {', '.join(untested[:10])}{' …' if len(untested) > 10 else ''}")
     return rows
+
+
+_SANDBOXES: dict[tuple, Sandbox] = {}
+_SANDBOXES_LOCK = threading.Lock()
+
+
+def shared_sandbox(workers: int, python: Optional[str] = None, isolation: str = "auto",
+                   require_isolation: bool = False) -> Sandbox:
+    """One Sandbox per setting for the whole process: the scorer grades every epoch, and the
+    isolation probe (and its log line) need not run each time. Limits are given per call."""
+    key = (workers, python or sandbox_python(), isolation, require_isolation)
+    with _SANDBOXES_LOCK:
+        if key not in _SANDBOXES:
+            _SANDBOXES[key] = Sandbox(workers=workers, python=python, isolation=isolation,
+                                      require_isolation=require_isolation)
+        return _SANDBOXES[key]
 
 
 def _grade_math(mpool: vmath.MathPool, completion: str, cols: dict, i: int, timeout: float) -> dict:
@@ -196,8 +212,7 @@ def grade(cfg: GradeConfig) -> pa.Table:
     limits = Limits(timeout=cfg.timeout, memory_mb=cfg.memory_mb)
     sandbox = None
     if "apps" in set(problems.column("task").to_pylist()):
-        sandbox = Sandbox(workers=cfg.workers, limits=limits, python=cfg.sandbox_python or None,
-                          isolation=cfg.isolation, require_isolation=cfg.require_isolation)
+        sandbox = shared_sandbox(cfg.workers, cfg.sandbox_python or None, cfg.isolation, cfg.require_isolation)
     with step(log, "grade") as counts:
         rows = grade_completions(problems, completions, timeout=cfg.timeout, workers=cfg.workers,
                                  math_timeout=cfg.math_timeout, sandbox=sandbox, limits=limits)

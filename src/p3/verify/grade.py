@@ -110,13 +110,16 @@ def grade_completions(
     solution); each completion is a dict with id, sample, completion. A failure inside
     the grader for one row is that row's ``sandbox_error``, never a lost row.
     """
-    cols = {c: problems.column(c).to_pylist() for c in ("id", "task", "answer", "tests", "starter_code", "solution")
-            if c in problems.column_names}
+    n_problems = problems.num_rows
+    cols = {c: problems.column(c).to_pylist() if c in problems.column_names else [None] * n_problems
+            for c in ("id", "task", "answer", "tests", "starter_code", "solution")}
     index = {pid: i for i, pid in enumerate(cols["id"])}
     for n, c in enumerate(completions):
         if c.get("id") not in index:
             raise ValueError(f"completion {n + 1}: unknown problem id {c.get('id')!r}")
     tasks = {cols["task"][index[c["id"]]] for c in completions}
+    if tasks - {"math", "apps"}:
+        raise ValueError(f"cannot grade task(s) {sorted(tasks - {'math', 'apps'})}: only math and apps")
     lim = limits or Limits(timeout=timeout)
     if "apps" in tasks and sandbox is None:
         sandbox = shared_sandbox(workers, python, isolation, require_isolation)
@@ -131,7 +134,7 @@ def grade_completions(
                 row.update(_grade_math(mpool, c["completion"], cols, i, math_timeout))
             else:
                 row.update(vapps.grade_program(sandbox, c["completion"], cols["tests"][i],
-                                               cols.get("starter_code", [None] * len(index))[i], lim))
+                                               cols["starter_code"][i], lim))
         except Exception as exc:  # keep the row; say what went wrong
             log.error(f"grading {c['id']}/{row['sample']} failed: {type(exc).__name__}: {exc}")
         return row
@@ -162,7 +165,7 @@ def shared_sandbox(workers: int, python: Optional[str] = None, isolation: str = 
 
 
 def _grade_math(mpool: vmath.MathPool, completion: str, cols: dict, i: int, timeout: float) -> dict:
-    gold = cols["answer"][i] or vmath.extract_answer((cols.get("solution") or [None] * (i + 1))[i])
+    gold = cols["answer"][i] or vmath.extract_answer(cols["solution"][i])
     pred = vmath.extract_answer(completion)
     if not gold:
         return {"status": "no_tests", "answer": pred}

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 
 import numpy as np
@@ -62,7 +63,7 @@ log = get_logger("dpp")
 
 # Above this many matrix entries the default precision switches to float32 screening.
 FLOAT64_MAX_ENTRIES = 2**26
-TAU = {"float64": 1e-11, "float32": 1e-4}
+TAU = {"float64": 1e-11, "float32": 1e-3}
 CHUNK_ROWS = 32768
 
 
@@ -266,6 +267,18 @@ class _Greedy:
 
 
 class _Round:
+    """One greedy round, three levels of freshness:
+
+    screen  every active row (quality-order prefix), projected in big GEMMs at a
+            "full flush"; stale in between, so an upper bound (+ tau);
+    warm    the top ``w`` rows of the screen, copied out and re-projected more often
+            ("mini flush", a GEMM on w rows);
+    hot     the top ``h`` warm rows, whose residuals are exact (float64) pick by pick.
+
+    A pick is taken only when the best hot residual beats every bound outside the hot
+    set; otherwise the cheapest level that can settle the question is refreshed.
+    """
+
     def __init__(self, g: _Greedy, mu, inv, cols, omega, V, c_shrink, cap):
         self.g, self.mu, self.inv, self.V, self.c = g, mu, inv, V, c_shrink
         dim = len(mu)
@@ -275,7 +288,7 @@ class _Round:
         self.n_cols = cols.shape[1]
         self.cols[:, : self.n_cols] = cols
         self.omega[: self.n_cols] = omega
-        self.U = np.zeros((dim, cap))  # orthonormal basis in g-space
+        self.U = np.zeros((cap, dim))  # orthonormal basis of g-space, one row per pick
         self.cap = cap
         self.done = 0  # columns applied to every active screened row
         self.active = 0  # screened prefix length (positions in quality order)
@@ -283,94 +296,30 @@ class _Round:
         self.acc = np.zeros(n)
         self.nrm = np.zeros(n)
         self.h = min(g.hot_size, g.n_alive_cand)
-
-    # Screened upper bound on the residual of every position outside the hot set.
-    def flush(self) -> None:
-        g = self.g
-        g.flushes += 1
-        new = slice(self.done, self.n_cols)
-        if self.n_cols > self.done and self.active:
-            cz = self.inv[:, None] * self.cols[:, new]
-            g.bk.project(g.Z, 0, self.active, cz, self.mu @ cz, self.omega[new], self.acc)
-        self.done = self.n_cols
-        while True:
-            s = self.screen()
-            need = self.h
-            alive_active = int(g.alive[: self.active].sum())
-            if self.active >= len(g.cand):
-                break
-            level = _kth_largest(s, need) if alive_active >= need else -np.inf
-            if g.q2[self.active] * (1 + g.tau) < level:
-                break
-            grow = max(need, self.active, 1024)
-            self.activate(min(len(g.cand), self.active + grow))
-        self.s = s
-
-    def activate(self, upto: int) -> None:
-        g = self.g
-        a0 = self.active
-        g.bk.activate(g.Z, a0, upto, self.mu, self.inv, self.cols[:, : self.n_cols], self.omega[: self.n_cols], self.acc, self.nrm)
-        self.active = upto
-
-    def screen(self) -> np.ndarray:
-        g = self.g
-        a = self.active
-        nrm = self.nrm[:a]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            s = g.q2[:a] * np.where(nrm > 0, 1.0 - self.acc[:a] / nrm, 0.0)
-        s[~g.alive[:a]] = -np.inf
-        return s
-
-    def build_hot(self) -> None:
-        g = self.g
-        s = self.s
-        alive_active = int(g.alive[: self.active].sum())
-        h = min(self.h, alive_active)
-        if h < alive_active:
-            hot = np.argpartition(-s, h - 1)[:h]
-            rest = s.copy()
-            rest[hot] = -np.inf
-            out = rest.max()
-        else:
-            hot = np.flatnonzero(g.alive[: self.active])
-            out = -np.inf
-        inactive = g.q2[self.active] if self.active < len(g.cand) else -np.inf
-        out = max(out, inactive)
-        tau = g.tau * (g.q2[0] if len(g.q2) else 0.0)
-        self.out_bound = out + tau if out > -np.inf else -np.inf
-        hot = np.sort(hot)
-        self.hot = hot
-        self.hot_idx = g.cand[hot]
-        Y = (g.X[self.hot_idx].astype(np.float64) - g.m0 - self.mu) * self.inv
-        self.Yh = Y
-        self.nrm_h = np.einsum("ij,ij->i", Y, Y)
-        P = Y @ self.cols[:, : self.n_cols]
-        self.acc_h = (P * P) @ self.omega[: self.n_cols]
-        self.r_h = self.hot_residual()
-
-    def hot_residual(self) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = self.g.q2[self.hot] * np.where(self.nrm_h > 0, 1.0 - self.acc_h / self.nrm_h, 0.0)
-        r[~self.g.alive[self.hot]] = -np.inf
-        return r
+        self.w = min(max(16 * self.h, n // 8), g.n_alive_cand)
+        self.tau = g.tau * (g.q2[0] if n else 0.0)
 
     def run(self):
         g = self.g
         picks = []
-        self.flush()
-        self.build_hot()
-        fresh = True
+        self.full_flush()
+        fresh_full = fresh_mini = True
         while len(picks) < self.cap:
             r = self.r_h
             best = r.max()
-            if not best > self.out_bound:
-                if best < g.eps and self.out_bound < g.eps:
+            if not best > self.out_hot:
+                if best < g.eps and self.out_hot < g.eps:
                     break
-                if fresh:  # the screen is up to date: the hot set is too small
-                    self.h = min(self.h * 2, g.n_alive_cand)
-                self.flush()
-                self.build_hot()
-                fresh = True
+                if not best > self.out_warm:  # the warm set no longer holds the leader
+                    if fresh_full:
+                        self.w = min(2 * self.w, g.n_alive_cand)
+                    self.full_flush()
+                    fresh_full = fresh_mini = True
+                else:
+                    if fresh_mini:  # up to date: the hot set is too small
+                        self.h = min(2 * self.h, len(self.W))
+                    self.mini_flush()
+                    fresh_mini = True
                 continue
             if best < g.eps:
                 break
@@ -383,22 +332,117 @@ class _Round:
             e = self.Yh @ self.cols[:, self.n_cols - 1]
             self.acc_h += e * e
             self.r_h = self.hot_residual()
-            fresh = False
+            fresh_full = fresh_mini = False
         return picks
+
+    # -- level 1: the screen ----------------------------------------------------------
+    def full_flush(self) -> None:
+        g = self.g
+        g.flushes += 1
+        if self.n_cols > self.done and self.active:
+            new = slice(self.done, self.n_cols)
+            cz = self.inv[:, None] * self.cols[:, new]
+            g.bk.project(g.Z, 0, self.active, cz, self.mu @ cz, self.omega[new], self.acc)
+        self.done = self.n_cols
+        n = len(g.cand)
+        while True:  # activate rows in quality order until the inactive ones cannot matter
+            s = self.screen(self.acc[: self.active], self.nrm[: self.active], np.arange(self.active))
+            if self.active >= n:
+                break
+            alive_active = int(g.alive[: self.active].sum())
+            level = _kth_largest(s, self.w) if alive_active >= self.w else -np.inf
+            if g.q2[self.active] < level:
+                break
+            self.activate(min(n, self.active + max(self.w, self.active, 1024)))
+        alive_active = int(g.alive[: self.active].sum())
+        W, out = _top(s, min(self.w, alive_active), g.alive[: self.active])
+        if self.active < n:
+            out = max(out, g.q2[self.active])  # an inactive row's residual is ≤ q²
+        self.out_w_raw = out
+        self.W = W
+        self.Zw = g.bk.take(g.Z, W)
+        self.acc_w = self.acc[W]
+        self.nrm_w = self.nrm[W]
+        self.done_w = self.done
+        self.mini_flush()
+
+    def activate(self, upto: int) -> None:
+        g = self.g
+        g.bk.activate(
+            g.Z, self.active, upto, self.mu, self.inv, self.cols[:, : self.n_cols], self.omega[: self.n_cols], self.acc, self.nrm
+        )
+        self.active = upto
+
+    def screen(self, acc, nrm, pos) -> np.ndarray:
+        g = self.g
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = g.q2[pos] * np.where(nrm > 0, 1.0 - acc / nrm, 0.0)
+        s[~g.alive[pos]] = -np.inf
+        return s
+
+    # -- level 2: the warm set --------------------------------------------------------
+    def mini_flush(self) -> None:
+        g = self.g
+        if self.n_cols > self.done_w:
+            new = slice(self.done_w, self.n_cols)
+            cz = self.inv[:, None] * self.cols[:, new]
+            g.bk.project(self.Zw, 0, len(self.W), cz, self.mu @ cz, self.omega[new], self.acc_w)
+            self.done_w = self.n_cols
+        s_w = self.screen(self.acc_w, self.nrm_w, self.W)
+        alive_w = int(g.alive[self.W].sum())
+        local, out = _top(s_w, min(self.h, alive_w), g.alive[self.W])
+        out = max(out, self.out_w_raw)
+        self.out_hot = out + self.tau if out > -np.inf else -np.inf
+        self.out_warm = self.out_w_raw + self.tau if self.out_w_raw > -np.inf else -np.inf
+        self.build_hot(local)
+
+    # -- level 3: the hot set, exact ----------------------------------------------------
+    def build_hot(self, local: np.ndarray) -> None:
+        g = self.g
+        hot = self.W[local]
+        self.hot = hot
+        self.hot_idx = g.cand[hot]
+        Y = (g.X[self.hot_idx].astype(np.float64) - g.m0 - self.mu) * self.inv
+        self.Yh = Y
+        self.nrm_h = np.einsum("ij,ij->i", Y, Y)
+        if g.precision == "float64":  # the screen is already exact to rounding
+            nrm = self.nrm_w[local]
+            self.acc_h = self.acc_w[local] * (self.nrm_h / np.where(nrm > 0, nrm, 1.0))
+        else:
+            P = Y @ self.cols[:, : self.n_cols]
+            self.acc_h = (P * P) @ self.omega[: self.n_cols]
+        self.r_h = self.hot_residual()
+
+    def hot_residual(self) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = self.g.q2[self.hot] * np.where(self.nrm_h > 0, 1.0 - self.acc_h / self.nrm_h, 0.0)
+        r[~self.g.alive[self.hot]] = -np.inf
+        return r
 
     def add_basis(self, f: np.ndarray, j: int) -> None:
         # g = (I − cΠ) f ; Gram–Schmidt twice (CGS2) against the g-space basis.
         if self.V is not None:
             f = f - self.c * (self.V @ (self.V.T @ f))
-        U = self.U[:, :j]
-        u = f - U @ (U.T @ f)
-        u -= U @ (U.T @ u)
+        U = self.U[:j]
+        u = f - (U @ f) @ U
+        u -= (U @ u) @ U
         u /= np.linalg.norm(u)
-        self.U[:, j] = u
+        self.U[j] = u
         col = u - self.c * (self.V @ (self.V.T @ u)) if self.V is not None else u
         self.cols[:, self.n_cols] = col
         self.omega[self.n_cols] = 1.0
         self.n_cols += 1
+
+
+def _top(s: np.ndarray, m: int, alive: np.ndarray):
+    """Indices (ascending) of the m largest alive entries of s, and the largest other one."""
+    n_alive = int(alive.sum())
+    if m >= n_alive:
+        return np.flatnonzero(alive), -np.inf
+    idx = np.argpartition(-s, m - 1)[:m]
+    rest = s.copy()
+    rest[idx] = -np.inf
+    return np.sort(idx), float(rest.max())
 
 
 def _kth_largest(s: np.ndarray, k: int) -> float:
@@ -424,9 +468,8 @@ def _mean_rows(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def _gather_centered(X, rows, m0, dtype) -> np.ndarray:
-    Z = np.empty((len(rows), X.shape[1]), dtype=dtype)
-    for a in range(0, len(rows), CHUNK_ROWS):
-        Z[a : a + CHUNK_ROWS] = X[rows[a : a + CHUNK_ROWS]].astype(np.float64) - m0
+    Z = X[rows].astype(dtype, copy=False)  # a fresh copy: fancy indexing copies
+    Z -= m0.astype(dtype)
     return Z
 
 
@@ -436,6 +479,9 @@ class _NumpyBackend:
 
     def put(self, Z):
         return Z
+
+    def take(self, Z, rows):
+        return Z[rows]
 
     def project(self, Z, a0, a1, cz, off, omega, acc) -> None:
         """acc[a0:a1] += Σ_c ω_c ((Z − …)·cz_c)² for the given new columns."""
@@ -450,16 +496,17 @@ class _NumpyBackend:
     def activate(self, Z, a0, a1, mu, inv, cols, omega, acc, nrm) -> None:
         """Start screening rows a0:a1: their ‖y‖² and projections on every column so far."""
         mu_t, inv_t = mu.astype(Z.dtype), inv.astype(Z.dtype)
-        cols_t, w = cols.astype(Z.dtype), omega.astype(Z.dtype)
-        for a in range(a0, a1, CHUNK_ROWS):
-            b = min(a1, a + CHUNK_ROWS)
-            Y = (Z[a:b] - mu_t) * inv_t
-            nrm[a:b] = np.einsum("ij,ij->i", Y, Y, dtype=np.float64)
-            if cols.shape[1]:
-                E = Y @ cols_t
-                acc[a:b] = (E * E) @ w
-            else:
-                acc[a:b] = 0.0
+        step = 4096  # small chunks stay in cache for the norm pass
+        for a in range(a0, a1, step):
+            b = min(a1, a + step)
+            Y = Z[a:b] - mu_t
+            Y *= inv_t
+            Y *= Y
+            nrm[a:b] = Y.sum(axis=1)
+        acc[a0:a1] = 0.0
+        if cols.shape[1]:
+            cz = inv[:, None] * cols
+            self.project(Z, a0, a1, cz, mu @ cz, omega, acc)
 
 
 class _TorchBackend:
@@ -472,6 +519,9 @@ class _TorchBackend:
 
     def put(self, Z):
         return self.torch.from_numpy(Z).to(self.device)
+
+    def take(self, Z, rows):
+        return Z[self.torch.as_tensor(rows, device=self.device)]
 
     def _t(self, a, like):
         return self.torch.as_tensor(np.ascontiguousarray(a), device=self.device, dtype=like.dtype)
@@ -499,13 +549,12 @@ class _TorchBackend:
 
 def _make_backend(device: str):
     if device == "auto":
-        try:
+        # Importing torch costs seconds; only a machine with an NVIDIA driver can use it.
+        if os.path.exists("/dev/nvidiactl"):  # pragma: no cover - no GPU in CI
             import torch
 
             if torch.cuda.is_available():
                 return _TorchBackend("cuda")
-        except ImportError:  # pragma: no cover - torch is a dependency
-            pass
         return _NumpyBackend()
     if device in ("cpu", "numpy"):
         return _NumpyBackend()

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from p3 import contracts, prompts, storage
-from p3.backends import BACKENDS, TokenScores, get_backend
+from p3.backends import BACKENDS, TokenScores, opened
 from p3.logs import get_logger, step
 
 log = get_logger("score")
@@ -174,8 +174,7 @@ def score(cfg: ScoreConfig) -> None:
     lik: list[Optional[float]] = [None] * n
     pass_rate: list[Optional[float]] = [None] * n
     rollout_table = None
-    backend = get_backend(cfg.backend, cfg.model, **backend_options(cfg))
-    try:
+    with opened(cfg.backend, cfg.model, **backend_options(cfg)) as backend:
         if cfg.mode in ("likelihood", "hybrid"):
             with step(log, "likelihood") as counts:
                 lik = likelihoods(backend, rows, cfg.template, cfg.problems)
@@ -185,8 +184,6 @@ def score(cfg: ScoreConfig) -> None:
                 pass_rate, rollout_table = rollouts(backend, problems, rows, cfg)
                 counts.update(problems=n, samples=rollout_table.num_rows,
                               pass_rate=round(float(np.mean(pass_rate)), 4) if n else None)
-    finally:
-        backend.close()
     if cfg.mode == "likelihood":
         diff = [1.0 - x for x in lik]
     elif cfg.mode == "rollout":

@@ -64,7 +64,7 @@ def embed_policy(rows: list[dict], model_path: str, template: str, batch_size: i
     """Masked mean of the policy's last hidden state over each prompt text, batched."""
     import torch
 
-    from p3.backends import load_causal_lm
+    from p3.backends import cpu_threads, load_causal_lm
 
     model, tok = load_causal_lm(model_path, device)
     tok.padding_side = "right"
@@ -72,7 +72,7 @@ def embed_policy(rows: list[dict], model_path: str, template: str, batch_size: i
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     starts = range(0, len(order), batch_size)
-    with torch.inference_mode():
+    with torch.inference_mode(), cpu_threads(model):
         for s in progress(starts, "embed", total=len(starts), unit="batch"):
             idx = order[s : s + batch_size]
             enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,

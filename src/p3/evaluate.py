@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from p3 import contracts, prompts, storage
-from p3.backends import BACKENDS, get_backend
+from p3.backends import BACKENDS, opened
 from p3.difficulty import backend_options, grade_workers, join_grades, rollouts_table
 from p3.logs import get_logger, step
 
@@ -82,16 +82,11 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     problems = contracts.read(cfg.problems, contracts.PROBLEMS)
     rows = prompts.rows(problems)
     start = time.perf_counter()
-    backend = get_backend(cfg.backend, cfg.model, **backend_options(cfg))
-    try:
-        with step(log, "generate") as counts:
-            texts = [prompts.prompt_text(r, cfg.template, backend.tokenizer) for r in rows]
-            samples = backend.generate(texts, n=cfg.n, temperature=temperature, max_new_tokens=cfg.max_new_tokens,
-                                       seed=cfg.seed, top_p=cfg.top_p,
-                                       add_special_tokens=prompts.add_special_tokens(cfg.template))
-            counts.update(problems=len(rows), samples=len(rows) * cfg.n)
-    finally:
-        backend.close()
+    with opened(cfg.backend, cfg.model, **backend_options(cfg)) as backend, step(log, "generate") as counts:
+        texts = [prompts.prompt_text(r, cfg.template, backend.tokenizer) for r in rows]
+        samples = backend.generate(texts, n=cfg.n, temperature=temperature, max_new_tokens=cfg.max_new_tokens,
+                                   seed=cfg.seed, top_p=cfg.top_p, add_special_tokens=prompts.add_special_tokens(cfg.template))
+        counts.update(problems=len(rows), samples=len(rows) * cfg.n)
     completions = [{"id": r["id"], "sample": j, "completion": c} for r, outs in zip(rows, samples) for j, c in enumerate(outs)]
     with step(log, "grade") as counts:
         graded = grade_completions(problems, completions, timeout=cfg.grade_timeout,

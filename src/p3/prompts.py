@@ -15,7 +15,7 @@ Templates:
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 
@@ -82,7 +82,3 @@ def problem_group_keys(row: dict) -> dict[str, str]:
         meta = {}
     keys = {"level": meta.get("level"), "type": meta.get("type"), "difficulty": meta.get("difficulty")}
     return {k: str(v) for k, v in keys.items() if v is not None and v != ""}
-
-
-def ids(rows_: Iterable[dict]) -> list[str]:
-    return [r["id"] for r in rows_]

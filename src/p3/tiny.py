@@ -13,13 +13,11 @@ skill on the easy mini-MATH levels instead of emitting noise.
 from __future__ import annotations
 
 import math
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
-from p3 import contracts, prompts, storage
+from p3 import contracts, prompts
 from p3.logs import get_logger, progress, step
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -43,7 +41,7 @@ class TinyConfig:
     batch_size: int = field(default=32, metadata={"help": "warm-up batch size"})
     lr: float = field(default=3e-3, metadata={"help": "warm-up peak learning rate (cosine decay, short warm-up)"})
     seed: int = field(default=0, metadata={"help": "seed for the weights and the warm-up order"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = all cores)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads for the warm-up (0 = auto: 1 for a tiny model)"})
 
 
 def build_tokenizer(texts: list[str] = ()):
@@ -134,10 +132,8 @@ def warm_up(model, tok, rows: list[dict], cfg: TinyConfig) -> float:
 
 def build_tiny_model(cfg: TinyConfig) -> None:
     """Build, optionally warm up, and save the tiny model + tokenizer to ``cfg.out``."""
-    import torch
+    from p3.backends import cpu_threads, staged_model_dir
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     rows: list[dict] = []
     if cfg.train_on:
         rows = prompts.rows(contracts.read(cfg.train_on, contracts.PROBLEMS))
@@ -146,17 +142,11 @@ def build_tiny_model(cfg: TinyConfig) -> None:
         model = build_model(tok, cfg)
         counts.update(vocab=len(tok), params=sum(p.numel() for p in model.parameters()))
         if rows and cfg.steps > 0:
-            counts["warmup_loss"] = round(warm_up(model, tok, rows, cfg), 4)
+            with cpu_threads(model, cfg.threads):
+                counts["warmup_loss"] = round(warm_up(model, tok, rows, cfg), 4)
             counts["steps"] = cfg.steps
-        save_model_dir(model, tok, cfg.out)
+        with staged_model_dir(cfg.out) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
 
 
-def save_model_dir(model, tok, out: str) -> None:
-    """Save model + tokenizer under ``out`` all-or-nothing (local temp dir, then move/upload)."""
-    parent = None if storage.is_remote(out) else os.path.dirname(os.path.abspath(out))
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".p3-model-", dir=parent) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        storage.upload_dir(tmp, out)

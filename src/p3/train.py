@@ -175,6 +175,8 @@ def train(cfg: TrainConfig) -> None:
     import torch
     from transformers import Trainer, TrainingArguments
 
+    from p3.backends import cpu_threads
+
     rows = selected_rows(cfg)
     qlora = use_qlora(cfg)
     model, tok = prepare_model(cfg, qlora)
@@ -193,14 +195,14 @@ def train(cfg: TrainConfig) -> None:
         warmup_steps=cfg.warmup_steps, num_train_epochs=cfg.epochs_per_round, max_steps=cfg.max_steps,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, logging_steps=10,
         report_to="none", seed=cfg.seed, data_seed=cfg.seed, use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(), gradient_checkpointing=cfg.gradient_checkpointing,
+        bf16=cuda and torch.cuda.is_bf16_supported(), **_checkpointing_arg(cfg.gradient_checkpointing),
         remove_unused_columns=False, dataloader_pin_memory=cuda,
         disable_tqdm=os.environ.get("P3_PROGRESS", "1") == "0",
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
                       data_collator=lambda batch: collate(batch, tok.pad_token_id))
     resume = cfg.resume and any(d.startswith("checkpoint-") for d in _listdir(ckpt))
-    with step(log, "train") as counts:
+    with step(log, "train") as counts, cpu_threads(None if cuda else model):
         result = trainer.train(resume_from_checkpoint=True if resume else None)
         counts.update(examples=len(dataset), steps=trainer.state.global_step,
                       loss=round(result.training_loss, 4), mode="full" if cfg.full else ("qlora" if qlora else "lora"),
@@ -213,14 +215,11 @@ def train(cfg: TrainConfig) -> None:
 
 def save_trained(trainer, tok, cfg: TrainConfig, qlora: bool) -> None:
     """Write the output dir: merged model (+ adapter/) or the adapter alone, and the state."""
-    from p3.backends import load_causal_lm
+    from p3.backends import load_causal_lm, staged_model_dir
 
     model = trainer.model
-    parent = None if storage.is_remote(cfg.out) else os.path.dirname(os.path.abspath(cfg.out))
-    if parent:
-        os.makedirs(parent, exist_ok=True)
     tok.padding_side = "left"
-    with tempfile.TemporaryDirectory(prefix=".p3-train-", dir=parent) as tmp:
+    with staged_model_dir(cfg.out) as tmp:
         if cfg.full:
             model.save_pretrained(tmp)
         else:
@@ -234,7 +233,6 @@ def save_trained(trainer, tok, cfg: TrainConfig, qlora: bool) -> None:
                 merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         trainer.state.save_to_json(os.path.join(tmp, "trainer_state.json"))
-        storage.upload_dir(tmp, cfg.out)
 
 
 def _point_adapter_at(adapter_dir: str, base: str) -> None:
@@ -245,6 +243,16 @@ def _point_adapter_at(adapter_dir: str, base: str) -> None:
     conf["base_model_name_or_path"] = os.path.abspath(base) if os.path.exists(base) else base
     with open(path, "w") as fh:
         json.dump(conf, fh, indent=2)
+
+
+def _checkpointing_arg(on: bool) -> dict:
+    """transformers 5 renamed gradient_checkpointing to activation_checkpointing."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
 
 
 def _listdir(path: str) -> list[str]:

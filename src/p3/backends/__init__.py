@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -95,6 +96,14 @@ def adapter_base(path: str) -> str:
         return json.load(fh)["base_model_name_or_path"]
 
 
+def quiet_hub_progress() -> None:
+    """transformers' own load/save bars follow P3_PROGRESS too (CI logs stay short)."""
+    if os.environ.get("P3_PROGRESS", "1") == "0":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(path: str):
     """The tokenizer of a model folder, padded on the left (generation needs that)."""
     from transformers import AutoTokenizer
@@ -115,6 +124,7 @@ def load_causal_lm(path_or_uri: str, device: str = "auto", dtype: str = "auto", 
     """
     from transformers import AutoModelForCausalLM
 
+    quiet_hub_progress()
     device = resolve_device(device)
     with storage.local_dir(path_or_uri) as path:
         if is_adapter_dir(path):
@@ -142,10 +152,58 @@ def load_causal_lm(path_or_uri: str, device: str = "auto", dtype: str = "auto", 
 
 
 @contextlib.contextmanager
+def staged_model_dir(out: str):
+    """Yield an empty local folder; when the block succeeds, publish it as ``out`` whole.
+
+    Local outputs are staged beside ``out`` (same filesystem), remote ones in /tmp and
+    uploaded. Files are made world-readable: the next step may run as another user.
+    """
+    quiet_hub_progress()
+    parent = None if storage.is_remote(out) else os.path.dirname(os.path.abspath(out.removeprefix("file://")))
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".p3-model-", dir=parent) as tmp:
+        yield tmp
+        for root, dirs, files in os.walk(tmp):
+            os.chmod(root, 0o755)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o644)
+        storage.upload_dir(tmp, out)
+
+
+SMALL_MODEL_PARAMS = 20_000_000
+
+
+@contextlib.contextmanager
+def cpu_threads(model: Any = None, threads: int = 0):
+    """Torch CPU threads for one step, restored afterwards.
+
+    ``threads`` > 0 (or env ``P3_TORCH_THREADS``) wins. Otherwise a small model
+    (< 20M parameters, e.g. the tiny demo policy) runs single-threaded: its matrices are
+    too small to split, and on a busy machine OpenMP spin-waits made 2 threads ~10x
+    slower than 1 (measured on the 2-core dev box). Big models keep torch's default.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    want = threads or int(os.environ.get("P3_TORCH_THREADS", "0") or 0)
+    if not want and model is not None and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
+        want = 1
+    if want:
+        torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def opened(name: str, model: str, **options: Any):
-    """``with opened("hf", path) as backend:`` — closes (frees the GPU) at the end."""
+    """``with opened("hf", path) as backend:`` — sensible CPU threads while open; closes
+    (frees the GPU) at the end."""
     backend = get_backend(name, model, **options)
     try:
-        yield backend
+        with cpu_threads(getattr(backend, "model", None)):
+            yield backend
     finally:
         backend.close()

@@ -3,7 +3,9 @@
 Every run is a new process that:
 
 - starts in its own session and process group (``start_new_session``), with an empty
-  environment and a private working directory that is removed afterwards;
+  environment and a private working directory that is gone afterwards (a tmpfs inside
+  the namespace under bwrap, else a host temp dir that is removed); its code and stdin
+  come in through read-only in-memory files;
 - runs as an unprivileged uid when the grader is root (RLIMIT_NPROC does not bind root):
   one uid per worker slot, so that parallel runs cannot signal or count against each other;
 - is isolated by the best mechanism this machine allows, probed once (:func:`probe`):
@@ -435,12 +437,13 @@ class Sandbox:
 
 @contextlib.contextmanager
 def _readonly_temp(data: bytes):
-    """A read-only descriptor of an unlinked temp file holding ``data`` (a program's stdin
-    or code): the program cannot write through it to the host's disk."""
-    with tempfile.TemporaryFile() as fh:
+    """A read-only descriptor of an anonymous in-memory file holding ``data`` (a program's
+    stdin or code): no temp dir needed, and the program cannot write through it."""
+    wfd = os.memfd_create("p3-sandbox", os.MFD_CLOEXEC) if hasattr(os, "memfd_create") else None
+    with (os.fdopen(wfd, "wb") if wfd is not None else tempfile.TemporaryFile()) as fh:
         fh.write(data)
         fh.flush()
-        fd = os.open(f"/proc/self/fd/{fh.fileno()}", os.O_RDONLY)
+        fd = os.open(f"/proc/self/fd/{fh.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
         try:
             yield fd
         finally:

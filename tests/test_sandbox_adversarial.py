@@ -219,14 +219,14 @@ def suite(host, sandbox):
     jobs = []
     for code, call_based, _ in table.values():
         jobs.append(Job(code, fn_name="solve", args=[7]) if call_based else Job(code, stdin="1 2\n"))
-    start = time.monotonic()
+    start, started_at = time.monotonic(), time.time()
     results = sandbox.run_many(jobs)
     took = time.monotonic() - start
     out = {}
     for (name, (code, call_based, allowed)), res in zip(table.items(), results):
         expected = [ANSWER_INT] if call_based else TOKEN + "\n"
         out[name] = (res, vapps.test_status(res, expected, call_based), allowed)
-    out["_took"] = took
+    out["_took"], out["_started_at"] = took, started_at
     return out
 
 
@@ -253,14 +253,14 @@ def test_suite_wall_time_is_bounded(suite):
     assert suite["_took"] < len(ATTACKS) * (TIMEOUT + 1.0) / WORKERS + 10
 
 
-def _sandbox_processes(sb: Sandbox) -> list:
+def _sandbox_processes(sb: Sandbox, since: float) -> list:
+    """Processes of the sandbox uids (root grader), and any descendant of this test
+    process started during the suite (other than the math-verify workers)."""
     uids = set(range(sb.uid_base, sb.uid_base + sb.workers)) if os.geteuid() == 0 else set()
-    me = psutil.Process()
-    left = []
-    for p in psutil.process_iter(["uids", "name", "cmdline"]):
+    left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real in uids]
+    for p in psutil.Process().children(recursive=True):
         try:
-            if p.info["uids"].real in uids or (p.pid != me.pid and p.ppid() == me.pid and
-                                                 "p3.verify.math" not in " ".join(p.info["cmdline"] or [])):
+            if p.create_time() >= since - 1 and "p3.verify.math" not in " ".join(p.cmdline()):
                 left.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
@@ -270,9 +270,9 @@ def _sandbox_processes(sb: Sandbox) -> list:
 def test_zz_host_untouched_after_the_suite(suite, host, sandbox):
     # no process left (not even a zombie): give the kernel a moment to tear namespaces down
     deadline = time.monotonic() + 3
-    while _sandbox_processes(sandbox) and time.monotonic() < deadline:
+    while _sandbox_processes(sandbox, suite["_started_at"]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _sandbox_processes(sandbox) == []
+    assert _sandbox_processes(sandbox, suite["_started_at"]) == []
     # canaries intact
     canary = host["canary"]
     assert Path(canary).read_text() == "canary\n"

@@ -87,9 +87,10 @@ class DppResult:
 
     @property
     def logdet(self) -> float:
-        """Σ log d_i² of the greedy picks = Σ over rounds of log det L_round[picks]."""
+        """Σ log d_i² of the greedy picks = Σ over rounds of log det L_round[picks]
+        (single fallback picks of degenerate rounds, gain 0, are left out)."""
         g = self.gains[: self.n_greedy]
-        return float(np.log(g).sum()) if len(g) else 0.0
+        return float(np.log(g[g > 0]).sum())
 
 
 def dpp_select(

@@ -1,0 +1,444 @@
+"""This epoch's training subset: one interface over the strategies the project compares.
+
+Strategies (``--strategy``):
+
+- ``random``  k problems uniformly at random (seeded by ``seed`` and ``epoch``);
+- ``full``    every problem, in table order (the budget is ignored);
+- ``spl``     self-paced only: k at random among the eligible (see :mod:`p3.pacing`);
+- ``dpp``     diversity only: the DPP (:mod:`p3.dpp`) over the whole pool;
+- ``p3``      SPL then DPP: the DPP over the eligible problems (the paper's method);
+- ``static``  a curriculum on the dataset's own label: pacing on meta ``level``
+              (scaled to [0, 1]; meta ``difficulty`` when there is no level), k at
+              random among the eligible, ranked easiest level first.
+
+Quality for the DPP (``quality``): ``difficulty`` (paper default: among eligible items
+harder ones are worth more), ``easiness`` (1 − difficulty) or ``uniform`` (1).
+
+Entry points: :func:`select` (``p3 select`` and the KFP component: files in, files out)
+and :func:`select_ids` (in memory, for benchmarks: ids, arrays and a config in, a
+:class:`Selection` out; it reads and writes nothing).
+
+Report JSON (``--report``; also the dict ``select`` returns). Keys:
+
+- ``strategy``, ``epoch``, ``epochs``, ``budget``, ``seed``, ``quality``
+- ``pool`` (problems considered), ``eligible`` (after pacing; = pool for random, full
+  and dpp), ``selected``; ``budget_exceeds_eligible`` (bool: fewer eligible than the
+  budget, so all were selected); ``notes`` (list of sentences, e.g. that one)
+- ``percentile``, ``threshold`` (upper pacing percentile and its difficulty value),
+  ``lower_percentile``, ``lower_threshold`` (band mode) — null when no pacing applies
+- ``pacing``: {mode, shape, start, end, lower_start, lower_end, momentum_alpha,
+  momentum_applied}
+- ``difficulty``: {pool, eligible, selected} each {n, mean, std, min, p25, median, p75,
+  max, hist: {edges (0, 0.1, …, 1), counts}} (null values when there is no difficulty)
+- ``rounds`` (number of DPP rounds; 0 without DPP), ``round_sizes`` (picks per round)
+- ``dpp``: null, or {greedy_picks, fill_picks (zero-quality items added to fill k),
+  objective_logdet (Σ log of the greedy gains = Σ_rounds log det L_round[picks]),
+  precision, device, full_flushes, seconds, eps, conditioned_on (previous picks used),
+  condition_weight}
+- ``logdet``, ``mean_cosine``: diversity of the selection — log det(I + S) and mean
+  pairwise cosine, S the cosine Gram of the embeddings standardised over the pool and
+  L2-normalised (the definition p3.report uses); null without embeddings
+- ``diversity``: {k, selected: {logdet, mean_cosine}, random: {logdet, mean_cosine}}
+  with ``random`` one seeded random draw of the same size from the same pool
+- ``coverage``: {level: {pool, eligible, selected}, type: {…}} value → count from meta
+- ``seconds``: wall time of the selection
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from p3 import contracts, pacing, storage
+from p3.contracts import ContractError
+from p3.dpp import dpp_select
+from p3.logs import get_logger, step
+
+log = get_logger("select")
+
+STRATEGIES = ("random", "full", "spl", "dpp", "p3", "static")
+QUALITIES = ("difficulty", "easiness", "uniform")
+NEEDS_DIFFICULTY = ("spl", "dpp", "p3")
+NEEDS_EMBEDDINGS = ("dpp", "p3")
+
+
+@dataclass
+class SelectConfig:
+    problems: Optional[str] = field(default=None, metadata={"help": "problems table (.parquet, local or s3://); required by `select`"})
+    out: Optional[str] = field(default=None, metadata={"help": "output selection table (.parquet); required by `select`"})
+    difficulty: Optional[str] = field(default=None, metadata={"help": "this epoch's difficulty table (needed by spl, dpp, p3)"})
+    embeddings: Optional[str] = field(default=None, metadata={"help": "embeddings table (needed by dpp, p3)"})
+    strategy: str = field(default="p3", metadata={"help": "selection strategy", "choices": list(STRATEGIES)})
+    epoch: int = field(default=0, metadata={"help": "this epoch, 0-based"})
+    epochs: int = field(default=5, metadata={"help": "number of epochs E of the pacing schedule"})
+    budget: int = field(default=10000, metadata={"help": "problems to select (paper: 10,000 per epoch on MATH)"})
+    seed: int = field(default=0, metadata={"help": "seed of the random strategies and the random diversity baseline"})
+    report: Optional[str] = field(default=None, metadata={"help": "write the selection report JSON here"})
+    previous: Optional[str] = field(default=None, metadata={"help": "previous epoch's selection table (cross-epoch diversity)"})
+    previous_difficulty: Optional[str] = field(
+        default=None, metadata={"help": "previous epoch's difficulty table (momentum pacing)"}
+    )
+    pacing_start: float = field(default=45.0, metadata={"help": "pacing percentile at epoch 0"})
+    pacing_end: float = field(default=95.0, metadata={"help": "pacing percentile approached at the last epoch (pct(e) = start + e·(end−start)/E)"})
+    pacing_shape: str = field(default="linear", metadata={"help": "pacing schedule shape", "choices": list(pacing.SHAPES)})
+    pacing_mode: str = field(
+        default="threshold",
+        metadata={"help": "threshold: d ≤ pct; band: lower ≤ d ≤ pct; momentum: d + α(d − d_prev) ≤ pct", "choices": list(pacing.MODES)},
+    )
+    pacing_lower_start: float = field(default=0.0, metadata={"help": "band mode: lower percentile at epoch 0"})
+    pacing_lower_end: float = field(default=50.0, metadata={"help": "band mode: lower percentile approached at the last epoch"})
+    momentum_alpha: float = field(default=0.1, metadata={"help": "momentum mode: α in d + α(d − d_prev)"})
+    quality: str = field(default="difficulty", metadata={"help": "DPP item quality q", "choices": list(QUALITIES)})
+    eps: float = field(default=1e-10, metadata={"help": "DPP greedy stops a round when the best residual is below eps"})
+    diversity_weight: float = field(
+        default=0.0,
+        metadata={"help": "cross-epoch diversity: weight w in [0,1] of conditioning on the previous picks (0 = off, 1 = exact conditional DPP)"},
+    )
+    diversity_previous: int = field(
+        default=64, metadata={"help": "cross-epoch diversity: condition on this many first previous picks (≤ embedding dim)"}
+    )
+    precision: str = field(
+        default="auto", metadata={"help": "DPP screening precision (auto: float64 up to 2^26 matrix entries)", "choices": ["auto", "float64", "float32"]}
+    )
+    device: str = field(default="auto", metadata={"help": "DPP device: auto (CUDA when present), cpu, cuda, cuda:N"})
+
+
+@dataclass
+class Selection:
+    """The picks in rank order, their DPP round and difficulty, and the report dict."""
+
+    ids: list
+    round: np.ndarray
+    difficulty: np.ndarray
+    report: dict
+
+
+def select(cfg: SelectConfig) -> dict:
+    """``p3 select``: read the inputs, select, write the selection and report; return the report."""
+    if not cfg.problems or not cfg.out:
+        raise ValueError("--problems and --out are required")
+    _check_config(cfg)
+    with step(log, "select") as counts:
+        problems = _load_problems(cfg.problems)
+        ids = problems.column("id").to_pylist()
+        metas = _parse_meta(problems, cfg.problems)
+        diff = _difficulty_for(cfg.difficulty, ids) if cfg.difficulty else None
+        if diff is None and cfg.strategy in NEEDS_DIFFICULTY:
+            raise ValueError(f"strategy {cfg.strategy!r} needs --difficulty")
+        emb = None
+        if cfg.embeddings and (cfg.strategy in NEEDS_EMBEDDINGS or cfg.report):
+            emb = _embeddings_for(cfg.embeddings, ids)
+        if emb is None and cfg.strategy in NEEDS_EMBEDDINGS:
+            raise ValueError(f"strategy {cfg.strategy!r} needs --embeddings")
+        prev_ids = _previous_ids(cfg.previous) if cfg.previous else None
+        prev_diff = _difficulty_for(cfg.previous_difficulty, ids, allow_missing=True) if cfg.previous_difficulty else None
+        sel = select_ids(
+            ids, diff, emb, cfg,
+            levels=[m.get("level") for m in metas], types=[m.get("type") for m in metas],
+            previous_ids=prev_ids, previous_difficulty=prev_diff, static_source=cfg.problems,
+        )
+        table = pa.table(
+            {
+                "id": pa.array(sel.ids, pa.string()),
+                "rank": pa.array(np.arange(len(sel.ids)), pa.int64()),
+                "round": pa.array(sel.round, pa.int64()),
+                "difficulty": pa.array(sel.difficulty, pa.float64()),
+                "epoch": pa.array(np.full(len(sel.ids), cfg.epoch), pa.int64()),
+            },
+            schema=contracts.SELECTION,
+        )
+        storage.write_table(table, cfg.out)
+        if cfg.report:
+            storage.write_json(sel.report, cfg.report)
+        counts.update(strategy=cfg.strategy, pool=sel.report["pool"], eligible=sel.report["eligible"], selected=len(sel.ids))
+    return sel.report
+
+
+def select_ids(
+    ids: Sequence[str],
+    difficulty: Optional[np.ndarray],
+    embeddings: Optional[np.ndarray],
+    cfg: SelectConfig,
+    levels: Optional[Sequence] = None,
+    types: Optional[Sequence] = None,
+    previous_ids: Optional[Sequence[str]] = None,
+    previous_difficulty: Optional[np.ndarray] = None,
+    static_source: str = "problems",
+) -> Selection:
+    """Select in memory. ``difficulty`` (N,) in [0,1] or None; ``embeddings`` (N, d) or
+    None; ``levels``/``types`` per item (meta labels, for ``static`` and coverage);
+    ``previous_ids`` the last epoch's selection in rank order (cross-epoch diversity);
+    ``previous_difficulty`` (N,) with NaN where unknown (momentum pacing)."""
+    _check_config(cfg)
+    start = time.perf_counter()
+    n = len(ids)
+    ids = list(ids)
+    d = None if difficulty is None else np.asarray(difficulty, dtype=np.float64)
+    X = None if embeddings is None else np.asarray(embeddings)
+    if d is not None and len(d) != n or X is not None and len(X) != n:
+        raise ValueError("ids, difficulty and embeddings must have the same length")
+    notes: list[str] = []
+    pace = None
+    label = None
+    if cfg.strategy == "static":
+        label = _static_difficulty(levels, static_source)
+    paced = {"spl": d, "p3": d, "static": label}.get(cfg.strategy)
+    if paced is not None:
+        pace = pacing.eligible(
+            paced, cfg.epoch, cfg.epochs, cfg.pacing_start, cfg.pacing_end, cfg.pacing_shape,
+            cfg.pacing_mode, cfg.pacing_lower_start, cfg.pacing_lower_end, cfg.momentum_alpha,
+            previous=previous_difficulty if cfg.strategy != "static" else None,
+        )
+        pool_mask = pace.eligible
+    else:
+        pool_mask = np.ones(n, dtype=bool)
+    eligible_idx = np.flatnonzero(pool_mask)
+    k = n if cfg.strategy == "full" else min(cfg.budget, len(eligible_idx))
+    if cfg.strategy == "full" and cfg.budget < n:
+        notes.append(f"strategy full ignores the budget ({cfg.budget}): all {n} problems selected")
+    if cfg.strategy != "full" and len(eligible_idx) < cfg.budget:
+        notes.append(f"only {len(eligible_idx)} eligible problems for a budget of {cfg.budget}: all of them selected")
+    rng = np.random.default_rng([cfg.seed, cfg.epoch])
+    rounds = np.zeros(0, dtype=np.int64)
+    result = cond = None
+    if cfg.strategy == "full":
+        chosen = np.arange(n)
+    elif cfg.strategy in ("random", "spl"):
+        chosen = rng.permutation(eligible_idx)[:k]
+    elif cfg.strategy == "static":
+        picked = rng.permutation(eligible_idx)[:k]
+        chosen = picked[np.argsort(label[picked], kind="stable")]
+    else:  # dpp, p3
+        q = _quality(d[eligible_idx], cfg.quality)
+        cond = _condition_rows(ids, X, previous_ids, cfg)
+        result = dpp_select(
+            X[eligible_idx], q, k, eps=cfg.eps, precision=cfg.precision, device=cfg.device,
+            condition_on=cond, condition_weight=cfg.diversity_weight,
+        )
+        chosen = eligible_idx[result.order]
+        rounds = result.rounds
+        if result.n_fill:
+            notes.append(f"{result.n_fill} zero-quality problems added last to fill the budget")
+    if not len(rounds):
+        rounds = np.zeros(len(chosen), dtype=np.int64)
+    sel_diff = d[chosen] if d is not None else (label[chosen] if label is not None else np.full(len(chosen), np.nan))
+    report = _report(cfg, ids, d, X, pool_mask, chosen, pace, result, levels, types, notes, rng)
+    if report["dpp"] is not None:
+        report["dpp"]["conditioned_on"] = 0 if cond is None else int(len(cond))
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    for note in notes:
+        log.info(note)
+    return Selection([ids[i] for i in chosen], np.asarray(rounds, dtype=np.int64), sel_diff, report)
+
+
+# -- pieces -----------------------------------------------------------------------------
+def _check_config(cfg: SelectConfig) -> None:
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {cfg.strategy!r} (choose from {', '.join(STRATEGIES)})")
+    if cfg.quality not in QUALITIES:
+        raise ValueError(f"unknown quality {cfg.quality!r} (choose from {', '.join(QUALITIES)})")
+    if cfg.budget < 1:
+        raise ValueError(f"--budget must be ≥ 1, got {cfg.budget}")
+    if cfg.epochs < 1 or cfg.epoch < 0:
+        raise ValueError(f"need --epoch ≥ 0 and --epochs ≥ 1, got {cfg.epoch} and {cfg.epochs}")
+    if not 0.0 <= cfg.diversity_weight <= 1.0:
+        raise ValueError(f"--diversity-weight must be in [0, 1], got {cfg.diversity_weight}")
+
+
+def _quality(d: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "difficulty":
+        return d.copy()
+    if kind == "easiness":
+        return 1.0 - d
+    return np.ones_like(d)
+
+
+def _condition_rows(ids, X, previous_ids, cfg) -> Optional[np.ndarray]:
+    if cfg.diversity_weight <= 0 or not previous_ids:
+        return None
+    index = {pid: i for i, pid in enumerate(ids)}
+    rows = [index[p] for p in previous_ids if p in index][: min(cfg.diversity_previous, X.shape[1])]
+    return X[rows] if rows else None
+
+
+def _static_difficulty(levels, source: str) -> np.ndarray:
+    if levels is None:
+        raise ValueError("strategy static needs meta levels")
+    values = []
+    for row, lv in enumerate(levels):
+        try:
+            values.append(float(lv))
+        except (TypeError, ValueError):
+            raise ContractError(source, "meta", f"strategy static needs a numeric 'level' (or 'difficulty'), got {lv!r}", row=row + 1) from None
+    v = np.asarray(values, dtype=np.float64)
+    span = v.max() - v.min() if len(v) else 0.0
+    return (v - v.min()) / span if span > 0 else np.zeros_like(v)
+
+
+def _load_problems(path: str) -> pa.Table:
+    try:
+        from p3.data import load_problems
+    except ImportError:  # pragma: no cover - p3.data is part of the package
+        return contracts.read(path, contracts.PROBLEMS)
+    return load_problems(path)
+
+
+def _parse_meta(table: pa.Table, path: str) -> list[dict]:
+    out = []
+    for row, text in enumerate(table.column("meta").to_pylist()):
+        try:
+            meta = json.loads(text) if text else {}
+        except ValueError as exc:
+            raise ContractError(path, "meta", f"not valid JSON: {exc}", row=row + 1) from None
+        if not isinstance(meta, dict):
+            raise ContractError(path, "meta", "must be a JSON object", row=row + 1)
+        if meta.get("level") is None and meta.get("difficulty") is not None:
+            meta = {**meta, "level": meta["difficulty"]}
+        out.append(meta)
+    return out
+
+
+def _difficulty_for(path: str, ids: Sequence[str], allow_missing: bool = False) -> np.ndarray:
+    table = contracts.read(path, contracts.DIFFICULTY)
+    values = table.column("difficulty").to_pylist()
+    contracts.check_unit_interval(values, path, "difficulty")
+    by_id = dict(zip(table.column("id").to_pylist(), values))
+    out = np.full(len(ids), np.nan)
+    for row, pid in enumerate(ids):
+        v = by_id.get(pid)
+        if v is None:
+            if allow_missing:
+                continue
+            raise ContractError(path, "id", f"no difficulty for problem {pid!r} (problems row {row + 1})")
+        out[row] = v
+    return out
+
+
+def _embeddings_for(path: str, ids: Sequence[str]) -> np.ndarray:
+    emb_ids, matrix = contracts.read_embeddings(path)
+    index = {pid: i for i, pid in enumerate(emb_ids)}
+    rows = np.empty(len(ids), dtype=np.int64)
+    for row, pid in enumerate(ids):
+        i = index.get(pid)
+        if i is None:
+            raise ContractError(path, "id", f"no embedding for problem {pid!r} (problems row {row + 1})")
+        rows[row] = i
+    return matrix if np.array_equal(rows, np.arange(len(matrix))) else matrix[rows]
+
+
+def _previous_ids(path: str) -> list[str]:
+    table = contracts.read(path, contracts.SELECTION)
+    order = np.argsort(np.asarray(table.column("rank").to_pylist()), kind="stable")
+    ids = table.column("id").to_pylist()
+    return [ids[i] for i in order]
+
+
+# -- report -----------------------------------------------------------------------------
+def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, levels, types, notes, rng) -> dict:
+    n = len(ids)
+    elig = np.flatnonzero(pool_mask)
+    rep: dict = {
+        "strategy": cfg.strategy,
+        "epoch": cfg.epoch,
+        "epochs": cfg.epochs,
+        "budget": cfg.budget,
+        "seed": cfg.seed,
+        "quality": cfg.quality,
+        "pool": n,
+        "eligible": int(len(elig)),
+        "selected": int(len(chosen)),
+        "budget_exceeds_eligible": bool(cfg.strategy != "full" and len(elig) < cfg.budget),
+        "notes": notes,
+        "percentile": pace.percentile if pace else None,
+        "threshold": pace.threshold if pace else None,
+        "lower_percentile": pace.lower_percentile if pace else None,
+        "lower_threshold": pace.lower_threshold if pace else None,
+        "pacing": {
+            "mode": cfg.pacing_mode, "shape": cfg.pacing_shape, "start": cfg.pacing_start, "end": cfg.pacing_end,
+            "lower_start": cfg.pacing_lower_start, "lower_end": cfg.pacing_lower_end,
+            "momentum_alpha": cfg.momentum_alpha,
+            "momentum_applied": bool(pace is not None and cfg.pacing_mode == "momentum" and cfg.strategy != "static"),
+        },
+        "difficulty": {
+            "pool": _stats(d), "eligible": _stats(None if d is None else d[elig]),
+            "selected": _stats(None if d is None else d[chosen]),
+        },
+        "rounds": int(result.n_rounds) if result else 0,
+        "round_sizes": list(result.round_sizes) if result else [],
+        "dpp": None,
+        "logdet": None,
+        "mean_cosine": None,
+        "diversity": None,
+        "coverage": {},
+    }
+    if result is not None:
+        rep["dpp"] = {
+            "greedy_picks": result.n_greedy, "fill_picks": result.n_fill,
+            "objective_logdet": _num(result.logdet), "precision": result.precision, "device": result.device,
+            "full_flushes": result.flushes, "seconds": round(result.seconds, 3), "eps": cfg.eps,
+            "conditioned_on": 0, "condition_weight": cfg.diversity_weight,
+        }
+    if X is not None and len(chosen) >= 2:
+        rep["diversity"] = _diversity(X, elig, chosen, rng)
+        rep["logdet"] = rep["diversity"]["selected"]["logdet"]
+        rep["mean_cosine"] = rep["diversity"]["selected"]["mean_cosine"]
+    for key, labels in (("level", levels), ("type", types)):
+        if labels is not None:
+            rep["coverage"][key] = {
+                "pool": _counts(labels, range(n)), "eligible": _counts(labels, elig), "selected": _counts(labels, chosen)
+            }
+    return rep
+
+
+def _diversity(X, elig, chosen, rng) -> dict:
+    """log det(I + S) and mean cosine of the selection vs one random same-size draw."""
+    from p3.report import diversity
+
+    pool = elig if set(chosen.tolist()) <= set(elig.tolist()) else np.arange(len(X))
+    F = X[pool].astype(np.float64)
+    F -= F.mean(axis=0)
+    sd = F.std(axis=0)
+    F /= np.where(sd > 0, sd, 1.0)
+    nrm = np.linalg.norm(F, axis=1, keepdims=True)
+    F /= np.where(nrm > 0, nrm, 1.0)
+    where = np.full(len(X), -1)
+    where[pool] = np.arange(len(pool))
+    sel = diversity(F[where[chosen]])
+    rand = diversity(F[rng.choice(len(pool), size=len(chosen), replace=False)])
+    return {"k": int(len(chosen)), "selected": _clean(sel), "random": _clean(rand)}
+
+
+def _stats(v: Optional[np.ndarray]) -> dict:
+    if v is None or not len(v) or np.isnan(v).all():
+        return {"n": 0 if v is None else int(len(v))}
+    v = v[~np.isnan(v)]
+    counts, edges = np.histogram(v, bins=10, range=(0.0, 1.0))
+    p25, med, p75 = np.percentile(v, [25, 50, 75])
+    return {
+        "n": int(len(v)), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
+        "p25": float(p25), "median": float(med), "p75": float(p75), "max": float(v.max()),
+        "hist": {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()},
+    }
+
+
+def _counts(labels, idx) -> dict:
+    out: dict[str, int] = {}
+    for i in idx:
+        key = str(labels[i]) if labels[i] is not None else "?"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _num(x: float) -> Optional[float]:
+    return float(x) if math.isfinite(x) else None
+
+
+def _clean(d: dict) -> dict:
+    return {k: _num(v) for k, v in d.items()}
+

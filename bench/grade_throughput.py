@@ -46,9 +46,13 @@ def plain_arm(python: str, workers: int):
     return run
 
 
+WALLS: dict[str, list[float]] = {}
+
+
 def sandbox_arm(sb: Sandbox):
     def run(n: int) -> int:
         res = sb.run_many([Job(PROGRAM, stdin=f"{i}\n") for i in range(n)])
+        WALLS.setdefault(sb.level, []).extend(r.wall for r in res)
         return sum(r.status == "ok" and r.stdout.strip() == str(i + 1) for i, r in enumerate(res))
 
     return run
@@ -80,6 +84,10 @@ def main() -> None:
     print(f"{'arm':<8} {'median runs/s':>14}  rounds  (workers={args.workers}, cpus={os.cpu_count()}, runs={args.runs})")
     for name, r in rates.items():
         print(f"{name:<8} {statistics.median(r):>14.1f}  " + " ".join(f"{x:.1f}" for x in r))
+    walls = {k: statistics.median(v) * 1000 for k, v in WALLS.items()}
+    print("median wall per run (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in walls.items()))
+    if "bwrap" in walls and "none" in walls:
+        print(f"namespace cost per run (bwrap - none): {walls['bwrap'] - walls['none']:+.1f} ms")
     best = next(level for level in LEVELS if level in rates)
     base = statistics.median(rates["plain"])
     ours = statistics.median(rates[best])

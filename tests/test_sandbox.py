@@ -4,17 +4,15 @@ non-root grader (Kubernetes pods run non-root)."""
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
 
 import p3.sandbox as sbx
+from _sandbox_fixtures import LoopbackServer
 from p3.sandbox import Job, Limits, Sandbox
 
 SYSTEM_PYTHON = sbx.sandbox_python()
@@ -32,38 +30,6 @@ def _sandbox(level, tmp_root=None, timeout=1.5):
 def level(request):
     _sandbox(request.param)  # skips when unavailable
     return request.param
-
-
-class LoopbackServer:
-    """A TCP server on 127.0.0.1 that records every connection and byte it gets."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.received: list[bytes] = []
-        self.connections = 0
-        self._t = threading.Thread(target=self._serve, daemon=True)
-        self._t.start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            conn.settimeout(2)
-            try:
-                while data := conn.recv(65536):
-                    self.received.append(data)
-            except OSError:
-                pass
-            conn.close()
-
-    def close(self):
-        self.sock.close()
 
 
 @pytest.fixture
@@ -131,7 +97,7 @@ def test_network_is_unreachable(level):
         code = f"import socket\ns = socket.create_connection(('127.0.0.1', {server.port}), timeout=1)\ns.sendall(b'hi')\nprint('sent')"
         res = sb.run(Job(code))
         assert res.status == "runtime_error" and "sent" not in res.stdout
-        assert server.connections == 0 and server.received == []
+        assert server.connections == 0 and server.received == b""
     finally:
         server.close()
 

@@ -11,17 +11,17 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+
+from _sandbox_fixtures import LoopbackServer
 
 from p3 import storage
 from p3.sandbox import Job, Limits, Sandbox, sandbox_python
@@ -36,34 +36,6 @@ SECRET = "P3SECRET" + secrets.token_hex(16)  # in the grader's environment
 ANSWER_INT = secrets.randbelow(10**15) + 10**15  # expected call-based return value
 TIMEOUT = 1.5
 WORKERS = 2
-
-
-class Server:
-    """A loopback TCP server the programs try to reach."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self.received = b""
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            conn.settimeout(1)
-            try:
-                while data := conn.recv(65536):
-                    self.received += data
-            except OSError:
-                pass
-            conn.close()
 
 
 def attacks(canary: str, port: int, grader_pid: int) -> dict:
@@ -197,9 +169,9 @@ def host():
     os.chmod(canary, 0o666)
     old = os.environ.get("P3_GRADER_SECRET")
     os.environ["P3_GRADER_SECRET"] = SECRET
-    server = Server()
+    server = LoopbackServer()
     yield {"canary": canary, "server": server}
-    server.sock.close()
+    server.close()
     if old is None:
         os.environ.pop("P3_GRADER_SECRET", None)
     shutil.rmtree(canary_dir, ignore_errors=True)

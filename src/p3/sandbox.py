@@ -47,7 +47,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -156,8 +155,16 @@ class Job:
 
 
 def sandbox_python() -> str:
-    """The interpreter for untrusted programs: $P3_SANDBOX_PYTHON or the system python3."""
-    return os.environ.get("P3_SANDBOX_PYTHON") or DEFAULT_PYTHON
+    """The interpreter for untrusted programs: $P3_SANDBOX_PYTHON, else the system python3
+    (/usr/bin/python3, or /usr/local/bin/python3 as in the python:*-slim images), else the
+    first python3 on PATH."""
+    env = os.environ.get("P3_SANDBOX_PYTHON")
+    if env:
+        return env
+    for candidate in (DEFAULT_PYTHON, "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("python3") or sys.executable
 
 
 class Sandbox:

@@ -66,7 +66,7 @@ class GradeConfig:
     require_isolation: bool = field(default=False, metadata={
         "help": "fail unless programs run with no network and no view of the host's files (bwrap)"})
     sandbox_python: str = field(default="", metadata={
-        "help": "interpreter for untrusted programs (default $P3_SANDBOX_PYTHON or /usr/bin/python3)"})
+        "help": "interpreter for untrusted programs (default $P3_SANDBOX_PYTHON, else the system python3)"})
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import os
 import queue
 import re
 import selectors

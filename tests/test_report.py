@@ -111,3 +111,14 @@ def test_cli_bad_input_is_one_line_error(tmp_path, capsys):
     assert "difficulty.parquet" in err and "not a readable Parquet file" in err
     assert not (tmp_path / "report.html").exists()
     assert cli_main(["report", "--run-dir", str(tmp_path / "nothing-here")]) == 1
+
+
+def test_pacing_modes_decide_the_eligible_set():
+    d = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    band = report.EpochData(epoch=1, difficulty=d, selection_report={"strategy": "p3", "threshold": 0.4,
+                                                                     "lower_threshold": 0.2})
+    assert report.eligible_mask(band).tolist() == [False, True, True, True, False]
+    # static paces on level labels: its threshold is not on the difficulty axis
+    static = report.EpochData(epoch=1, difficulty=d, selection_report={"strategy": "static", "threshold": 0.25})
+    assert report.eligible_mask(static).all() and report.difficulty_threshold(static) is None
+    assert report.epoch_metrics(static)["threshold"] == 0.25

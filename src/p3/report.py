@@ -203,14 +203,29 @@ def threshold_of(data: EpochData) -> float | None:
     return None
 
 
+def difficulty_threshold(data: EpochData) -> float | None:
+    """The threshold on the *difficulty* axis; None for ``static`` (it paces on level labels)."""
+    if str(data.selection_report.get("strategy", "")) == "static":
+        return None
+    return threshold_of(data)
+
+
 def eligible_mask(data: EpochData) -> np.ndarray | None:
-    """Which pool items were eligible (difficulty ≤ threshold; all when no threshold)."""
+    """Which pool items were eligible: difficulty within the pacing thresholds (all when none).
+
+    Exact for the threshold and band modes; for momentum pacing (which compares
+    d + α(d − d_prev)) the eligible count in the numbers table is the selector's.
+    """
     if data.difficulty is None:
         return None
-    thr = threshold_of(data)
-    if thr is None:
-        return np.ones(len(data.difficulty), dtype=bool)
-    return data.difficulty <= thr + 1e-12
+    thr = difficulty_threshold(data)
+    mask = np.ones(len(data.difficulty), dtype=bool)
+    if thr is not None:
+        mask &= data.difficulty <= thr + 1e-12
+        lower = data.selection_report.get("lower_threshold")
+        if isinstance(lower, (int, float)):
+            mask &= data.difficulty >= lower - 1e-12
+    return mask
 
 
 def normalized_embeddings(matrix: np.ndarray, stats_rows: int | None = None, seed: int = 0) -> np.ndarray:
@@ -336,7 +351,7 @@ def plot_difficulty(data: EpochData) -> str | None:
     if data.selected_difficulty is not None:
         ax.hist(data.selected_difficulty, bins=bins, color="#d94801", alpha=0.85,
                 label=f"selected ({len(data.selected_difficulty)})")
-    thr = threshold_of(data)
+    thr = difficulty_threshold(data)
     if thr is not None:
         ax.axvline(thr, color="black", linestyle="--", linewidth=1.2, label=f"threshold {thr:.3f}")
     lo, hi = float(data.difficulty.min()), float(data.difficulty.max())
@@ -574,7 +589,12 @@ def _epoch_sections(d: EpochData, seed: int) -> tuple[str, str]:
         drow = [["log det(I + S), S = cosine Gram", _fmt(div["selected"]["logdet"], 2), _fmt(div["random"]["logdet"], 2)],
                 ["mean pairwise cosine (lower = more diverse)", _fmt(div["selected"]["mean_cosine"], 4),
                  _fmt(div["random"]["mean_cosine"], 4)]]
-        head = ["", f"selected (k={div['k']})", f"random, same k (mean of {RANDOM_DRAWS})"]
+        own = rep.get("diversity") or {}
+        if own.get("selected") and own.get("random"):
+            drow.append(["selector's report: log-det / mean cosine vs one random draw from the eligible",
+                         f"{_fmt(own['selected'].get('logdet'), 2)} / {_fmt(own['selected'].get('mean_cosine'), 4)}",
+                         f"{_fmt(own['random'].get('logdet'), 2)} / {_fmt(own['random'].get('mean_cosine'), 4)}"])
+        head = ["", f"selected (k={div['k']})", f"random from the pool, same k (mean of {RANDOM_DRAWS})"]
         h.append(_html_table(head, drow))
         md.append(_md_table(head, drow))
 

@@ -50,6 +50,8 @@ def test_outcomes_are_classified(level, open_tmp):
         (Job("import sys\nsys.exit(3)"), "runtime_error", ""),
         (Job("exit()"), "ok", ""),  # site's exit() works although the runner skips site
         (Job("while True: pass"), "timeout", ""),
+        (Job("import os, time\nprint(3, flush=True)\nos.close(1)\nos.close(2)\ntime.sleep(0.3)"), "ok", "3\n"),
+        (Job("import os\nprint(3, flush=True)\nos.close(1)\nos.close(2)\nwhile True: pass"), "timeout", "3\n"),
         (Job("x = bytearray(10**11)"), "memory_limit", ""),
         (Job("while True: print('x' * 4096)"), "output_limit", None),
         (Job("open('f', 'wb').write(b'x' * (100 << 20))"), "output_limit", ""),

@@ -382,6 +382,12 @@ class Sandbox:
                         break
                 if why:
                     break
+            if why is None and proc.poll() is None:
+                # both pipes closed but the program runs on: it still has its time limit
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    why = "timeout"
         finally:
             sel.close()
             self._kill(proc)

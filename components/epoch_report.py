@@ -56,9 +56,10 @@ def epoch_report(
     page, md, scalars = report.render_epoch(data, seed=seed)
     storage.write_text(page, html.path)
     storage.write_text(md, markdown.path)
+    scalars = {k: v for k, v in scalars.items() if v is not None}
     for name, value in scalars.items():
-        if value is not None:
-            metrics.log_metric(name, value)
+        metrics.log_metric(name, value)
+    storage.write_json(scalars, metrics.path)  # a real file, as in the evaluator
     run_page, run_md = report.render_run(report.find_epoch_dirs(run.path), seed=seed, problems=problems.path)
     storage.write_text(run_page, run_html.path)
     storage.write_text(run_md, run_markdown.path)

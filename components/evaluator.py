@@ -35,12 +35,15 @@ def evaluator(
         base_model: Model evaluated when no ``policy`` artifact is connected.
         policy: The policy to evaluate (this epoch's trained model).
     """
+    from p3 import storage
     from p3.components._glue import model_ref
     from p3.evaluate import EvaluateConfig, evaluate
 
     out = evaluate(EvaluateConfig(problems=problems.path, model=model_ref(policy, base_model), out=results.path,
                                   n=n, k=k, backend=backend, max_new_tokens=max_new_tokens, seed=seed,
                                   epoch=epoch))
-    for name, value in out.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            metrics.log_metric(name, value)
+    scalars = {k: v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for name, value in scalars.items():
+        metrics.log_metric(name, value)
+    # The Metrics artifact is also a real file: a cluster uploads it, kfp.local's cache requires it.
+    storage.write_json(scalars, metrics.path)

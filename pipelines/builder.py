@@ -199,6 +199,7 @@ class BuildOptions:
 class Built(NamedTuple):
     pipeline: Any  # the GraphComponent
     epoch_of_task: dict[str, int]  # DAG task name -> epoch (-1 = before the epochs)
+    display_names: dict[str, str]  # DAG task name -> "epoch e: step"
     defaults: dict[str, Any]
 
 
@@ -206,10 +207,11 @@ def build(opts: BuildOptions, defaults: dict[str, Any] | None = None) -> Built:
     """Build the pipeline for ``opts``; run-parameter defaults from its preset unless given."""
     defaults = dict(defaults or preset_defaults(opts.task, opts.preset))
     epoch_of_task: dict[str, int] = {}
+    display_names: dict[str, str] = {}
 
     def body(*args):
         p = dict(zip(PARAMS, args))
-        return _wire(opts, p, epoch_of_task)
+        return _wire(opts, p, epoch_of_task, display_names)
 
     body.__name__ = f"p3_{opts.task}"
     body.__doc__ = _docstring(opts)
@@ -219,7 +221,7 @@ def build(opts: BuildOptions, defaults: dict[str, Any] | None = None) -> Built:
         return_annotation=_outputs_type(opts.epochs),
     )
     pipeline = dsl.pipeline(name=f"p3-{opts.task}", display_name=f"P3 {opts.task.upper()} ({opts.epochs} epochs)")(body)
-    return Built(pipeline, epoch_of_task, defaults)
+    return Built(pipeline, epoch_of_task, display_names, defaults)
 
 
 def _outputs_type(epochs: int) -> type:
@@ -234,13 +236,14 @@ def _docstring(opts: BuildOptions) -> str:
     return "\n".join(lines)
 
 
-def _wire(opts: BuildOptions, p: dict[str, Any], epoch_of_task: dict[str, int]):
+def _wire(opts: BuildOptions, p: dict[str, Any], epoch_of_task: dict[str, int], display_names: dict[str, str]):
     """Create the tasks. ``p`` maps run-parameter names to pipeline channels."""
 
     def setup(task, kind: str, epoch: int, what: str, image: str):
         """Name, image, env, caching and cluster settings of one task."""
         epoch_of_task[task.name] = epoch
-        task.set_display_name(f"epoch {epoch}: {what}" if epoch >= 0 else what)
+        display_names[task.name] = f"epoch {epoch}: {what}" if epoch >= 0 else what
+        task.set_display_name(display_names[task.name])
         task.set_container_image(p[image])
         task.set_env_variable("P3_EPOCH", str(epoch) if epoch >= 0 else "")
         task.set_caching_options(enable_caching=opts.cache_everything or kind in DETERMINISTIC)

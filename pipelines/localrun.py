@@ -44,23 +44,30 @@ from p3.pipelines.builder import BuildOptions, build
 
 # Lines of the kfp.local log worth showing on the console (the rest goes to pipeline.log).
 _SHOW = re.compile(r"Task .* finished with status|cache hit|Running pipeline|Pipeline .* finished|"
-                   r"^\s*\[[a-z-]+( epoch \d+)?\] |Traceback|Error|error:")
+                   r"\]: \[[a-z-]+( epoch \d+)?\] |Traceback|Error|error:")
+_TASK = re.compile(r"Task '([^']+)'")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class _Tee(io.TextIOBase):
     """Everything to the log file; the interesting lines also to the console."""
 
-    def __init__(self, log: TextIO, console: TextIO, verbose: bool):
-        self.log, self.console, self.verbose, self._buf = log, console, verbose, ""
+    def __init__(self, log: TextIO, console: TextIO, verbose: bool, names: dict[str, str]):
+        self.log, self.console, self.verbose, self.names, self._buf = log, console, verbose, names, ""
 
     def write(self, s: str) -> int:
         self.log.write(s)
         self._buf += s
         *lines, self._buf = self._buf.split("\n")
         for line in lines:
-            if self.verbose or _SHOW.search(_ANSI.sub("", line)):
-                self.console.write(line.strip() + "\n" if not self.verbose else line + "\n")
+            if self.verbose:
+                self.console.write(line + "\n")
+                continue
+            plain = _ANSI.sub("", line).strip()
+            if _SHOW.search(plain):
+                # kfp.local names tasks by DAG key (trainer-2); show the display name (epoch 1: train)
+                plain = _TASK.sub(lambda m: f"'{self.names.get(m.group(1), m.group(1))}'", plain)
+                self.console.write(plain.replace("[KFP Executor ", "[") + "\n")
         return len(s)
 
     def flush(self) -> None:
@@ -73,14 +80,16 @@ class _CacheHits(logging.Handler):
 
     pattern = re.compile(r"Task (\S+) cache hit")
 
-    def __init__(self):
+    def __init__(self, console: TextIO, names: dict[str, str]):
         super().__init__(logging.INFO)
+        self.console, self.names = console, names
         self.tasks: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         m = self.pattern.search(record.getMessage())
         if m:
             self.tasks.append(m.group(1))
+            self.console.write(f"'{self.names.get(m.group(1), m.group(1))}' taken from the cache\n")
 
 
 def run_local(opts: BuildOptions, params: dict[str, Any], runs_dir: str = "runs", name: str | None = None,
@@ -106,7 +115,7 @@ def run_local(opts: BuildOptions, params: dict[str, Any], runs_dir: str = "runs"
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.join(run_dir, "pipeline_root"),
                raise_on_error=True, enable_caching=True, cache_root=cache_dir)
-    hits = _CacheHits()
+    hits = _CacheHits(console, built.display_names)
     root = logging.getLogger()
     old_level = root.level
     root.addHandler(hits)
@@ -115,7 +124,7 @@ def run_local(opts: BuildOptions, params: dict[str, Any], runs_dir: str = "runs"
     error: BaseException | None = None
     try:
         with open(os.path.join(run_dir, "pipeline.log"), "w") as log, \
-                contextlib.redirect_stdout(_Tee(log, console, verbose)), warnings.catch_warnings():
+                contextlib.redirect_stdout(_Tee(log, console, verbose, built.display_names)), warnings.catch_warnings():
             # kfp.local warns once per task that display names and images do nothing locally.
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", RuntimeWarning)

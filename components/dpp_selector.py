@@ -17,13 +17,19 @@ def dpp_selector(
     epochs: int = 3,
     strategy: str = "p3",
     budget: int = 100,
-    pacing: str = "linear",
+    pacing_shape: str = "linear",
+    pacing_mode: str = "threshold",
     pacing_start: float = 45.0,
     pacing_end: float = 95.0,
+    pacing_lower_start: float = 0.0,
+    pacing_lower_end: float = 50.0,
+    momentum_alpha: float = 0.1,
+    diversity_weight: float = 0.0,
     seed: int = 0,
     previous: Input[Dataset] = None,
+    previous_difficulty: Input[Dataset] = None,
 ):
-    """Select ``budget`` problems: the eligible (pacing) pool, then a greedy DPP.
+    """Select ``budget`` problems: the eligible pool (pacing), then a greedy DPP.
 
     Args:
         problems: Problems table (the pool).
@@ -35,15 +41,26 @@ def dpp_selector(
         epochs: Number of epochs (the pacing schedule's length).
         strategy: ``p3``, ``dpp``, ``spl``, ``random``, ``full`` or ``static``.
         budget: Problems to select.
-        pacing: Pacing schedule shape (``linear`` …, see ``p3 select --help``).
-        pacing_start: Percentile of the first epoch.
-        pacing_end: Percentile the schedule ends at.
-        seed: Seed (random strategy, tie-free order).
+        pacing_shape: ``linear``, ``root`` or ``geometric``.
+        pacing_mode: ``threshold`` (d <= pct), ``band`` (lower <= d <= pct) or ``momentum``.
+        pacing_start: Percentile at epoch 0 (paper: 45).
+        pacing_end: Percentile approached at the last epoch (paper: 95).
+        pacing_lower_start: Band mode: lower percentile at epoch 0.
+        pacing_lower_end: Band mode: lower percentile approached at the last epoch.
+        momentum_alpha: Momentum mode: alpha in d + alpha (d - d_prev).
+        diversity_weight: Cross-epoch diversity: weight of conditioning on the previous picks (0 = off).
+        seed: Seed of the random strategies and of the random diversity baseline.
         previous: Last epoch's selection (cross-epoch diversity), when there is one.
+        previous_difficulty: Last epoch's difficulty table (momentum pacing), when there is one.
     """
     from p3.selection import SelectConfig, select
 
-    select(SelectConfig(problems=problems.path, difficulty=difficulty.path, embeddings=embeddings.path,
-                        strategy=strategy, epoch=epoch, epochs=epochs, budget=budget, out=selection.path,
-                        previous=previous.path if previous is not None else None, report=report.path,
-                        seed=seed, pacing=pacing, pacing_start=pacing_start, pacing_end=pacing_end))
+    select(SelectConfig(
+        problems=problems.path, difficulty=difficulty.path, embeddings=embeddings.path, out=selection.path,
+        report=report.path, strategy=strategy, epoch=epoch, epochs=epochs, budget=budget, seed=seed,
+        pacing_shape=pacing_shape, pacing_mode=pacing_mode, pacing_start=pacing_start, pacing_end=pacing_end,
+        pacing_lower_start=pacing_lower_start, pacing_lower_end=pacing_lower_end, momentum_alpha=momentum_alpha,
+        diversity_weight=diversity_weight,
+        previous=previous.path if previous is not None else None,
+        previous_difficulty=previous_difficulty.path if previous_difficulty is not None else None,
+    ))

@@ -56,9 +56,14 @@ PARAMS: dict[str, tuple[type, str]] = {
     "tiny_steps": (int, "warm-up steps of the bootstrapped tiny model"),
     "budget": (int, "problems selected per epoch"),
     "strategy": (str, "selection strategy: p3, dpp, spl, random, full, static"),
-    "pacing": (str, "pacing schedule shape (linear, root, geometric, …)"),
+    "pacing_shape": (str, "pacing schedule shape: linear, root, geometric"),
+    "pacing_mode": (str, "pacing mode: threshold, band, momentum"),
     "pacing_start": (float, "pacing percentile at epoch 0"),
-    "pacing_end": (float, "pacing percentile the schedule ends at"),
+    "pacing_end": (float, "pacing percentile approached at the last epoch"),
+    "pacing_lower_start": (float, "band mode: lower percentile at epoch 0"),
+    "pacing_lower_end": (float, "band mode: lower percentile approached at the last epoch"),
+    "momentum_alpha": (float, "momentum mode: alpha in d + alpha (d - d_prev)"),
+    "diversity_weight": (float, "cross-epoch diversity: weight of conditioning on last epoch's picks (0 = off)"),
     "difficulty_mode": (str, "likelihood, rollout or hybrid"),
     "rollouts_n": (int, "rollouts per problem (rollout/hybrid)"),
     "temperature": (float, "rollout sampling temperature"),
@@ -91,9 +96,14 @@ _COMMON = {
     "test_synth_n": 100,
     "tiny_steps": 300,
     "strategy": "p3",
-    "pacing": "linear",
+    "pacing_shape": "linear",
+    "pacing_mode": "threshold",
     "pacing_start": 45.0,
     "pacing_end": 95.0,
+    "pacing_lower_start": 0.0,
+    "pacing_lower_end": 50.0,
+    "momentum_alpha": 0.1,
+    "diversity_weight": 0.0,
     "difficulty_mode": "likelihood",
     "rollouts_n": 8,
     "temperature": 1.0,
@@ -268,7 +278,7 @@ def _wire(opts: BuildOptions, p: dict[str, Any], epoch_of_task: dict[str, int], 
     def with_policy(**kw):
         return dict(kw, policy=policy) if policy is not None else dict(kw, base_model=p["base_model"])
 
-    previous_selection = previous_run = None
+    previous_selection = previous_difficulty = previous_run = None
     selections = []
     for e in range(opts.epochs):
         score_kw = dict(epoch=e, mode=p["difficulty_mode"], n=p["rollouts_n"], temperature=p["temperature"],
@@ -292,10 +302,10 @@ def _wire(opts: BuildOptions, p: dict[str, Any], epoch_of_task: dict[str, int], 
             embeddings = setup(shard_merge(parts=dsl.Collected(x_part.outputs["embeddings"]), problems=pool),
                                "merge", e, "merge embeddings", "image_base").outputs["merged"]
         sel_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings, epoch=e, epochs=opts.epochs,
-                      strategy=p["strategy"], budget=p["budget"], pacing=p["pacing"],
-                      pacing_start=p["pacing_start"], pacing_end=p["pacing_end"], seed=p["seed"])
+                      strategy=p["strategy"], budget=p["budget"], seed=p["seed"],
+                      **{k: p[k] for k in PARAMS if k.startswith(("pacing_", "momentum_", "diversity_"))})
         if previous_selection is not None:
-            sel_kw["previous"] = previous_selection
+            sel_kw.update(previous=previous_selection, previous_difficulty=previous_difficulty)
         select = setup(dpp_selector(**sel_kw), "select", e, "select", "image_base")
         train = setup(trainer(problems=pool, selection=select.outputs["selection"],
                               **with_policy(lora=p["lora"], full=p["full_finetune"], lr=p["lr"],
@@ -312,7 +322,8 @@ def _wire(opts: BuildOptions, p: dict[str, Any], epoch_of_task: dict[str, int], 
         if previous_run is not None:
             rep_kw["previous_run"] = previous_run
         report = setup(epoch_report(**rep_kw), "report", e, "report", "image_base")
-        previous_selection, previous_run = select.outputs["selection"], report.outputs["run"]
+        previous_selection, previous_difficulty = select.outputs["selection"], difficulty
+        previous_run = report.outputs["run"]
         selections.append(select.outputs["selection"])
     outputs = _outputs_type(opts.epochs)
     return outputs(report.outputs["run_html"], report.outputs["run_markdown"], policy, *selections)

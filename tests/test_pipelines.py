@@ -95,6 +95,7 @@ def test_artifacts_chain_from_epoch_to_epoch(tmp_path):
         for step in ("score", "embed", "train"):
             assert producer(f"epoch {e}: {step}", "policy") == key[f"epoch {e - 1}: train"]
         assert producer(f"epoch {e}: select", "previous") == key[f"epoch {e - 1}: select"]
+        assert producer(f"epoch {e}: select", "previous_difficulty") == key[f"epoch {e - 1}: score"]
         assert producer(f"epoch {e}: report", "previous_run") == key[f"epoch {e - 1}: report"]
     assert producer("epoch 0: evaluate", "policy") == key["epoch 0: train"]
     assert producer("epoch 1: select", "difficulty") == key["epoch 1: score"]
@@ -180,7 +181,7 @@ def test_images_are_pipeline_parameters_with_pinned_defaults(tmp_path):
     _, train = executor_of(spec, names["epoch 0: train"][1])
     assert train["image"].endswith("image_train']}}")
     # the run parameters the issue asks for are all there
-    for p in ("base_model", "source", "test_source", "budget", "strategy", "pacing", "pacing_start", "pacing_end",
+    for p in ("base_model", "source", "test_source", "budget", "strategy", "pacing_shape", "pacing_mode", "pacing_start", "pacing_end",
               "difficulty_mode", "rollouts_n", "lora", "full_finetune"):
         assert p in params
 

@@ -39,7 +39,7 @@ class ScoreConfig:
     backend: str = field(default="hf", metadata={"help": "inference engine", "choices": list(BACKENDS)})
     template: str = field(default="plain", metadata={"help": "prompt template", "choices": list(prompts.TEMPLATES)})
     epoch: int = field(default=0, metadata={"help": "epoch recorded in the table"})
-    batch_size: int = field(default=16, metadata={"help": "texts per forward / generate batch (hf)"})
+    batch_size: int = field(default=8, metadata={"help": "texts per forward / generate batch (hf; raise it on a GPU)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 … (hf)"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
     max_len: int = field(default=2048, metadata={"help": "truncate scored texts / prompts to this many tokens"})
@@ -102,7 +102,7 @@ def per_step_likelihood(model, tok, row: dict, template: str = "plain") -> float
         enc = tok(text[:e], add_special_tokens=prompts.add_special_tokens(template), return_offsets_mapping=True,
                   return_tensors="pt")
         with torch.inference_mode():
-            logits = model(input_ids=enc["input_ids"].to(model.device)).logits[0].float()
+            logits = model(input_ids=enc["input_ids"].to(model.device), use_cache=False).logits[0].float()
         lp = torch.log_softmax(logits[:-1], -1).gather(1, enc["input_ids"][0, 1:, None].to(logits.device))[:, 0]
         offsets = enc["offset_mapping"][0, 1:]
         inside = (offsets[:, 0] >= s) & (offsets[:, 1] <= e) & (offsets[:, 1] > offsets[:, 0])

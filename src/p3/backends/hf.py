@@ -38,31 +38,34 @@ class HFBackend:
 
     @torch.inference_mode()
     def token_logprobs(self, texts: list[str], add_special_tokens: bool = True) -> list[TokenScores]:
-        """Every token's log-probability, one padded forward pass per batch of texts."""
-        enc = [
-            self.tokenizer(t, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
-                           truncation=True, max_length=self.max_len)
-            for t in texts
-        ]
+        """Every token's log-probability, one forward pass per batch of texts.
+
+        Right padding and no attention mask: in a causal model a real token never sees the
+        padding after it, so the mask is redundant and sdpa can take its causal fast path.
+        """
+        enc = self.tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
+                             truncation=True, max_length=self.max_len)
+        all_ids, all_offsets = enc["input_ids"], enc["offset_mapping"]
         out: list[TokenScores | None] = [None] * len(texts)
         pad = self.tokenizer.pad_token_id
-        for idx in self._batches([len(e["input_ids"]) for e in enc], "likelihood"):
-            width = max(len(enc[i]["input_ids"]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):  # right padding: a causal model never looks right
-                n = len(enc[i]["input_ids"])
-                ids[r, :n] = torch.tensor(enc[i]["input_ids"])
-                mask[r, :n] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            for r, i in enumerate(idx):
-                n = len(enc[i]["input_ids"])
-                # Row by row keeps the float32 log-softmax at (T, V), not (B, T, V).
-                lp = torch.log_softmax(logits[r, : n - 1].float(), dim=-1)
-                target = ids[r, 1:n].to(lp.device)
+        for idx in self._batches([len(i) for i in all_ids], "likelihood"):
+            lengths = [len(all_ids[i]) for i in idx]
+            width = max(lengths)
+            ids = torch.tensor([all_ids[i] + [pad] * (width - n) for i, n in zip(idx, lengths)], device=self.device)
+            logits = self.model(input_ids=ids, use_cache=False).logits
+            # log p(token t) = logit[t-1, token t] - logsumexp(logit[t-1]); float32 for the sum.
+            # Row by row when the vocabulary is big, so memory stays (T, V) rather than (B, T, V).
+            rows = [slice(None)] if logits.numel() <= (1 << 26) else [slice(r, r + 1) for r in range(len(idx))]
+            picked = []
+            for sl in rows:
+                lg = logits[sl, :-1].float()
+                tgt = ids[sl, 1:, None]
+                picked.append((lg.gather(-1, tgt)[..., 0] - torch.logsumexp(lg, -1)).double().cpu())
+            lp = torch.cat(picked).numpy()
+            for r, (i, n) in enumerate(zip(idx, lengths)):
                 tok_lp = np.full(n, np.nan)
-                tok_lp[1:] = lp.gather(1, target[:, None])[:, 0].double().cpu().numpy()
-                offsets = np.asarray(enc[i]["offset_mapping"], dtype=np.int64).reshape(n, 2)
+                tok_lp[1:] = lp[r, : n - 1]
+                offsets = np.asarray(all_offsets[i], dtype=np.int64).reshape(n, 2)
                 out[i] = TokenScores(offsets=offsets, logprobs=tok_lp)
         return out  # type: ignore[return-value]
 

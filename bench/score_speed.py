@@ -1,0 +1,94 @@
+"""Likelihood difficulty: one batched forward per problem (ours) vs one forward per step
+(the paper code's form), side by side in one run on the same model and problems.
+
+    python bench/score_speed.py [--n 64] [--device cpu] [--model DIR] [--levels 1-5]
+
+Prints the medians over --repeats, the largest difference between the two (must be
+< 1e-4), and last the ratio: ``likelihood speedup=X.Xx``. ``--no-reference`` only
+measures our path's throughput (used by bench/gpu_smoke.sh for GPU vs CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("P3_PROGRESS", "0")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=128, help="problems scored")
+    ap.add_argument("--levels", default="1-5", help="mini-MATH levels")
+    ap.add_argument("--model", default=None, help="model dir (default: a fresh tiny model, hidden 128, 2 layers)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-reference", action="store_true", help="skip the per-step method (throughput only)")
+    args = ap.parse_args(argv)
+
+    import numpy as np
+
+    from p3 import data, storage
+    from p3.backends import opened
+    from p3.difficulty import likelihoods, per_step_likelihood
+    from p3.tiny import TinyConfig, build_tiny_model
+
+    rows = data.synth_problems(args.n, args.levels, seed=0, split="train").to_pylist()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model is None:
+            storage.write_table(data.synth_problems(args.n, args.levels, seed=0, split="train"), f"{tmp}/p.parquet")
+            model = f"{tmp}/tiny"
+            build_tiny_model(TinyConfig(out=model, train_on=f"{tmp}/p.parquet", steps=0))
+        with opened("hf", model, device=args.device, batch_size=args.batch_size) as backend:
+            steps = sum(len([ln for ln in r["solution"].split("\n") if ln.strip()]) for r in rows)
+            likelihoods(backend, rows[: args.batch_size], "plain")  # warm-up (allocator, kernels)
+            print(f"problems={len(rows)} steps={steps} device={args.device} batch={args.batch_size} "
+                  f"threads={_threads()} repeats={args.repeats}")
+            # The two methods alternate within each repeat, so a busy machine slows both alike.
+            fast_t, ref_t, fast, ref = [], [], None, None
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                fast = likelihoods(backend, rows, "plain")
+                _sync(args.device)
+                fast_t.append(time.perf_counter() - t)
+                if args.no_reference:
+                    continue
+                t = time.perf_counter()
+                ref = [per_step_likelihood(backend.model, backend.tokenizer, r) for r in rows]
+                _sync(args.device)
+                ref_t.append(time.perf_counter() - t)
+            fast_med = statistics.median(fast_t)
+            print(f"batched (1 forward/problem): median {fast_med:.3f}s = {len(rows) / fast_med:.1f} problems/s")
+            if args.no_reference:
+                print(f"throughput device={args.device} problems/s={len(rows) / fast_med:.1f}")
+                return 0
+            ref_med = statistics.median(ref_t)
+            diff = float(np.max(np.abs(np.array(fast) - np.array(ref))))
+            print(f"per-step (1 forward/step):   median {ref_med:.3f}s = {len(rows) / ref_med:.1f} problems/s")
+            print(f"max |batched - per-step| = {diff:.2e} ({'OK' if diff < 1e-4 else 'MISMATCH'} at 1e-4)")
+            print(f"likelihood speedup={ref_med / fast_med:.1f}x")
+            return 0 if diff < 1e-4 else 1
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,7 +25,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=128, help="problems scored")
     ap.add_argument("--levels", default="1-5", help="mini-MATH levels")
-    ap.add_argument("--model", default=None, help="model dir (default: a fresh tiny model, hidden 128, 2 layers)")
+    ap.add_argument("--model", default=None, help="model dir (default: a fresh tiny model, --hidden/--layers)")
+    ap.add_argument("--hidden", type=int, default=128, help="hidden size of the fresh model")
+    ap.add_argument("--layers", type=int, default=2, help="layers of the fresh model")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
@@ -45,7 +47,9 @@ def main(argv=None) -> int:
         if model is None:
             storage.write_table(data.synth_problems(args.n, args.levels, seed=0, split="train"), f"{tmp}/p.parquet")
             model = f"{tmp}/tiny"
-            build_tiny_model(TinyConfig(out=model, train_on=f"{tmp}/p.parquet", steps=0))
+            heads = max(1, args.hidden // 64)
+            build_tiny_model(TinyConfig(out=model, train_on=f"{tmp}/p.parquet", steps=0, hidden=args.hidden,
+                                        layers=args.layers, heads=heads))
         with opened("hf", model, device=args.device, batch_size=args.batch_size) as backend:
             steps = sum(len([ln for ln in r["solution"].split("\n") if ln.strip()]) for r in rows)
             likelihoods(backend, rows[: args.batch_size], "plain")  # warm-up (allocator, kernels)

@@ -23,7 +23,7 @@ rank (at most the number of non-constant dimensions, and pool size − 1 because
 centring): in exact arithmetic every residual is then 0.
 
 Precision: ``precision="float64"`` does everything in float64 (exact to rounding; used by
-default while N·d ≤ 2**26). ``"float32"`` screens with float32 GEMMs but keeps the hot set,
+default while N·d ≤ 2**21). ``"float32"`` screens with float32 GEMMs but keeps the hot set,
 the basis, the statistics and the ``eps`` test in float64; a pick is only taken when it
 beats every screened value by more than ``tau = 1e-4·q_i²`` (≈ 50× the typical float32
 error of a 384-term projection), so the picks equal float64 ones unless float32 rounding
@@ -62,9 +62,12 @@ from p3.logs import get_logger
 log = get_logger("dpp")
 
 # Above this many matrix entries the default precision switches to float32 screening.
-FLOAT64_MAX_ENTRIES = 2**26
+FLOAT64_MAX_ENTRIES = 2**21
 TAU = {"float64": 1e-11, "float32": 1e-3}
 CHUNK_ROWS = 32768
+# Warm-set size: max(WARM_PER_HOT·h, N / WARM_FRACTION); flops per round are ≈ (N + w + h)·d².
+WARM_PER_HOT = int(os.environ.get("P3_DPP_WARM_PER_HOT", 4))
+WARM_FRACTION = int(os.environ.get("P3_DPP_WARM_FRACTION", 8))
 
 
 @dataclasses.dataclass
@@ -211,10 +214,13 @@ class _Greedy:
         self.n_at_refresh = self.n_pool
         self.S1 = np.zeros(self.X.shape[1])
         self.S2 = np.zeros(self.X.shape[1])
-        for a in range(0, len(rows), CHUNK_ROWS):
-            z = self.X[rows[a : a + CHUNK_ROWS]].astype(np.float64) - self.m0
+        whole = len(rows) == len(self.X)  # the first time: plain slices, no gather
+        for a in range(0, len(rows), 8192):
+            z = (self.X[a : a + 8192] if whole else self.X[rows[a : a + 8192]]).astype(np.float64)
+            z -= self.m0
             self.S1 += z.sum(axis=0)
-            self.S2 += (z * z).sum(axis=0)
+            z *= z
+            self.S2 += z.sum(axis=0)
 
     def remove_from_stats(self, pos: int) -> None:
         z = self.X[self.cand[pos]].astype(np.float64) - self.m0
@@ -297,7 +303,7 @@ class _Round:
         self.acc = np.zeros(n)
         self.nrm = np.zeros(n)
         self.h = min(g.hot_size, g.n_alive_cand)
-        self.w = min(max(16 * self.h, n // 8), g.n_alive_cand)
+        self.w = min(max(WARM_PER_HOT * self.h, n // WARM_FRACTION), g.n_alive_cand)
         self.tau = g.tau * (g.q2[0] if n else 0.0)
 
     def run(self):
@@ -401,17 +407,34 @@ class _Round:
     def build_hot(self, local: np.ndarray) -> None:
         g = self.g
         hot = self.W[local]
-        self.hot = hot
-        self.hot_idx = g.cand[hot]
-        Y = (g.X[self.hot_idx].astype(np.float64) - g.m0 - self.mu) * self.inv
-        self.Yh = Y
-        self.nrm_h = np.einsum("ij,ij->i", Y, Y)
-        if g.precision == "float64":  # the screen is already exact to rounding
-            nrm = self.nrm_w[local]
-            self.acc_h = self.acc_w[local] * (self.nrm_h / np.where(nrm > 0, nrm, 1.0))
+        Y = np.empty((len(hot), g.X.shape[1]))
+        nrm = np.empty(len(hot))
+        acc = np.empty(len(hot))
+        # Rows already hot keep their exact values (updated pick by pick); only the
+        # newcomers are standardised and projected on every column.
+        old = getattr(self, "hot", None)
+        if old is not None and len(old):
+            at = np.minimum(np.searchsorted(old, hot), len(old) - 1)
+            kept = old[at] == hot
         else:
-            P = Y @ self.cols[:, : self.n_cols]
-            self.acc_h = (P * P) @ self.omega[: self.n_cols]
+            at, kept = np.zeros(len(hot), dtype=np.int64), np.zeros(len(hot), dtype=bool)
+        if kept.any():
+            Y[kept], nrm[kept], acc[kept] = self.Yh[at[kept]], self.nrm_h[at[kept]], self.acc_h[at[kept]]
+        new = ~kept
+        if new.any():
+            Yn = g.X[g.cand[hot[new]]].astype(np.float64)
+            Yn -= g.m0 + self.mu
+            Yn *= self.inv
+            Y[new] = Yn
+            nrm[new] = np.einsum("ij,ij->i", Yn, Yn)
+            if g.precision == "float64":  # the screen is already exact to rounding
+                nw = self.nrm_w[local[new]]
+                acc[new] = self.acc_w[local[new]] * (nrm[new] / np.where(nw > 0, nw, 1.0))
+            else:
+                P = Yn @ self.cols[:, : self.n_cols]
+                acc[new] = (P * P) @ self.omega[: self.n_cols]
+        self.hot, self.hot_idx = hot, g.cand[hot]
+        self.Yh, self.nrm_h, self.acc_h = Y, nrm, acc
         self.r_h = self.hot_residual()
 
     def hot_residual(self) -> np.ndarray:

@@ -104,7 +104,7 @@ class SelectConfig:
         default=64, metadata={"help": "cross-epoch diversity: condition on this many first previous picks (≤ embedding dim)"}
     )
     precision: str = field(
-        default="auto", metadata={"help": "DPP screening precision (auto: float64 up to 2^26 matrix entries)", "choices": ["auto", "float64", "float32"]}
+        default="auto", metadata={"help": "DPP screening precision (auto: float64 up to 2^21 matrix entries, else float32 screening with exact float64 decisions)", "choices": ["auto", "float64", "float32"]}
     )
     device: str = field(default="auto", metadata={"help": "DPP device: auto (CUDA when present), cpu, cuda, cuda:N"})
 

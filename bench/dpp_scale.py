@@ -1,0 +1,209 @@
+"""DPP selection at scale: p3.dpp vs a dense implementation of the paper's algorithm.
+
+One run, side by side (DESIGN.md §5):
+
+1. N=10k, k=1k, d=384: the project's selector vs the dense greedy below (full N×N
+   kernel per round, Chen et al.'s fast greedy MAP as in the paper's code): same picks?,
+   time ratio (medians of repeats for the selector), peak-memory ratio (peak RSS of a
+   fresh process each, and tracemalloc's peak of the algorithm's own allocations);
+2. the selector alone at N=100k/k=10k and N=1M/k=100k (time, peak RSS; at 100k also
+   float32 screening vs float64 throughout: same picks?).
+
+``--quick`` runs step 1 only. Each measurement runs in a fresh process so peak RSS
+belongs to it. The last line is ``dpp speedup=X.Xx memory=Y.Yx same_picks=true``.
+Results also go to ``bench/out/dpp_scale.json``.
+
+    .venv/bin/python bench/dpp_scale.py --quick
+    .venv/bin/python bench/dpp_scale.py            # ~10+ min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import time
+import tracemalloc
+
+import numpy as np
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+
+
+# -- the dense baseline: the paper's algorithm, written plainly ----------------------------
+def dense_select(X: np.ndarray, q: np.ndarray, k: int, eps: float = 1e-10) -> list[int]:
+    """Rounds of dense greedy MAP: standardise the pool, L2-normalise, build
+    L = q·(F Fᵀ)·q, run fast greedy MAP until the best residual < eps, remove, repeat."""
+    X = np.asarray(X, dtype=np.float64)
+    m0 = X.mean(axis=0)
+    pool = np.arange(len(X))
+    picks: list[int] = []
+    while len(picks) < k and len(pool):
+        Xp = X[pool]
+        mu, var = Xp.mean(axis=0), Xp.var(axis=0)
+        const = var <= 1e-10 * ((Xp - m0) ** 2).mean(axis=0)  # "std 0 keeps std 1"
+        Y = np.where(const, 0.0, (Xp - mu) / np.where(const, 1.0, np.sqrt(var)))
+        norms = np.linalg.norm(Y, axis=1, keepdims=True)
+        F = np.divide(Y, norms, out=np.zeros_like(Y), where=norms > 0)
+        similarities = np.dot(F, F.T)
+        scores = q[pool]
+        kernel = scores.reshape((-1, 1)) * similarities * scores.reshape((1, -1))
+        del similarities
+        got = fast_greedy_map(kernel, k - len(picks), eps)
+        del kernel
+        if not got:
+            break
+        picks += pool[got].tolist()
+        pool = np.delete(pool, got)
+    return picks
+
+
+def fast_greedy_map(kernel: np.ndarray, max_length: int, eps: float) -> list[int]:
+    """Chen, Zhang & Zhou (2018), Algorithm 1, as in their reference code."""
+    item_size = kernel.shape[0]
+    cis = np.zeros((max_length, item_size))
+    di2s = np.copy(np.diag(kernel))
+    selected: list[int] = []
+    j = int(np.argmax(di2s))
+    while len(selected) < max_length and di2s[j] >= eps:
+        selected.append(j)
+        t = len(selected) - 1
+        eis = (kernel[j, :] - np.dot(cis[:t, j], cis[:t, :])) / math.sqrt(di2s[j])
+        cis[t, :] = eis
+        di2s -= np.square(eis)
+        di2s[j] = -np.inf
+        j = int(np.argmax(di2s))
+    return selected
+
+
+# -- data and measurement -------------------------------------------------------------------
+def make_data(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding-like data, float32: Gaussian with a decaying spectrum in random
+    (not axis-aligned) directions, so per-dimension standardisation keeps it; q ~ U(0, 1)."""
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.sqrt(1.0 + np.arange(d) / 16.0)
+    rotation, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    mix = (scale[:, None] * rotation).astype(np.float32)
+    X = np.empty((n, d), dtype=np.float32)
+    for a in range(0, n, 65536):
+        b = min(n, a + 65536)
+        X[a:b] = rng.standard_normal((b - a, d), dtype=np.float32) @ mix
+    return X, rng.uniform(0.0, 1.0, n)
+
+
+def _run(job: dict) -> dict:
+    """One measurement in this (fresh) process."""
+    X, q = make_data(job["n"], job["d"], job.get("seed", 0))
+    base_rss = _rss_mb()
+    if job.get("trace"):
+        tracemalloc.start()
+    t0 = time.perf_counter()
+    if job["method"] == "dense":
+        picks = dense_select(X, q, job["k"])
+        extra = {}
+    else:
+        from p3.dpp import dpp_select
+
+        res = dpp_select(X, q, job["k"], precision=job.get("precision", "auto"), device="cpu")
+        picks = res.order.tolist()
+        extra = {"rounds": res.n_rounds, "full_flushes": res.flushes, "precision": res.precision}
+    took = time.perf_counter() - t0
+    out = {"seconds": took, "peak_rss_mb": _rss_mb(), "input_rss_mb": base_rss, "picks": picks, **extra}
+    if job.get("trace"):
+        out["traced_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    return out
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def measure(job: dict) -> dict:
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_run, (job,))
+
+
+def compare(n: int, k: int, d: int, repeats: int) -> dict:
+    print(f"[1] N={n} k={k} d={d}: dense (paper's algorithm) vs p3.dpp", flush=True)
+    dense = measure({"method": "dense", "n": n, "k": k, "d": d})
+    print(f"    dense: {dense['seconds']:.2f}s peak RSS {dense['peak_rss_mb']:.0f} MB", flush=True)
+    dense_mem = measure({"method": "dense", "n": n, "k": k, "d": d, "trace": True})
+    ours = [measure({"method": "ours", "n": n, "k": k, "d": d}) for _ in range(repeats)]
+    ours_mem = measure({"method": "ours", "n": n, "k": k, "d": d, "trace": True})
+    ours64 = measure({"method": "ours", "n": n, "k": k, "d": d, "precision": "float64"})
+    times = [r["seconds"] for r in ours]
+    same = all(r["picks"] == dense["picks"] for r in ours) and ours_mem["picks"] == dense["picks"]
+    res = {
+        "n": n, "k": k, "d": d,
+        "dense_seconds": dense["seconds"], "ours_seconds": times, "ours_median_seconds": statistics.median(times),
+        "dense_peak_rss_mb": dense["peak_rss_mb"], "ours_peak_rss_mb": max(r["peak_rss_mb"] for r in ours),
+        "dense_traced_peak_mb": dense_mem["traced_peak_mb"], "ours_traced_peak_mb": ours_mem["traced_peak_mb"],
+        "same_picks": same, "rounds": ours[0]["rounds"], "precision": ours[0]["precision"],
+        "float64_seconds": ours64["seconds"], "float64_same_picks": ours64["picks"] == dense["picks"],
+    }
+    res["speedup"] = res["dense_seconds"] / res["ours_median_seconds"]
+    res["memory_ratio_rss"] = res["dense_peak_rss_mb"] / res["ours_peak_rss_mb"]
+    res["memory_ratio_traced"] = res["dense_traced_peak_mb"] / res["ours_traced_peak_mb"]
+    print(
+        f"    p3.dpp: median {res['ours_median_seconds']:.3f}s of {[round(t, 3) for t in times]}, "
+        f"peak RSS {res['ours_peak_rss_mb']:.0f} MB; traced peak dense {res['dense_traced_peak_mb']:.0f} MB "
+        f"vs ours {res['ours_traced_peak_mb']:.1f} MB; same picks: {same}",
+        flush=True,
+    )
+    print(f"    p3.dpp float64 throughout: {ours64['seconds']:.3f}s, same picks: {res['float64_same_picks']}", flush=True)
+    return res
+
+
+def scale(n: int, k: int, d: int, check_float64: bool) -> dict:
+    print(f"[2] N={n} k={k} d={d}: p3.dpp alone", flush=True)
+    r = measure({"method": "ours", "n": n, "k": k, "d": d})
+    res = {"n": n, "k": k, "d": d, "seconds": r["seconds"], "peak_rss_mb": r["peak_rss_mb"],
+           "input_rss_mb": r["input_rss_mb"], "rounds": r["rounds"], "full_flushes": r["full_flushes"],
+           "precision": r["precision"]}
+    print(f"    {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB (input alone {r['input_rss_mb']:.0f} MB), "
+          f"{r['rounds']} rounds, precision {r['precision']}", flush=True)
+    if check_float64:
+        r64 = measure({"method": "ours", "n": n, "k": k, "d": d, "precision": "float64"})
+        res["float64_seconds"] = r64["seconds"]
+        res["same_picks_float32_vs_float64"] = r64["picks"] == r["picks"]
+        print(f"    float64 throughout: {r64['seconds']:.1f}s; same picks as float32 screening: "
+              f"{res['same_picks_float32_vs_float64']}", flush=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="only the N=10k comparison")
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--k", type=int, default=1_000)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats of the selector (median)")
+    ap.add_argument("--scales", default="100000:10000,1000000:100000", help="N:k pairs for step 2")
+    args = ap.parse_args()
+    os.makedirs(OUT, exist_ok=True)
+    result = {"compare": compare(args.n, args.k, args.dim, args.repeats), "scale": []}
+    if not args.quick:
+        for i, pair in enumerate(args.scales.split(",")):
+            n, k = (int(x) for x in pair.split(":"))
+            result["scale"].append(scale(n, k, args.dim, check_float64=(i == 0)))
+            _save(result)
+    _save(result)
+    c = result["compare"]
+    print(f"dpp speedup={c['speedup']:.1f}x memory={c['memory_ratio_rss']:.1f}x same_picks={str(c['same_picks']).lower()}")
+
+
+def _save(result: dict) -> None:
+    path = os.path.join(OUT, "dpp_scale.json")
+    with open(path + ".tmp", "w") as fh:
+        json.dump(result, fh, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -414,7 +414,8 @@ def plot_coverage(pool: dict[str, int], selected: dict[str, int], what: str, epo
     fig, ax = _figure(max(4.5, 0.8 * len(keys) + 2), 3.2)
     ax.bar(x - 0.2, [pool.get(k, 0) / n_pool for k in keys], width=0.4, color="#bbbbbb", label="pool")
     ax.bar(x + 0.2, [selected.get(k, 0) / n_sel for k in keys], width=0.4, color="#d94801", label="selected")
-    ax.set_xticks(x, keys, rotation=30 if len(keys) > 4 else 0, ha="right" if len(keys) > 4 else "center", fontsize=8)
+    long = sum(len(k) for k in keys) > 40  # long subject names need slanted labels
+    ax.set_xticks(x, keys, rotation=30 if long else 0, ha="right" if long else "center", fontsize=8)
     ax.set_ylabel("share")
     ax.set_title(f"Epoch {epoch}: {what} coverage")
     ax.legend(fontsize=8)
@@ -425,7 +426,8 @@ def plot_rounds(rounds: np.ndarray, epoch: int) -> str:
     """Picks per DPP round (a rank-d kernel admits at most d picks per round)."""
     ids, counts = np.unique(rounds, return_counts=True)
     fig, ax = _figure(5.0, 2.8)
-    ax.bar(ids, counts, color="#6a51a3")
+    ax.bar(ids, counts, color="#6a51a3", width=0.8)
+    ax.set_xlim(ids.min() - 0.6, ids.max() + 0.6)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("DPP round")
     ax.set_ylabel("picks")

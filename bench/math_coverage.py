@@ -17,8 +17,9 @@ cosine and log det(I + S) of the picks (the report's diversity measures).
     python bench/math_coverage.py --source /path/to/math_train.jsonl
     python bench/math_coverage.py --source /work/shared/data/math/math_test_sample_500.jsonl --split test
 
-The full MATH train split (7,500 problems) is the same command on its JSONL (or a HF
-dataset name/folder that ``p3 data prepare`` reads); see docs/evidence.md.
+The full MATH train split (7,500 problems) is the same command on its JSONL, or on a HF
+dataset that ``p3 data prepare`` reads (with the 7 subject configs joined by commas
+through ``--hf-config``); see docs/evidence.md.
 """
 
 from __future__ import annotations
@@ -43,13 +44,15 @@ SUBJECTS = ("Prealgebra", "Algebra", "Number Theory", "Counting & Probability", 
 LEVELS = ("1", "2", "3", "4", "5")
 
 
-def prepare_and_embed(source: str, split: str, work: Path, limit: int | None, embedder: str) -> tuple[str, str]:
+def prepare_and_embed(source: str, split: str, work: Path, limit: int | None, embedder: str,
+                      hf_config: str | None = None) -> tuple[str, str]:
     """``p3 data prepare`` then ``p3 embed``: the problems table and its embeddings."""
     from p3.data import PrepareConfig, prepare
     from p3.embed import EmbedConfig, embed
 
     problems, emb = str(work / "problems.parquet"), str(work / "embeddings.parquet")
-    prepare(PrepareConfig(task="math", source=source, out=problems, split=split, limit=limit, skip_invalid=True))
+    prepare(PrepareConfig(task="math", source=source, out=problems, split=split, limit=limit, skip_invalid=True,
+                          hf_config=hf_config))
     embed(EmbedConfig(problems=problems, out=emb, embedder=embedder, device="cpu"))
     return problems, emb
 
@@ -160,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", required=True, help="MATH file (.jsonl/.json/.parquet, local or s3://) or HF dataset")
     p.add_argument("--split", default="train", help="split name (HF datasets; also part of the problem ids)")
+    p.add_argument("--hf-config", default=None, help="HF dataset config(s), comma-separated (e.g. the 7 subjects)")
     p.add_argument("--budgets", type=float, nargs="*", default=[0.02, 0.05, 0.1, 0.2],
                    help="selection sizes: fractions of the pool (< 1) or counts (≥ 1)")
     p.add_argument("--limit", type=int, default=None, help="use a seeded sample of this many problems")
@@ -174,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    problems, emb = prepare_and_embed(args.source, args.split, work, args.limit, args.embedder)
+    problems, emb = prepare_and_embed(args.source, args.split, work, args.limit, args.embedder, args.hf_config)
     difficulty = args.difficulty or uniform_difficulty(problems, str(work / "difficulty.parquet"))
     meta = report.problem_meta(problems)
     ids_pool = contracts.read(problems, contracts.PROBLEMS).column("id").to_pylist()

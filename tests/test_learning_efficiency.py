@@ -47,3 +47,34 @@ def test_bench_smoke_run_writes_table_plots_and_report(tmp_path):
     page = (out / "learning_efficiency_p3_seed0_report.html").read_text()
     assert '<section id="epoch-0">' in page and '<section id="epoch-1">' in page
     assert set(got["final"]) == {"random", "full", "static", "p3"}
+
+
+SUBJECTS = ["Prealgebra", "Algebra", "Number Theory", "Counting & Probability", "Geometry", "Intermediate Algebra",
+            "Precalculus"]
+
+
+@pytest.mark.slow
+def test_math_coverage_script_on_a_small_math_format_file(tmp_path):
+    """bench/math_coverage.py end to end on a fabricated file in MATH's raw schema."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("math_coverage", BENCH.parent / "math_coverage.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    src = tmp_path / "math.jsonl"
+    with open(src, "w") as fh:
+        for i in range(70):
+            subject, level = SUBJECTS[i % 7], i % 5 + 1
+            fh.write(json.dumps({"problem": f"{subject} question {i}: compute {i} plus {level} in a {subject.lower()} way.",
+                                 "level": f"Level {level}", "type": subject,
+                                 "solution": f"We add.\n$${i}+{level}=\\boxed{{{i + level}}}$$"}) + "\n")
+    got = mod.main(["--source", str(src), "--budgets", "0.2", "14", "--random-draws", "3", "--work",
+                    str(tmp_path / "work"), "--out", str(tmp_path / "cov")])
+    assert got["pool"] == 70
+    r = got["results"][0]
+    assert r["k"] == 14 and sum(r["dpp"]["type_counts"]) == 14 and sum(r["dpp"]["level_counts"]) == 14
+    assert r["pool"]["type"] == [10.0] * 7 and r["pool"]["level"] == [14.0] * 5
+    assert 0 < r["dpp"]["type_covered"] <= 7 and 0 <= r["random"]["type_entropy"] <= 1
+    md = (tmp_path / "cov.md").read_text()
+    assert "| 14 | dpp |" in md and "| 14 | random |" in md and "Intermediate Algebra" in md

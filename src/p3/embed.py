@@ -51,11 +51,13 @@ def st_model_path(name: str) -> str:
 def embed_st(texts: list[str], name: str, batch_size: int, device: str) -> np.ndarray:
     from sentence_transformers import SentenceTransformer
 
-    from p3.backends import resolve_device
+    from p3.backends import cpu_threads, resolve_device
 
-    model = SentenceTransformer(st_model_path(name), device=resolve_device(device))
-    vecs = model.encode(texts, batch_size=batch_size, convert_to_numpy=True,
-                        show_progress_bar=os.environ.get("P3_PROGRESS", "1") != "0")
+    device = resolve_device(device)
+    model = SentenceTransformer(st_model_path(name), device=device)
+    with cpu_threads(model if device == "cpu" else None):
+        vecs = model.encode(texts, batch_size=batch_size, convert_to_numpy=True,
+                            show_progress_bar=os.environ.get("P3_PROGRESS", "1") != "0")
     return np.asarray(vecs, dtype=np.float32).reshape(len(texts), -1)
 
 

@@ -98,3 +98,12 @@ def test_empty_solution_is_a_contract_error_naming_the_row(tiny_model_dir, tmp_p
     with pytest.raises(contracts.ContractError, match="row 2, field 'solution'"):
         score(ScoreConfig(problems=path, model=tiny_model_dir, out=str(tmp_path / "d.parquet"), device="cpu"))
     assert not (tmp_path / "d.parquet").exists()
+
+
+def test_apps_rows_are_laid_out_as_in_the_apps_paper():
+    row = {"task": "apps", "prompt": "Read n, print n+1.", "starter_code": None, "solution": "n = int(input())\n\nprint(n + 1)"}
+    text, spans = prompts.scored_text(row, "plain")
+    assert text == "QUESTION:\nRead n, print n+1.\nUse Standard Input format\nANSWER:\nn = int(input())\nprint(n + 1)"
+    assert [text[s:e] for s, e in spans] == ["n = int(input())", "print(n + 1)"]
+    call = dict(row, starter_code="class Solution:\n    def f(self, n):")
+    assert prompts.prompt_text(call, "plain").endswith("class Solution:\n    def f(self, n):\nUse Call-Based format\nANSWER:\n")

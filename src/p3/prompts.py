@@ -8,7 +8,8 @@ paper's actions a_1..a_K). The target text is the steps joined by ``"\\n"``.
 
 Templates:
 - ``plain``: prefix = ``prompt + "\\n"``; the scored/trained text is
-  ``prompt + "\\n" + "\\n".join(steps)`` exactly.
+  ``prompt + "\\n" + "\\n".join(steps)`` exactly (MATH; an APPS row's prompt is first
+  laid out as in the APPS paper by :func:`problem_text`).
 - ``chat``: prefix = the tokenizer's chat template applied to one user message
   (the prompt) with the generation prompt; target as above.
 """
@@ -32,15 +33,29 @@ def target_text(row: dict) -> str:
     return "\n".join(solution_steps(row["solution"]))
 
 
+def problem_text(row: dict) -> str:
+    """The problem as the model reads it: the prompt; for APPS in the APPS paper's layout
+    (question, starter code, call-based vs standard-input hint, ``ANSWER:``)."""
+    if row.get("task") != "apps":
+        return row["prompt"]
+    parts = ["QUESTION:", row["prompt"]]
+    if row.get("starter_code"):
+        parts += [row["starter_code"], "Use Call-Based format"]
+    else:
+        parts.append("Use Standard Input format")
+    parts.append("ANSWER:")
+    return "\n".join(parts)
+
+
 def chat_messages(row: dict) -> list[dict]:
     """The conversation a chat model sees: one user turn holding the problem."""
-    return [{"role": "user", "content": row["prompt"]}]
+    return [{"role": "user", "content": problem_text(row)}]
 
 
 def prompt_text(row: dict, template: str, tokenizer: Any = None) -> str:
     """The prefix the model continues from (includes the separator before the answer)."""
     if template == "plain":
-        return row["prompt"] + "\n"
+        return problem_text(row) + "\n"
     if template == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("--template chat needs a tokenizer with a chat template; use --template plain")

@@ -102,3 +102,25 @@ def test_selection_naming_an_unknown_problem_is_a_contract_error(tiny_model_dir,
         from p3.train import parse_lora
 
         parse_lora("64,16")
+
+
+@pytest.mark.slow
+def test_s3_output_mirrors_checkpoints_so_a_fresh_pod_resumes(tiny_model_dir, mini_math, tmp_path, s3_tmp, caplog):
+    import shutil
+
+    from p3.train import TrainConfig, checkpoint_dir, train
+
+    ids = storage.read_table(mini_math["train"]).column("id").to_pylist()[:8]
+    sel = _selection(str(tmp_path / "s.parquet"), ids)
+    common = dict(problems=mini_math["train"], selection=sel, model=tiny_model_dir, full=True, batch_size=8,
+                  save_steps=1, out=f"{s3_tmp}/model")
+    train(TrainConfig(max_steps=2, keep_checkpoints=True, **common))
+    fs, inner = storage.filesystem(f"{s3_tmp}/model.ckpt")
+    assert [p.rsplit("/", 1)[-1] for p in fs.ls(inner)] == ["checkpoint-2"]
+    shutil.rmtree(checkpoint_dir(TrainConfig(**common, max_steps=4)))  # a new pod: local disk is empty
+
+    with caplog.at_level(logging.INFO, logger="p3.train"):
+        train(TrainConfig(max_steps=4, resume=True, **common))
+    assert "resumed=True" in caplog.text
+    assert storage.read_json(f"{s3_tmp}/model/trainer_state.json")["global_step"] == 4
+    assert not storage.exists(f"{s3_tmp}/model.ckpt")  # cleaned up after success

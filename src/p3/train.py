@@ -10,7 +10,9 @@ bitsandbytes are both present, unless ``--qlora off``.
 The output dir is a loadable model: by default the merged weights (the next epoch's
 scorer loads it like any model), the adapter in ``adapter/``, the tokenizer and
 ``trainer_state.json``. Checkpoints go to ``--checkpoint-dir`` (default ``<out>.ckpt``
-beside a local output) so ``--resume`` can continue an interrupted run.
+beside a local output) so ``--resume`` can continue an interrupted run. For an ``s3://``
+output every checkpoint is also mirrored to ``<out>.ckpt`` in the bucket, so a retried
+pod (empty disk) resumes from there.
 """
 
 from __future__ import annotations
@@ -141,6 +143,28 @@ def checkpoint_dir(cfg: TrainConfig) -> str:
     return cfg.out.rstrip("/") + ".ckpt"
 
 
+def remote_mirror(cfg: TrainConfig) -> Optional[str]:
+    """Where checkpoints of a remote output are mirrored (None for a local output)."""
+    return cfg.out.rstrip("/") + ".ckpt" if storage.is_remote(cfg.out) and not cfg.checkpoint_dir else None
+
+
+def MirrorCheckpoints(local: str, remote: str):
+    """A TrainerCallback that uploads the newest checkpoint to ``remote`` after every save."""
+    from transformers import TrainerCallback
+
+    class _Mirror(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            newest = os.path.join(local, f"checkpoint-{state.global_step}")
+            fs, inner = storage.filesystem(remote)
+            if fs.exists(inner):
+                fs.rm(inner, recursive=True)  # keep one checkpoint, like save_total_limit=1
+            storage.upload_dir(newest, f"{remote}/checkpoint-{state.global_step}")
+
+    return _Mirror()
+
+
 def prepare_model(cfg: TrainConfig, qlora: bool):
     """The model to train (peft-wrapped for LoRA) and its tokenizer."""
     import torch
@@ -199,9 +223,14 @@ def train(cfg: TrainConfig) -> None:
         remove_unused_columns=False, dataloader_pin_memory=cuda,
         disable_tqdm=os.environ.get("P3_PROGRESS", "1") == "0",
     )
+    mirror = remote_mirror(cfg)
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
-                      data_collator=lambda batch: collate(batch, tok.pad_token_id))
-    resume = cfg.resume and any(d.startswith("checkpoint-") for d in _listdir(ckpt))
+                      data_collator=lambda batch: collate(batch, tok.pad_token_id),
+                      callbacks=[MirrorCheckpoints(ckpt, mirror)] if mirror else None)
+    if cfg.resume and mirror and not _has_checkpoint(ckpt) and storage.exists(mirror) and trainer.is_world_process_zero():
+        with storage.local_dir(mirror) as fetched:
+            shutil.copytree(fetched, ckpt, dirs_exist_ok=True)
+    resume = cfg.resume and _has_checkpoint(ckpt)
     with step(log, "train") as counts, cpu_threads(None if cuda else model):
         result = trainer.train(resume_from_checkpoint=True if resume else None)
         counts.update(examples=len(dataset), steps=trainer.state.global_step,
@@ -211,6 +240,9 @@ def train(cfg: TrainConfig) -> None:
         save_trained(trainer, tok, cfg, qlora)
         if not cfg.keep_checkpoints:
             shutil.rmtree(ckpt, ignore_errors=True)
+            if mirror and storage.exists(mirror):
+                fs, inner = storage.filesystem(mirror)
+                fs.rm(inner, recursive=True)
 
 
 def save_trained(trainer, tok, cfg: TrainConfig, qlora: bool) -> None:
@@ -255,5 +287,5 @@ def _checkpointing_arg(on: bool) -> dict:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
 
 
-def _listdir(path: str) -> list[str]:
-    return os.listdir(path) if os.path.isdir(path) else []
+def _has_checkpoint(path: str) -> bool:
+    return os.path.isdir(path) and any(d.startswith("checkpoint-") for d in os.listdir(path))

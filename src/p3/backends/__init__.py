@@ -127,6 +127,8 @@ def load_causal_lm(path_or_uri: str, device: str = "auto", dtype: str = "auto", 
     quiet_hub_progress()
     device = resolve_device(device)
     with storage.local_dir(path_or_uri) as path:
+        if path.startswith((os.sep, ".", "~")) and not os.path.isdir(os.path.expanduser(path)):
+            raise FileNotFoundError(f"model dir {path_or_uri} does not exist")
         if is_adapter_dir(path):
             from peft import PeftModel
 

@@ -97,6 +97,11 @@ def make_data(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def _run(job: dict) -> dict:
     """One measurement in this (fresh) process."""
+    if job.get("verbose"):  # progress of long runs: p3.dpp logs every 25 rounds
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="    %(asctime)s %(message)s", datefmt="%H:%M:%S")
+        logging.getLogger("p3.dpp").setLevel(logging.DEBUG)
     X, q = make_data(job["n"], job["d"], job.get("seed", 0))
     base_rss = _rss_mb()
     if job.get("trace"):
@@ -162,7 +167,7 @@ def compare(n: int, k: int, d: int, repeats: int) -> dict:
 
 def scale(n: int, k: int, d: int, check_float64: bool) -> dict:
     print(f"[2] N={n} k={k} d={d}: p3.dpp alone", flush=True)
-    r = measure({"method": "ours", "n": n, "k": k, "d": d})
+    r = measure({"method": "ours", "n": n, "k": k, "d": d, "verbose": True})
     res = {"n": n, "k": k, "d": d, "seconds": r["seconds"], "peak_rss_mb": r["peak_rss_mb"],
            "input_rss_mb": r["input_rss_mb"], "rounds": r["rounds"], "full_flushes": r["full_flushes"],
            "precision": r["precision"]}

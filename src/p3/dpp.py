@@ -157,6 +157,8 @@ def dpp_select(
             got = [state.fallback_pick()]
         r = len(sizes)
         sizes.append(len(got))
+        if r % 25 == 24:
+            log.debug(f"round {r + 1}: {len(picks) + len(got)}/{k} picked in {time.perf_counter() - start:.0f}s")
         for pos, gain in got:
             picks.append(int(cand[pos]))
             rounds.append(r)
@@ -499,23 +501,38 @@ def _gather_centered(X, rows, m0, dtype) -> np.ndarray:
 
 # -- screening backends: numpy (CPU) and torch (CUDA) -------------------------------
 class _NumpyBackend:
+    """Screening with numpy BLAS. Big scratch arrays are allocated once and reused:
+    a fresh 100 MB temporary per flush costs more in page faults than its GEMM."""
+
     name = "cpu"
+
+    def __init__(self):
+        self._buf: dict[str, np.ndarray] = {}
+
+    def _scratch(self, key: str, shape: tuple, dtype) -> np.ndarray:
+        size = int(np.prod(shape))
+        buf = self._buf.get(key)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = self._buf[key] = np.empty(max(size, 1), dtype=dtype)
+        return buf[:size].reshape(shape)
 
     def put(self, Z):
         return Z
 
     def take(self, Z, rows):
-        return Z[rows]
+        return Z[rows]  # fancy indexing copies rows ~2x faster than np.take(out=…)
 
     def project(self, Z, a0, a1, cz, off, omega, acc) -> None:
         """acc[a0:a1] += Σ_c ω_c ((Z − …)·cz_c)² for the given new columns."""
-        czt = cz.astype(Z.dtype)
-        w = omega.astype(Z.dtype)
+        czt = np.ascontiguousarray(cz, dtype=Z.dtype)
+        off_t, w = off.astype(Z.dtype), omega.astype(Z.dtype)
         for a in range(a0, a1, CHUNK_ROWS):
             b = min(a1, a + CHUNK_ROWS)
-            E = Z[a:b] @ czt
-            E -= off.astype(Z.dtype)
-            acc[a:b] += (E * E) @ w
+            E = self._scratch("proj", (b - a, czt.shape[1]), Z.dtype)
+            np.matmul(Z[a:b], czt, out=E)
+            E -= off_t
+            E *= E
+            acc[a:b] += E @ w
 
     def activate(self, Z, a0, a1, mu, inv, cols, omega, acc, nrm) -> None:
         """Start screening rows a0:a1: their ‖y‖² and projections on every column so far."""
@@ -523,7 +540,8 @@ class _NumpyBackend:
         step = 4096  # small chunks stay in cache for the norm pass
         for a in range(a0, a1, step):
             b = min(a1, a + step)
-            Y = Z[a:b] - mu_t
+            Y = self._scratch("norm", (b - a, Z.shape[1]), Z.dtype)
+            np.subtract(Z[a:b], mu_t, out=Y)
             Y *= inv_t
             Y *= Y
             nrm[a:b] = Y.sum(axis=1)

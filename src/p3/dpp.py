@@ -25,9 +25,10 @@ centring): in exact arithmetic every residual is then 0.
 Precision: ``precision="float64"`` does everything in float64 (exact to rounding; used by
 default while N·d ≤ 2**21). ``"float32"`` screens with float32 GEMMs but keeps the hot set,
 the basis, the statistics and the ``eps`` test in float64; a pick is only taken when it
-beats every screened value by more than ``tau = 1e-4·q_i²`` (≈ 50× the typical float32
-error of a 384-term projection), so the picks equal float64 ones unless float32 rounding
-exceeds that margin (measured in bench/dpp_scale.py and docs/selection.md).
+beats every screened value by more than ``tau = 1e-3·max q²`` (about the worst-case
+float32 error of a 384-term projection; the typical error is ~1e-6), so the picks equal
+float64 ones unless float32 rounding exceeds that margin (measured in
+bench/dpp_scale.py and docs/selection.md).
 
 Special cases, all part of the specification that the tests' dense reference shares:
 

@@ -401,16 +401,23 @@ def _diversity(X, elig, chosen, rng) -> dict:
     from p3.report import diversity
 
     pool = elig if set(chosen.tolist()) <= set(elig.tolist()) else np.arange(len(X))
-    F = X[pool].astype(np.float64)
-    F -= F.mean(axis=0)
-    sd = F.std(axis=0)
-    F /= np.where(sd > 0, sd, 1.0)
-    nrm = np.linalg.norm(F, axis=1, keepdims=True)
-    F /= np.where(nrm > 0, nrm, 1.0)
-    where = np.full(len(X), -1)
-    where[pool] = np.arange(len(pool))
-    sel = diversity(F[where[chosen]])
-    rand = diversity(F[rng.choice(len(pool), size=len(chosen), replace=False)])
+    # Pool statistics in chunks; only the rows compared are materialised (N may be 1M).
+    s1, s2 = np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    for a in range(0, len(pool), 65536):
+        z = X[pool[a : a + 65536]].astype(np.float64)
+        s1 += z.sum(axis=0)
+        s2 += (z * z).sum(axis=0)
+    mean = s1 / len(pool)
+    sd = np.sqrt(np.maximum(s2 / len(pool) - mean * mean, 0.0))
+    sd[sd == 0] = 1.0
+
+    def features(rows):
+        F = (X[rows].astype(np.float64) - mean) / sd
+        nrm = np.linalg.norm(F, axis=1, keepdims=True)
+        return F / np.where(nrm > 0, nrm, 1.0)
+
+    sel = diversity(features(chosen))
+    rand = diversity(features(pool[rng.choice(len(pool), size=len(chosen), replace=False)]))
     return {"k": int(len(chosen)), "selected": _clean(sel), "random": _clean(rand)}
 
 

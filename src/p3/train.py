@@ -148,7 +148,7 @@ def remote_mirror(cfg: TrainConfig) -> Optional[str]:
     return cfg.out.rstrip("/") + ".ckpt" if storage.is_remote(cfg.out) and not cfg.checkpoint_dir else None
 
 
-def MirrorCheckpoints(local: str, remote: str):
+def mirror_checkpoints(local: str, remote: str):
     """A TrainerCallback that uploads the newest checkpoint to ``remote`` after every save."""
     from transformers import TrainerCallback
 
@@ -226,10 +226,11 @@ def train(cfg: TrainConfig) -> None:
     mirror = remote_mirror(cfg)
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
                       data_collator=lambda batch: collate(batch, tok.pad_token_id),
-                      callbacks=[MirrorCheckpoints(ckpt, mirror)] if mirror else None)
+                      callbacks=[mirror_checkpoints(ckpt, mirror)] if mirror else None)
     if cfg.resume and mirror and not _has_checkpoint(ckpt) and storage.exists(mirror) and trainer.is_world_process_zero():
         with storage.local_dir(mirror) as fetched:
             shutil.copytree(fetched, ckpt, dirs_exist_ok=True)
+    trainer.accelerator.wait_for_everyone()  # under torchrun: every rank sees the fetched checkpoint
     resume = cfg.resume and _has_checkpoint(ckpt)
     with step(log, "train") as counts, cpu_threads(None if cuda else model):
         result = trainer.train(resume_from_checkpoint=True if resume else None)

@@ -43,6 +43,7 @@ class HFBackend:
         Right padding and no attention mask: in a causal model a real token never sees the
         padding after it, so the mask is redundant and sdpa can take its causal fast path.
         """
+        self.tokenizer.truncation_side = "right"  # keep the prompt and the first steps
         enc = self.tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
                              truncation=True, max_length=self.max_len)
         all_ids, all_offsets = enc["input_ids"], enc["offset_mapping"]
@@ -78,9 +79,10 @@ class HFBackend:
         """
         tok = self.tokenizer
         tok.padding_side = "left"
+        tok.truncation_side = "left"  # an over-long prompt loses its start, never the part just before the answer
         sample = temperature > 0
         torch.manual_seed(seed)
-        lengths = [len(tok(p, add_special_tokens=add_special_tokens)["input_ids"]) for p in prompts]
+        lengths = [len(ids) for ids in tok(prompts, add_special_tokens=add_special_tokens)["input_ids"]]
         out: list[list[str]] = [[] for _ in prompts]
         gen_kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=tok.pad_token_id,

@@ -109,11 +109,14 @@ def test_vllm_requests_for_generation_and_prompt_logprobs(tiny_model_dir):
     assert requests[0]["prompt_token_ids"] == b.tokenizer("ab\n")["input_ids"]  # BOS + 3 characters
     assert out[1] == [f"sample{j} of 5" for j in range(8)]
 
-    greedy = b.generate(["ab\n"], n=3, temperature=0.0)
+    greedy = b.generate(["ab\n"], n=3, temperature=0.0, max_new_tokens=16)
     assert calls[2][2]["n"] == 1 and greedy == [["sample0 of 4"] * 3]
 
+    b.generate(["q" * 300 + "END\n"], max_new_tokens=56)  # longer than the context: keep the end
+    assert calls[3][1][0]["prompt_token_ids"] == b.tokenizer("q" * 300 + "END\n")["input_ids"][-200:]
+
     scores = b.token_logprobs(["xyz"])
-    assert calls[3][2] == dict(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    assert calls[4][2] == dict(max_tokens=1, temperature=0.0, prompt_logprobs=0)
     assert np.isnan(scores[0].logprobs[0]) and np.allclose(scores[0].logprobs[1:], [-0.5, -0.51, -0.52])
     assert scores[0].offsets.tolist() == [[0, 0], [0, 1], [1, 2], [2, 3]]
 

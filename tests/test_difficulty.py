@@ -107,3 +107,18 @@ def test_apps_rows_are_laid_out_as_in_the_apps_paper():
     assert [text[s:e] for s, e in spans] == ["n = int(input())", "print(n + 1)"]
     call = dict(row, starter_code="class Solution:\n    def f(self, n):")
     assert prompts.prompt_text(call, "plain").endswith("class Solution:\n    def f(self, n):\nUse Call-Based format\nANSWER:\n")
+
+
+def test_steps_beyond_max_len_are_left_out(tiny_model_dir):
+    from p3.backends import opened
+    from p3.difficulty import likelihoods, step_probabilities
+
+    row = dict(ROW, solution="1 + 1 = 2\n" + "x" * 40 + "\nSo \\boxed{2}")
+    text, spans = prompts.scored_text(row, "plain")
+    with opened("hf", tiny_model_dir, device="cpu", max_len=len("What is 2 + 3?\n1 + 1 = 2") + 1) as b:
+        (scores,) = b.token_logprobs([text])
+        assert len(scores.offsets) == len("What is 2 + 3?\n1 + 1 = 2") + 1  # BOS + characters up to step 1
+        assert len(step_probabilities(scores, spans)) == 1
+        assert likelihoods(b, [row], "plain") == [step_probabilities(scores, spans)[0]]
+    with opened("hf", tiny_model_dir, device="cpu", max_len=5) as b, pytest.raises(ValueError, match="--max-len"):
+        likelihoods(b, [row], "plain")

@@ -98,7 +98,9 @@ class VLLMBackend:
         greedy = temperature <= 0
         params = self.vllm.SamplingParams(n=1 if greedy else n, temperature=max(temperature, 0.0), top_p=top_p,
                                           max_tokens=max_new_tokens, seed=seed)
-        requests = [{"prompt_token_ids": list(self.tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"])}
-                    for p in prompts]
+        # vLLM refuses prompts longer than the context: keep the end (the part before the answer).
+        keep = max(1, self.max_len - max_new_tokens)
+        requests = [{"prompt_token_ids": list(ids[-keep:])}
+                    for ids in self.tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]]
         outputs = self.llm.generate(requests, params, lora_request=self.lora_request, use_tqdm=False)
         return [[c.text for c in out.outputs] * (n if greedy else 1) for out in outputs]

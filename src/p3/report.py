@@ -460,9 +460,11 @@ def plot_run(epochs: Sequence[EpochData]) -> str | None:
 
 
 def render_epoch(data: EpochData, seed: int = 0) -> tuple[str, str, dict[str, float]]:
-    """One epoch's report: (HTML fragment-free full page, Markdown, Metrics dict)."""
-    body, md = _epoch_sections(data, seed)
-    page = _page(f"P3 epoch {data.epoch}", body)
+    """One epoch's report: (a full HTML page, Markdown, the Metrics dict for the pipeline)."""
+    with step(log, f"render epoch {data.epoch} report") as counts:
+        body, md = _epoch_sections(data, seed)
+        page = _page(f"P3 epoch {data.epoch}", body)
+        counts.update(plots=page.count('<img class="plot"'), kb=len(page) // 1024)
     return page, md, epoch_metrics(data)
 
 

@@ -388,3 +388,116 @@ def test_pipeline_function_of_the_scripts_is_a_kfp_pipeline():
         assert p.name == f"p3-{task}"
         assert set(builder.PARAMS) == set(p.component_spec.inputs)
     assert os.path.exists(builder.apps_fixture())
+
+
+# ----------------------------------------------------------------------------- local runs (kfp.local)
+
+# The smallest run that still exercises everything: 2 epochs (so a model is handed on
+# and a run can stop between epochs), a few dozen problems, a few optimizer steps.
+SMALLEST = ["--epochs", "2", "--set", "synth_n=40", "--set", "test_synth_n=8", "--set", "tiny_steps=4",
+            "--set", "budget=8", "--set", "max_steps=2", "--set", "batch_size=4", "--set", "max_new_tokens=16",
+            # the policy embedder (the tiny model) spares every embed step the sentence-transformers
+            # import; `make run` uses the default MiniLM embedder
+            "--set", "embedder=policy"]
+
+
+def _local(runs: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "pipelines" / "p3_math.py"), "--local", "--runs-dir", str(runs),
+            "--name", name, *SMALLEST, *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "P3_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory):
+    """A local run stopped hard (SIGKILL of its whole process group) once epoch 0 is
+    done, then the same command again: it must finish without redoing epoch 0."""
+    import signal
+    import time
+
+    runs = tmp_path_factory.mktemp("runs")
+    proc = subprocess.Popen(_local(runs, "r"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env(), start_new_session=True)
+    first: list[str] = []
+    cache = runs / "r" / "cache"
+    try:
+        for line in proc.stdout:
+            first.append(line)
+            if "'epoch 0: report' finished with status SUCCESS" in line:
+                # kfp.local stores a task's cache entry just after logging it finished
+                entries = len(list(cache.glob("*.json")))
+                deadline = time.monotonic() + 30
+                while len(list(cache.glob("*.json"))) == entries and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert any("'epoch 0: report' finished" in line for line in first), "".join(first[-30:])
+    assert not (runs / "r" / "report.html").exists()  # it really was stopped before the end
+    second = subprocess.run(_local(runs, "r"), capture_output=True, text=True, env=_env(), timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    return runs / "r", second.stdout
+
+
+@pytest.mark.slow
+def test_local_run_resumes_without_redoing_finished_epochs(resumed_run):
+    run, out = resumed_run
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["status"] == "succeeded"
+    assert summary["skipped_epochs"] == [0] and summary["ran_epochs"] == [1]
+    assert "resumed: skipped epochs 0" in out
+    for step in ("score", "embed", "select", "train", "evaluate", "report"):
+        assert f"'epoch 0: {step}' taken from the cache" in out
+    assert "'epoch 1: report' finished with status SUCCESS" in out
+    # what a run leaves: the report with every epoch, selections per epoch, the final model
+    page = (run / "report.html").read_text()
+    assert 'id="epoch-0"' in page and 'id="epoch-1"' in page and "<img" in page
+    assert (run / "report.md").read_text().count("epoch") >= 2
+    from p3 import contracts
+
+    for e in (0, 1):
+        sel = contracts.read(str(run / "selections" / f"epoch_{e}.parquet"), contracts.SELECTION)
+        assert sel.num_rows == 8 and set(sel.column("epoch").to_pylist()) == {e}
+    assert (run / "model" / "config.json").exists() and (run / "model" / "model.safetensors").exists()
+    assert f"report: {run / 'report.html'}" in out
+
+
+@pytest.mark.slow
+def test_local_run_with_two_shards_gives_the_same_result(resumed_run, s3_tmp):
+    """--shards 2 (ParallelFor + Collected, run by kfp.local) selects exactly what
+    --shards 1 selected; the results also go to S3 (--export).
+
+    One epoch only, to keep the suite's time: epoch 0 does not depend on E (the pacing
+    percentile of epoch 0 is the start value for every E). The same run folder is used,
+    so preparing and the tiny model come from the cache."""
+    import pyarrow.parquet as pq
+
+    from p3 import storage
+
+    run, _ = resumed_run
+    one = {0: pq.read_table(run / "selections" / "epoch_0.parquet")}
+    out = subprocess.run(_local(run.parent, "r", "--shards", "2", "--epochs", "1", "--export", s3_tmp),
+                         capture_output=True, text=True, env=_env(), timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "'epoch 0: score shard' finished" in out.stdout and "'epoch 0: merge embeddings' finished" in out.stdout
+    assert "'bootstrap tiny model' taken from the cache" in out.stdout
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["shards"] == 2 and summary["ran_epochs"] == [0]
+    for e in (0,):
+        two = pq.read_table(run / "selections" / f"epoch_{e}.parquet")
+        assert two.column("id").to_pylist() == one[e].column("id").to_pylist()
+        assert two.column("round").to_pylist() == one[e].column("round").to_pylist()
+        diff = [abs(a - b) for a, b in zip(two.column("difficulty").to_pylist(), one[e].column("difficulty").to_pylist())]
+        assert max(diff) < 1e-5  # batch composition changes float rounding, nothing more
+    exported = storage.read_json(f"{s3_tmp}/run.json")
+    assert exported["shards"] == 2
+    assert storage.read_table(f"{s3_tmp}/selections/epoch_0.parquet").equals(
+        pq.read_table(run / "selections" / "epoch_0.parquet"))
+    with storage.open_file(f"{s3_tmp}/report.html") as fh:
+        assert b'id="epoch-0"' in fh.read()
+    assert storage.exists(f"{s3_tmp}/model/config.json")

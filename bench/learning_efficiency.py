@@ -59,12 +59,13 @@ class Settings:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     epochs: int = 4
-    pool: int = 800
-    test: int = 200
-    warmup_problems: int = 400
-    warmup_steps: int = 150
-    budget: float = 0.25
-    lr: float = 1e-3
+    pool: int = 2000
+    test: int = 300
+    warmup_problems: int = 1000
+    warmup_steps: int = 300
+    budget: float = 0.3
+    lr: float = 5e-4
+    lr_warmup_steps: int = 5
     batch_size: int = 16
     max_new_tokens: int = 96
     data_seed: int = 0
@@ -110,10 +111,10 @@ def warm_model(s: Settings, paths: dict[str, str], seed: int, work: Path) -> str
     return out
 
 
-def score_pool(paths: dict[str, str], model: str, out: str, epoch: int) -> None:
+def score_pool(paths: dict[str, str], model: str, out: str, epoch: int, split: str = "pool") -> None:
     from p3.difficulty import ScoreConfig, score
 
-    score(ScoreConfig(problems=paths["pool"], model=model, out=out, mode="likelihood", epoch=epoch,
+    score(ScoreConfig(problems=paths[split], model=model, out=out, mode="likelihood", epoch=epoch,
                       batch_size=64, device="cpu", dtype="float32", max_len=256))
 
 
@@ -131,18 +132,31 @@ def train_epoch(s: Settings, paths: dict[str, str], selection: str, model: str, 
     """One pass over the selection (full fine-tuning: the tiny model is too small for LoRA)."""
     from p3.train import TrainConfig, train
 
+    # Each epoch is a fresh Trainer (as in the pipeline): a fresh AdamW whose first steps
+    # move every weight by ~lr, so a short linear warm-up keeps epoch starts gentle.
     train(TrainConfig(problems=paths["pool"], selection=selection, model=model, out=out, full=True, lr=s.lr,
-                      scheduler="constant", batch_size=s.batch_size, max_len=256, seed=seed, device="cpu",
-                      save_steps=10**9, merge=False))
+                      scheduler="constant_with_warmup", warmup_steps=s.lr_warmup_steps, batch_size=s.batch_size,
+                      max_len=256, seed=seed, device="cpu", save_steps=10**9, merge=False))
     state = storage.read_json(os.path.join(out, "trainer_state.json"))
     return {"steps": state.get("global_step")}
 
 
 def evaluate_model(s: Settings, paths: dict[str, str], model: str, out: str, epoch: int) -> dict:
+    """Greedy accuracy on the test split, plus the test solutions' mean step probability.
+
+    Exact-answer accuracy of a tiny model moves in steps of 1/test; the likelihood the
+    model gives the reference solutions (1 − likelihood difficulty) is a smooth second
+    measure of the same learning.
+    """
     from p3.evaluate import EvaluateConfig, evaluate
 
-    return evaluate(EvaluateConfig(problems=paths["test"], model=model, out=out, max_new_tokens=s.max_new_tokens,
-                                   batch_size=100, device="cpu", dtype="float32", epoch=epoch, grade_workers=1))
+    metrics = evaluate(EvaluateConfig(problems=paths["test"], model=model, out=out, max_new_tokens=s.max_new_tokens,
+                                      batch_size=100, device="cpu", dtype="float32", epoch=epoch, grade_workers=1))
+    scored = out.removesuffix(".json") + ".test_difficulty.parquet"
+    score_pool(paths, model, scored, max(epoch, 0), split="test")
+    metrics["test_likelihood"] = float(np.mean(contracts.read(scored, contracts.DIFFICULTY).column("likelihood")
+                                               .to_numpy(zero_copy_only=False)))
+    return metrics
 
 
 def by_level(metrics: dict) -> dict[str, float]:
@@ -221,6 +235,7 @@ def _pool_meta(path: str) -> dict:
 def result_row(arm: str, seed: int, epoch: int, metrics: dict, examples: int, seconds: float, score_s: float,
                train_s: float, sel: dict | None) -> dict:
     row = {"arm": arm, "seed": seed, "epoch": epoch, "accuracy": round(float(metrics["accuracy"]), 4),
+           "test_likelihood": round(float(metrics["test_likelihood"]), 4),
            **{f"acc_level_{k}": round(v, 4) for k, v in by_level(metrics).items()},
            "examples_trained": examples, "wall_s": round(seconds, 1), "score_s": round(score_s, 1),
            "train_s": round(train_s, 1)}
@@ -243,7 +258,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 def summary_table(rows: list[dict], s: Settings) -> tuple[list[str], list[list[str]]]:
     """Per arm: accuracy per epoch (mean ± std over seeds), final per-level, data, time."""
     head = ["arm", *[f"acc e{e}" for e in range(s.epochs + 1)], *[f"L{lv}" for lv in range(1, 6)],
-            "examples", "% of full", "wall s"]
+            "test lik.", "examples", "% of full", "wall s"]
     out = []
     full_examples = s.pool * s.epochs
     for arm in s.arms:
@@ -255,6 +270,7 @@ def summary_table(rows: list[dict], s: Settings) -> tuple[list[str], list[list[s
         for lv in range(1, 6):
             cells.append(f"{np.mean([r.get(f'acc_level_{lv}', np.nan) for r in last]):.3f}")
         ex = int(np.mean([r["examples_trained"] for r in last]))
+        cells.append(_mean_std([r["test_likelihood"] for r in last]))
         cells += [str(ex), f"{100 * ex / full_examples:.0f}%", f"{np.median([r['wall_s'] for r in last]):.0f}"]
         out.append(cells)
     return head, out
@@ -288,25 +304,31 @@ def plot_accuracy(rows: list[dict], s: Settings, path: Path) -> None:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     colors = {"random": "#7f7f7f", "full": "#000000", "static": "#8c564b", "spl": "#1f77b4", "dpp": "#9467bd",
               "p3": "#d62728"}
     xs = list(range(s.epochs + 1))
+
+    def grid(arm: str, key: str) -> np.ndarray:  # seeds × epochs
+        return np.array([[next(r[key] for r in rows if r["arm"] == arm and r["seed"] == sd and r["epoch"] == e)
+                          for e in xs] for sd in s.seeds], dtype=float)
+
     for arm in s.arms:
-        acc = np.array([[next(r["accuracy"] for r in rows if r["arm"] == arm and r["seed"] == sd and r["epoch"] == e)
-                         for e in xs] for sd in s.seeds])
-        ex = np.array([[next(r["examples_trained"] for r in rows if r["arm"] == arm and r["seed"] == sd
-                             and r["epoch"] == e) for e in xs] for sd in s.seeds]).mean(axis=0)
+        acc, lik, ex = grid(arm, "accuracy"), grid(arm, "test_likelihood"), grid(arm, "examples_trained").mean(axis=0)
         c = colors.get(arm)
-        for ax, x in ((axes[0], xs), (axes[1], ex)):
-            ax.plot(x, acc.mean(axis=0), marker="o", color=c, label=arm, linewidth=2.2 if arm == "p3" else 1.4)
+        for ax, x, y in ((axes[0], xs, acc), (axes[1], ex, acc), (axes[2], xs, lik)):
+            ax.plot(x, y.mean(axis=0), marker="o", color=c, label=arm, linewidth=2.2 if arm == "p3" else 1.4)
             if len(s.seeds) > 1:
-                ax.fill_between(x, acc.min(axis=0), acc.max(axis=0), color=c, alpha=0.12)
+                ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=c, alpha=0.12)
     axes[0].set_xlabel("epoch (0 = warm-up model)")
-    axes[0].set_xticks(xs)
     axes[1].set_xlabel("problems trained on (cumulative)")
+    axes[2].set_xlabel("epoch (0 = warm-up model)")
+    for ax in (axes[0], axes[2]):
+        ax.set_xticks(xs)
+    axes[0].set_ylabel("test accuracy (greedy, exact answer)")
+    axes[1].set_ylabel("test accuracy (greedy, exact answer)")
+    axes[2].set_ylabel("test solutions: mean step probability")
     for ax in axes:
-        ax.set_ylabel("test accuracy (greedy)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"mini-MATH, tiny model: pool {s.pool}, budget {s.k}/epoch ({100 * s.budget:.0f}%), "
@@ -376,11 +398,15 @@ def write_markdown(rows: list[dict], s: Settings, path: Path, command: str, took
         f"Setup: pool {s.pool} mini-MATH problems (levels 1–5), budget {s.k} problems/epoch "
         f"({100 * s.budget:.0f}% of the pool; `full` trains on all {s.pool}), {s.epochs} epochs, test split "
         f"{s.test} (held out, greedy), seeds {s.seeds}. Every arm starts from the same warm-up model "
-        f"({s.warmup_steps} steps on {s.warmup_problems} separate problems), full fine-tuning, lr {s.lr}, "
+        f"({s.warmup_steps} steps on {s.warmup_problems} separate problems), full fine-tuning, lr {s.lr} "
+        f"(constant after {s.lr_warmup_steps} warm-up steps), "
         f"batch {s.batch_size}, one pass over the selection per epoch; difficulty = likelihood, re-scored "
         f"each epoch by the arm's own model.\n",
-        "Accuracy: mean ± std over seeds; epoch 0 is the warm-up model. L1–L5: accuracy per level after the "
-        "last epoch. examples: problems trained on over all epochs.\n",
+        "Accuracy: exact final answer, greedy, mean ± std over seeds; epoch 0 is the warm-up model. L1–L5: "
+        "accuracy per level after the last epoch. test lik.: mean step probability of the test split's reference "
+        "solutions after the last epoch (higher = better; smooth where accuracy moves in steps). examples: "
+        "problems trained on over all epochs; wall s: median seconds per arm (scoring counted only for the arms "
+        "that select with it).\n",
         _md(head, body),
     ]
     if "p3" in final:
@@ -454,7 +480,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     p.add_argument("--seeds", type=int, nargs="*", help="seeds (default 0 1 2; --quick: 0)")
     p.add_argument("--arms", nargs="*", choices=ARMS, help="arms (default all; --quick: random p3)")
     d = Settings()
-    for name in ("epochs", "pool", "test", "warmup_problems", "warmup_steps", "budget", "lr", "batch_size",
+    for name in ("epochs", "pool", "test", "warmup_problems", "warmup_steps", "budget", "lr", "lr_warmup_steps", "batch_size",
                  "max_new_tokens", "data_seed", "threads", "jobs"):
         p.add_argument("--" + name.replace("_", "-"), type=type(getattr(d, name)), default=None)
     p.add_argument("--out", default="docs/results", help="results folder (table, plots)")

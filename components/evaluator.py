@@ -17,6 +17,7 @@ def evaluator(
     backend: str = "hf",
     max_new_tokens: int = 512,
     seed: int = 0,
+    tensor_parallel_size: int = 1,
     base_model: str = "",
     policy: Input[Model] = None,
 ):
@@ -32,6 +33,7 @@ def evaluator(
         backend: ``hf`` (transformers) or ``vllm``.
         max_new_tokens: Token limit of each sample.
         seed: Sampling seed.
+        tensor_parallel_size: vLLM: GPUs one model is split over (the GPUs of this pod).
         base_model: Model evaluated when no ``policy`` artifact is connected.
         policy: The policy to evaluate (this epoch's trained model).
     """
@@ -41,7 +43,7 @@ def evaluator(
 
     out = evaluate(EvaluateConfig(problems=problems.path, model=model_ref(policy, base_model), out=results.path,
                                   n=n, k=k, backend=backend, max_new_tokens=max_new_tokens, seed=seed,
-                                  epoch=epoch))
+                                  epoch=epoch, tensor_parallel_size=tensor_parallel_size))
     scalars = {k: v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     for name, value in scalars.items():
         metrics.log_metric(name, value)

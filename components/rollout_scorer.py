@@ -19,6 +19,7 @@ def rollout_scorer(
     weight: float = 0.5,
     backend: str = "hf",
     seed: int = 0,
+    tensor_parallel_size: int = 1,
     base_model: str = "",
     policy: Input[Model] = None,
 ):
@@ -37,6 +38,7 @@ def rollout_scorer(
         weight: Hybrid weight of the likelihood part.
         backend: ``hf`` (transformers) or ``vllm``.
         seed: Sampling seed.
+        tensor_parallel_size: vLLM: GPUs one model is split over (the GPUs of this pod).
         base_model: Model name/path/URI used when no ``policy`` artifact is connected (epoch 0).
         policy: The current policy (the previous epoch's trained model).
     """
@@ -46,5 +48,6 @@ def rollout_scorer(
 
     score(ScoreConfig(problems=problems.path, model=model_ref(policy, base_model), out=difficulty.path,
                       mode=mode, epoch=epoch, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
-                      weight=weight, backend=backend, seed=seed, rollouts_out=rollouts.path))
+                      weight=weight, backend=backend, seed=seed, rollouts_out=rollouts.path,
+                      tensor_parallel_size=tensor_parallel_size))
     empty_table_unless_written(rollouts.path, ROLLOUTS)

@@ -283,7 +283,7 @@ def _wire(opts: BuildOptions, p: dict[str, Any], epoch_of_task: dict[str, int], 
     for e in range(opts.epochs):
         score_kw = dict(epoch=e, mode=p["difficulty_mode"], n=p["rollouts_n"], temperature=p["temperature"],
                         max_new_tokens=p["max_new_tokens"], weight=p["hybrid_weight"], backend=p["backend"],
-                        seed=p["seed"])
+                        seed=p["seed"], tensor_parallel_size=_gpus(opts, "score"))
         if opts.shards == 1:
             difficulty = setup(rollout_scorer(problems=pool, **with_policy(**score_kw)),
                                "score", e, "score", "image_vllm").outputs["difficulty"]
@@ -314,7 +314,8 @@ def _wire(opts: BuildOptions, p: dict[str, Any], epoch_of_task: dict[str, int], 
                       "train", e, "train", "image_train")
         policy = train.outputs["model"]
         evaluation = setup(evaluator(problems=test, policy=policy, epoch=e, n=p["eval_n"], k=p["eval_k"],
-                                     backend=p["backend"], max_new_tokens=p["max_new_tokens"], seed=p["seed"]),
+                                     backend=p["backend"], max_new_tokens=p["max_new_tokens"], seed=p["seed"],
+                                     tensor_parallel_size=_gpus(opts, "evaluate")),
                            "evaluate", e, "evaluate", "image_vllm")
         rep_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings,
                       selection=select.outputs["selection"], selection_report=select.outputs["report"],
@@ -327,6 +328,11 @@ def _wire(opts: BuildOptions, p: dict[str, Any], epoch_of_task: dict[str, int], 
         selections.append(select.outputs["selection"])
     outputs = _outputs_type(opts.epochs)
     return outputs(report.outputs["run_html"], report.outputs["run_markdown"], policy, *selections)
+
+
+def _gpus(opts: BuildOptions, kind: str) -> int:
+    """GPUs of one step's pod (at least 1: the tensor-parallel size of a vLLM engine)."""
+    return max(1, opts.cluster.gpus.get(kind, 0)) if opts.cluster is not None else 1
 
 
 # Which steps need what on a cluster.

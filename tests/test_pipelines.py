@@ -112,11 +112,11 @@ def test_tiny_preset_bootstraps_the_policy(tmp_path):
 
 
 def test_gpu_steps_get_gpus_shm_cache_and_secrets_cpu_steps_do_not(tmp_path):
-    cluster = ClusterSettings(gpus=builder.parse_gpus("train=8", {"score": 1, "embed": 1, "train": 1, "evaluate": 1}),
+    cluster = ClusterSettings(gpus=builder.parse_gpus("train=8,score=2", {"score": 1, "embed": 1, "train": 1, "evaluate": 1}),
                               node_selector={"nvidia.com/gpu.product": "H100"})
     spec = compiled(tmp_path, task="math", epochs=2, cluster=cluster)
     names = all_tasks(spec)
-    want = {"score": "1", "embed": "1", "train": "8", "evaluate": "1"}
+    want = {"score": "2", "embed": "1", "train": "8", "evaluate": "1"}
     for step, count in want.items():
         label, container = executor_of(spec, names[f"epoch 1: {step}"][1])
         acc = container["resources"]["accelerator"]
@@ -130,6 +130,9 @@ def test_gpu_steps_get_gpus_shm_cache_and_secrets_cpu_steps_do_not(tmp_path):
         if step in ("score", "evaluate", "train"):
             shm = k8s["emptyDirMounts"][0]
             assert shm["mountPath"] == "/dev/shm" and shm["medium"] == "Memory"
+    # a vLLM engine spans the GPUs of its pod
+    assert names["epoch 1: score"][1]["inputs"]["parameters"]["tensor_parallel_size"]["runtimeValue"]["constant"] == 2
+    assert names["epoch 1: evaluate"][1]["inputs"]["parameters"]["tensor_parallel_size"]["runtimeValue"]["constant"] == 1
     for step in ("select", "report"):
         label, container = executor_of(spec, names[f"epoch 1: {step}"][1])
         assert "accelerator" not in container.get("resources", {})

@@ -150,7 +150,8 @@ def run_local(opts: BuildOptions, params: dict[str, Any], runs_dir: str = "runs"
             summary["exported"] = export_run(run_dir, export, opts.epochs)
     else:
         summary["status"] = "failed"
-        summary["error"] = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = _ANSI.sub("", str(error).splitlines()[0]) if str(error) else type(error).__name__
+        summary["error"] = _TASK.sub(lambda m: f"'{built.display_names.get(m.group(1), m.group(1))}'", first)
     storage.write_json(summary, os.path.join(run_dir, "run.json"))
     if summary.get("exported"):
         storage.write_json(summary, f"{summary['exported']}/run.json")

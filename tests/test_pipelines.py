@@ -504,3 +504,17 @@ def test_local_run_with_two_shards_gives_the_same_result(resumed_run, s3_tmp):
     with storage.open_file(f"{s3_tmp}/report.html") as fh:
         assert b'id="epoch-0"' in fh.read()
     assert storage.exists(f"{s3_tmp}/model/config.json")
+
+
+@pytest.mark.slow
+def test_failed_local_run_reports_the_step_and_the_log(tmp_path):
+    missing = tmp_path / "missing.jsonl"
+    out = subprocess.run(_local(tmp_path, "bad", "--set", f"source={missing}"), capture_output=True, text=True,
+                         env=_env(), timeout=300)
+    assert out.returncode == 1
+    assert "p3 local run failed" in out.stdout
+    assert "'prepare train' finished with status FAILURE" in out.stdout
+    assert f"full log: {tmp_path / 'bad' / 'pipeline.log'}" in out.stdout
+    assert str(missing) in (tmp_path / "bad" / "pipeline.log").read_text()  # the step's own error, in the log
+    summary = json.loads((tmp_path / "bad" / "run.json").read_text())
+    assert summary["status"] == "failed" and "Inner task failed: 'prepare train'" in summary["error"]

@@ -151,7 +151,7 @@ def run_local(opts: BuildOptions, params: dict[str, Any], runs_dir: str = "runs"
     else:
         summary["status"] = "failed"
         first = _ANSI.sub("", str(error).splitlines()[0]) if str(error) else type(error).__name__
-        summary["error"] = _TASK.sub(lambda m: f"'{built.display_names.get(m.group(1), m.group(1))}'", first)
+        summary["error"] = re.sub(r"'([^']+)'", lambda m: f"'{built.display_names.get(m.group(1), m.group(1))}'", first)
     storage.write_json(summary, os.path.join(run_dir, "run.json"))
     if summary.get("exported"):
         storage.write_json(summary, f"{summary['exported']}/run.json")

@@ -128,6 +128,8 @@ def main(task: str, argv: list[str] | None = None) -> int:
         try:
             run_local(opts, overrides, runs_dir=args.runs_dir, name=args.name, fresh=args.fresh,
                       verbose=args.verbose, export=args.export)
+        except KeyboardInterrupt:
+            return 130  # stopped: the same command resumes
         except Exception:  # noqa: BLE001 - the summary (with the log's path) is already printed
             return 1
         return 0

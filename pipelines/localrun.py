@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict
@@ -53,8 +54,13 @@ class _Tee(io.TextIOBase):
 
     def __init__(self, log: TextIO, console: TextIO, verbose: bool, names: dict[str, str]):
         self.log, self.console, self.verbose, self.names, self._buf = log, console, verbose, names, ""
+        self._lock = threading.Lock()  # shards of a ParallelFor print from several threads
 
     def write(self, s: str) -> int:
+        with self._lock:
+            return self._write(s)
+
+    def _write(self, s: str) -> int:
         self.log.write(s)
         self._buf += s
         *lines, self._buf = self._buf.split("\n")
@@ -148,7 +154,7 @@ def run_local(opts: BuildOptions, params: dict[str, Any], runs_dir: str = "runs"
         if export:
             summary["exported"] = export_run(run_dir, export, opts.epochs)
     else:
-        summary["status"] = "failed"
+        summary["status"] = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
         first = _ANSI.sub("", str(error).splitlines()[0]) if str(error) else type(error).__name__
         summary["error"] = re.sub(r"'([^']+)'", lambda m: f"'{built.display_names.get(m.group(1), m.group(1))}'", first)
     storage.write_json(summary, os.path.join(run_dir, "run.json"))

@@ -11,6 +11,9 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX   ?=
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 STAMP := $(VENV)/.p3-installed
+# Image names the pipelines default to (components/images.py); needs a Docker engine.
+REGISTRY  ?= ghcr.io/p3-kubeflow
+IMAGE_TAG ?= 0.1.0
 
 .PHONY: install run test test-fast bench images compile clean
 
@@ -42,6 +45,11 @@ bench: install
 compile: install
 	$(PY) pipelines/p3_math.py --compile
 	$(PY) pipelines/p3_apps.py --compile
+
+images:
+	DOCKER_BUILDKIT=1 docker build -f images/p3-base.Dockerfile  -t $(REGISTRY)/p3-base:$(IMAGE_TAG) .
+	DOCKER_BUILDKIT=1 docker build -f images/p3-vllm.Dockerfile  -t $(REGISTRY)/p3-vllm:$(IMAGE_TAG) .
+	DOCKER_BUILDKIT=1 docker build -f images/p3-train.Dockerfile -t $(REGISTRY)/p3-train:$(IMAGE_TAG) .
 
 clean:
 	rm -rf runs .pytest_cache p3_math.yaml p3_apps.yaml

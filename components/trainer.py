@@ -56,10 +56,4 @@ def trainer(
     if gpus > 1:
         subprocess.run(torchrun_command(["train"], cfg, gpus), check=True)
     else:
-        from transformers import set_seed
-
-        # p3.train seeds the Trainer, but the LoRA weights are drawn before it does:
-        # seed first, so the same selection gives the same model (and --shards 2 the
-        # same run as --shards 1).
-        set_seed(seed)
         train(cfg)

@@ -124,3 +124,21 @@ def test_s3_output_mirrors_checkpoints_so_a_fresh_pod_resumes(tiny_model_dir, mi
     assert "resumed=True" in caplog.text
     assert storage.read_json(f"{s3_tmp}/model/trainer_state.json")["global_step"] == 4
     assert not storage.exists(f"{s3_tmp}/model.ckpt")  # cleaned up after success
+
+
+@pytest.mark.slow
+def test_same_selection_and_seed_give_the_same_lora_model(tiny_model_dir, mini_math, tmp_path):
+    # The LoRA weights are drawn before the Trainer seeds; train() must seed first.
+    from p3.backends import load_causal_lm
+    from p3.train import TrainConfig, train
+
+    ids = storage.read_table(mini_math["train"]).column("id").to_pylist()[:8]
+    sel = _selection(str(tmp_path / "s.parquet"), ids)
+    outs = []
+    for name in ("a", "b"):
+        torch.manual_seed(len(name) * 1234 + ord(name))  # a different global RNG state before each run
+        out = str(tmp_path / name)
+        train(TrainConfig(problems=mini_math["train"], selection=sel, model=tiny_model_dir, out=out,
+                          lora="8,16,0.0", lr=5e-3, batch_size=4, max_steps=1, seed=3))
+        outs.append(load_causal_lm(out, "cpu")[0].state_dict())
+    assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])

@@ -197,12 +197,15 @@ def prepare_model(cfg: TrainConfig, qlora: bool):
 def train(cfg: TrainConfig) -> None:
     """Fine-tune ``cfg.model`` on the selected problems and save the result to ``cfg.out``."""
     import torch
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments, set_seed
 
     from p3.backends import cpu_threads
 
     rows = selected_rows(cfg)
     qlora = use_qlora(cfg)
+    # The LoRA weights are drawn in prepare_model, before the Trainer seeds: seed here so
+    # the same selection always gives the same model.
+    set_seed(cfg.seed)
     model, tok = prepare_model(cfg, qlora)
     feats = encode_sft(rows, tok, cfg.template, cfg.max_len)
     dataset = [f for f in feats if f is not None]

@@ -362,31 +362,87 @@ def plot_selection(rows: list[dict], s: Settings, path: Path) -> None:
     axes[0][-1].legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.45, 1))
     fig.suptitle("What each arm trained on: level mix per epoch (mean over seeds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
 def arm_report(s: Settings, arm: str, seed: int, paths: dict[str, str], emb: str, work: Path) -> str:
     """The per-epoch selection report of one arm's run (the same renderer as the pipeline)."""
+    meta, embeddings = _pool_meta(paths["pool"]), contracts.read_embeddings(emb)
     epochs = []
-    meta = _pool_meta(paths["pool"])
     for e in range(s.epochs):
-        edir = work / f"seed{seed}" / arm / f"epoch_{e}"
-        prev = work / f"seed{seed}" / arm / f"epoch_{e - 1}" if e else None
-        diff = edir / "difficulty.parquet"
-        prev_diff = prev / "difficulty.parquet" if prev else None
-        d = report.load_epoch(
-            e, selection_report=str(edir / "selection_report.json"), difficulty=str(diff) if diff.exists() else None,
-            selection=str(edir / "selection.parquet"), metrics=str(edir / "metrics.json"), embeddings=emb,
-            previous_difficulty=str(prev_diff) if prev_diff and prev_diff.exists() else None,
-            previous_selection=str(prev / "selection.parquet") if prev else None)
-        d.meta = meta
+        d = _epoch_data(work, seed, arm, e, with_previous=True)
+        d.meta, d.embeddings = meta, embeddings
         epochs.append(d)
     page, _ = report.render_run(epochs, title=f"Learning-efficiency bench: arm {arm}, seed {seed}", seed=seed)
     return page
 
 
-def write_markdown(rows: list[dict], s: Settings, path: Path, command: str, took: float, stamp: dict) -> str:
+def diagnostics(s: Settings, paths: dict[str, str], emb: str, work: Path) -> list[dict]:
+    """Why the arms differ, per arm (mean over seeds and epochs), from the run's work files.
+
+    - ``d_trained`` / ``d_untrained``: mean change of likelihood difficulty from one epoch
+      to the next for the problems trained on in between vs the rest (negative = easier);
+    - type mix of the selections;
+    - diversity of the selection vs random same-size draws from the whole pool
+      (log det(I + S), mean cosine: the report's measures).
+    """
+    meta = _pool_meta(paths["pool"])
+    embeddings = contracts.read_embeddings(emb)
+    out = []
+    for arm in s.arms:
+        acc: dict[str, list[float]] = {}
+        for seed in s.seeds:
+            for e in range(s.epochs):
+                d = _epoch_data(work, seed, arm, e, with_previous=True)
+                d.embeddings, d.meta = embeddings, meta
+                change = report.difficulty_change(d)
+                if change is not None and "mean_delta_trained" in change:
+                    acc.setdefault("d_trained", []).append(change["mean_delta_trained"])
+                    acc.setdefault("d_untrained", []).append(change["mean_delta_untrained"])
+                mix = report.coverage(meta, d.selected, "type")
+                for t in data.MINI_TYPES:
+                    acc.setdefault(f"type_{t}", []).append(mix.get(t, 0) / max(1, len(d.selected)))
+                div = report.diversity_vs_random(d, seed=seed)
+                if div is not None:
+                    for who in ("selected", "random"):
+                        for key in ("logdet", "mean_cosine"):
+                            acc.setdefault(f"{key}_{who}", []).append(div[who][key])
+        out.append({"arm": arm, **{k: _nanmean(v) for k, v in acc.items()}})
+    return out
+
+
+def _nanmean(values: list[float]) -> float:
+    """Mean of the finite values (full trains on everything: no untrained problems)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _epoch_data(work: Path, seed: int, arm: str, e: int, with_previous: bool) -> report.EpochData:
+    edir = work / f"seed{seed}" / arm / f"epoch_{e}"
+    prev = work / f"seed{seed}" / arm / f"epoch_{e - 1}" if e and with_previous else None
+    return report.load_epoch(
+        e, selection_report=str(edir / "selection_report.json"), difficulty=str(edir / "difficulty.parquet"),
+        selection=str(edir / "selection.parquet"), metrics=str(edir / "metrics.json"),
+        previous_difficulty=str(prev / "difficulty.parquet") if prev else None,
+        previous_selection=str(prev / "selection.parquet") if prev else None)
+
+
+def diagnostics_table(diag: list[dict]) -> tuple[list[str], list[list[str]]]:
+    head = ["arm", "Δ difficulty, trained", "Δ difficulty, not trained",
+            *[f"{t} share" for t in data.MINI_TYPES], "log det sel. / random", "mean cos sel. / random"]
+    rows = []
+    for r in diag:
+        f = lambda k, d=3: "-" if np.isnan(r.get(k, np.nan)) else f"{r[k]:+.{d}f}"  # noqa: E731
+        g = lambda k: "-" if np.isnan(r.get(k, np.nan)) else f"{r[k]:.2f}"  # noqa: E731
+        rows.append([r["arm"], f("d_trained", 4), f("d_untrained", 4), *[g(f"type_{t}") for t in data.MINI_TYPES],
+                     f"{r.get('logdet_selected', np.nan):.1f} / {r.get('logdet_random', np.nan):.1f}",
+                     f"{r.get('mean_cosine_selected', np.nan):.4f} / {r.get('mean_cosine_random', np.nan):.4f}"])
+    return head, rows
+
+
+def write_markdown(rows: list[dict], s: Settings, path: Path, command: str, took: float, stamp: dict,
+                   diag: list[dict] | None = None) -> str:
     head, body = summary_table(rows, s)
     shead, sbody = selection_table(rows, s)
     final = {arm: np.mean([r["accuracy"] for r in rows if r["arm"] == arm and r["epoch"] == s.epochs]) for arm in s.arms}
@@ -414,8 +470,17 @@ def write_markdown(rows: list[dict], s: Settings, path: Path, command: str, took
         lines.append(f"\nFinal accuracy: p3 {final['p3']:.3f} vs {others}.\n")
     lines += ["\n## What each arm selected\n",
               "Mean over seeds, per epoch: eligible pool after pacing, pacing threshold, mean difficulty of the "
-              "selection (by the arm's own model), and the level mix of the selection.\n", _md(shead, sbody),
-              "\n![accuracy](learning_efficiency.png)\n", "![selection](learning_efficiency_selection.png)\n"]
+              "selection (by the arm's own model), and the level mix of the selection.\n", _md(shead, sbody)]
+    if diag:
+        dhead, dbody = diagnostics_table(diag)
+        lines += ["\n## Why: what training on each selection did\n",
+                  "Mean over seeds and epochs. Δ difficulty: change of a problem's likelihood difficulty from one "
+                  "epoch's scoring to the next, for the problems trained on in between vs the rest of the pool "
+                  "(negative = the model finds them easier). Type share: the selection's mix of mini-MATH types "
+                  "(the pool is ≈ 0.25 each). Diversity: the selection vs random draws of the same size from the "
+                  "whole pool (log det(I + S), higher = more spread; mean pairwise cosine, lower = more spread).\n",
+                  _md(dhead, dbody)]
+    lines += ["\n![accuracy](learning_efficiency.png)\n", "![selection](learning_efficiency_selection.png)\n"]
     text = "\n".join(lines)
     storage.write_text(text, path)
     return text
@@ -485,6 +550,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         p.add_argument("--" + name.replace("_", "-"), type=type(getattr(d, name)), default=None)
     p.add_argument("--out", default="docs/results", help="results folder (table, plots)")
     p.add_argument("--work", default="bench/out/learning_efficiency", help="work folder (models, tables)")
+    p.add_argument("--replot", action="store_true",
+                   help="only rebuild tables, plots and report from a finished run's --out and --work files")
     args = p.parse_args(argv)
     s = Settings()
     if args.quick:
@@ -505,8 +572,10 @@ def main(argv: list[str] | None = None) -> dict:
     s, args = parse_args(argv)
     torch.set_num_threads(s.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    command = "python bench/learning_efficiency.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python bench/learning_efficiency.py", *(sys.argv[1:] if argv is None else argv)])
     out, work = Path(args.out), Path(args.work)
+    if args.replot:
+        return replot(out, work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     start = time.perf_counter()
@@ -528,12 +597,19 @@ def main(argv: list[str] | None = None) -> dict:
     took = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     stamp = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}
-    write_csv(rows, out / "learning_efficiency.csv")
-    plot_accuracy(rows, s, out / "learning_efficiency.png")
-    plot_selection(rows, s, out / "learning_efficiency_selection.png")
-    text = write_markdown(rows, s, out / "learning_efficiency.md", command, took, stamp)
     storage.write_json({"settings": asdict(s), "command": command, "seconds": round(took, 1), **stamp},
                        out / "learning_efficiency.json")
+    write_csv(rows, out / "learning_efficiency.csv")
+    return write_outputs(rows, s, out, work, paths, emb, command, took, stamp)
+
+
+def write_outputs(rows: list[dict], s: Settings, out: Path, work: Path, paths: dict[str, str], emb: str,
+                  command: str, took: float, stamp: dict) -> dict:
+    """Plots, the Markdown table with diagnostics, and the p3 arm's report, from the rows and work files."""
+    plot_accuracy(rows, s, out / "learning_efficiency.png")
+    plot_selection(rows, s, out / "learning_efficiency_selection.png")
+    diag = diagnostics(s, paths, emb, work)
+    text = write_markdown(rows, s, out / "learning_efficiency.md", command, took, stamp, diag)
     if "p3" in s.arms:
         storage.write_text(arm_report(s, "p3", s.seeds[0], paths, emb, work),
                            out / f"learning_efficiency_p3_seed{s.seeds[0]}_report.html")
@@ -542,7 +618,31 @@ def main(argv: list[str] | None = None) -> dict:
              for arm in s.arms}
     if "p3" in final and "random" in final and final["random"] > 0:
         print(f"p3 / random final accuracy: {final['p3'] / final['random']:.2f}x")
-    return {"rows": rows, "final": final, "seconds": took}
+    return {"rows": rows, "final": final, "seconds": took, "diagnostics": diag}
+
+
+def replot(out: Path, work: Path) -> dict:
+    """Rebuild the tables, plots and report of a finished run from its CSV, JSON and work files."""
+    meta = storage.read_json(out / "learning_efficiency.json")
+    s = Settings(**meta["settings"])
+    with open(out / "learning_efficiency.csv") as fh:
+        rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    paths = {name: str(work / "data" / f"{name}.parquet") for name in ("warmup", "pool", "test")}
+    stamp = {"cpus": meta["cpus"], "machine": meta["machine"]}
+    return write_outputs(rows, s, out, work, paths, str(work / "data" / "embeddings.parquet"), meta["command"],
+                         meta["seconds"], stamp)
+
+
+def _number(v: str):
+    if v == "":
+        return None  # as written: a value the row does not have (e.g. no pacing threshold)
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,14 +49,29 @@ def page(tmp_path_factory):
 
 def test_browser_decodes_every_plot_of_every_epoch(page, tmp_path):
     html = open(page).read()
+    decoded, total, sections = _probe(html, tmp_path)
+    assert sections == 3
+    assert total == html.count('<img class="plot"') == 15
+    assert decoded == total
+
+
+def _probe(html: str, tmp_path) -> tuple[int, int, int]:
     probe = tmp_path / "probe.html"
     probe.write_text(html.replace("</body>", PROBE + "</body>"))
     dom = _chromium(tmp_path, "--dump-dom", f"file://{probe}")
     m = re.search(r'data-probe="decoded=(\d+) total=(\d+) sections=(\d+)"', dom)
     assert m, dom[:500]
-    decoded, total, sections = map(int, m.groups())
-    assert sections == 3
-    assert total == html.count('<img class="plot"') == 15
+    return tuple(map(int, m.groups()))
+
+
+def test_browser_decodes_the_committed_benchmark_report(tmp_path):
+    """The p3 arm's report from the real benchmark run (docs/results), rendered by the same code."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "results" / "learning_efficiency_p3_seed0_report.html"
+    if not path.exists():
+        pytest.skip(f"{path} not generated (python bench/learning_efficiency.py writes it)")
+    html = path.read_text()
+    decoded, total, sections = _probe(html, tmp_path)
+    assert sections == 4 and total >= 4 * 4
     assert decoded == total
 
 

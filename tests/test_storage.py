@@ -104,3 +104,17 @@ def test_storage_options_follow_the_endpoint_env(s3_server):
     assert storage.storage_options("s3://b/k") == {"client_kwargs": {"endpoint_url": s3_server.endpoint}}
     assert storage.storage_options("/tmp/x") == {}
     assert storage.is_remote("s3://b/k") and not storage.is_remote("file:///tmp/x")
+
+
+def test_atomic_write_gives_the_mode_a_plain_open_would(tmp_path):
+    # Outputs are read by other users (a pod's uid, a web server): not mkstemp's 0600.
+    import os
+
+    old = os.umask(0o022)
+    try:
+        storage.write_text("x", str(tmp_path / "out.txt"))
+        with open(tmp_path / "plain.txt", "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o644

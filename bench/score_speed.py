@@ -1,7 +1,8 @@
 """Likelihood difficulty: one batched forward per problem (ours) vs one forward per step
 (the paper code's form), side by side in one run on the same model and problems.
 
-    python bench/score_speed.py [--n 64] [--device cpu] [--model DIR] [--levels 1-5]
+    python bench/score_speed.py [--n 128] [--device cpu] [--model DIR] [--levels 1-5]
+    python bench/score_speed.py --problems math.parquet   # real solutions (`p3 data prepare`)
 
 Prints the medians over --repeats, the largest difference between the two (must be
 < 1e-4), and last the ratio: ``likelihood speedup=X.Xx``. ``--no-reference`` only
@@ -25,6 +26,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=128, help="problems scored")
     ap.add_argument("--levels", default="1-5", help="mini-MATH levels")
+    ap.add_argument("--problems", default=None,
+                    help="a problems table to score instead of mini-MATH (its first --n rows; real MATH "
+                         "solutions have more lines per problem than mini-MATH's)")
     ap.add_argument("--model", default=None, help="model dir (default: a fresh tiny model, --hidden/--layers)")
     ap.add_argument("--hidden", type=int, default=128, help="hidden size of the fresh model")
     ap.add_argument("--layers", type=int, default=2, help="layers of the fresh model")
@@ -41,16 +45,24 @@ def main(argv=None) -> int:
     from p3.difficulty import likelihoods, per_step_likelihood
     from p3.tiny import TinyConfig, build_tiny_model
 
-    rows = data.synth_problems(args.n, args.levels, seed=0, split="train").to_pylist()
+    if args.problems:
+        table = data.load_problems(args.problems).slice(0, args.n)
+    else:
+        table = data.synth_problems(args.n, args.levels, seed=0, split="train")
+    rows = table.to_pylist()
+    # Both methods must see every step: the batched path truncates at max_len, the per-step one never does.
+    longest = max(len(r["prompt"]) + len(r["solution"]) for r in rows) + 8
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
-            storage.write_table(data.synth_problems(args.n, args.levels, seed=0, split="train"), f"{tmp}/p.parquet")
+            storage.write_table(table, f"{tmp}/p.parquet")
             model = f"{tmp}/tiny"
             heads = max(1, args.hidden // 64)
+            # Positions for the longest scored text (real MATH solutions run to thousands of characters).
             build_tiny_model(TinyConfig(out=model, train_on=f"{tmp}/p.parquet", steps=0, hidden=args.hidden,
-                                        layers=args.layers, heads=heads))
-        with opened("hf", model, device=args.device, batch_size=args.batch_size) as backend:
+                                        layers=args.layers, heads=heads, max_len=max(512, longest)))
+        with opened("hf", model, device=args.device, batch_size=args.batch_size,
+                    max_len=max(2048, longest)) as backend:
             steps = sum(len([ln for ln in r["solution"].split("\n") if ln.strip()]) for r in rows)
             likelihoods(backend, rows[: args.batch_size], "plain")  # warm-up (allocator, kernels)
             print(f"problems={len(rows)} steps={steps} device={args.device} batch={args.batch_size} "

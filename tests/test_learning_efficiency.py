@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -42,6 +43,10 @@ def test_bench_smoke_run_writes_table_plots_and_report(tmp_path):
     md = (out / "learning_efficiency.md").read_text()
     assert "| arm | acc e0 | acc e1 | acc e2 |" in md and "## What each arm selected" in md
     assert "python bench/learning_efficiency.py --seeds 0" in md
+    # the training schedule is recorded with the results (every arm trains under the same one)
+    settings = json.loads((out / "learning_efficiency.json").read_text())["settings"]
+    assert settings["scheduler"] == "cosine" and settings["passes"] == 1.0 and settings["batch_size"] == 8
+    assert "cosine schedule within each epoch" in md and "one pass over the selection per epoch" in md
     for png in ("learning_efficiency.png", "learning_efficiency_selection.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
     page = (out / "learning_efficiency_p3_seed0_report.html").read_text()
@@ -56,7 +61,6 @@ SUBJECTS = ["Prealgebra", "Algebra", "Number Theory", "Counting & Probability", 
 @pytest.mark.slow
 def test_math_coverage_script_on_a_small_math_format_file(tmp_path):
     """bench/math_coverage.py end to end on a fabricated file in MATH's raw schema."""
-    import json
 
     spec = importlib.util.spec_from_file_location("math_coverage", BENCH.parent / "math_coverage.py")
     mod = importlib.util.module_from_spec(spec)

@@ -25,7 +25,6 @@ through ``--hf-config``); see docs/evidence.md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -180,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     problems, emb = prepare_and_embed(args.source, args.split, work, args.limit, args.embedder, args.hf_config)
     difficulty = args.difficulty or uniform_difficulty(problems, str(work / "difficulty.parquet"))
-    meta = report.problem_meta(problems)
+    meta = report.meta_by_id(problems)
     ids_pool = contracts.read(problems, contracts.PROBLEMS).column("id").to_pylist()
     emb_ids, matrix = contracts.read_embeddings(emb)
     index = {pid: i for i, pid in enumerate(emb_ids)}

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from p3 import contracts, prompts, storage
 from p3.backends import BACKENDS, TokenScores, opened
+from p3.data import load_problems
 from p3.logs import get_logger, step
 
 log = get_logger("score")
@@ -168,7 +169,7 @@ def score(cfg: ScoreConfig) -> None:
         raise ValueError(f"unknown --mode {cfg.mode!r} (choose from {', '.join(MODES)})")
     if not 0.0 <= cfg.weight <= 1.0:
         raise ValueError(f"--weight must be in [0, 1], got {cfg.weight}")
-    problems = contracts.read(cfg.problems, contracts.PROBLEMS)
+    problems = load_problems(cfg.problems)
     rows = prompts.rows(problems)
     n = len(rows)
     lik: list[Optional[float]] = [None] * n

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from p3 import contracts, prompts, storage
+from p3.data import load_problems
 from p3.logs import get_logger, progress, step
 
 log = get_logger("embed")
@@ -91,7 +92,7 @@ def embed(cfg: EmbedConfig) -> None:
     kind, _, target = cfg.embedder.partition(":")
     if kind not in ("st", "policy") or not target:
         raise ValueError(f"--embedder must be st:<name-or-path> or policy:<model>, got {cfg.embedder!r}")
-    rows = prompts.rows(contracts.read(cfg.problems, contracts.PROBLEMS))
+    rows = prompts.rows(load_problems(cfg.problems))
     with step(log, "embed") as counts:
         if kind == "st":
             vecs = embed_st([r["prompt"] for r in rows], target, cfg.batch_size, cfg.device)

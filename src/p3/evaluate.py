@@ -14,8 +14,9 @@ from typing import Optional
 
 import numpy as np
 
-from p3 import contracts, prompts, storage
+from p3 import prompts, storage
 from p3.backends import BACKENDS, opened
+from p3.data import load_problems
 from p3.difficulty import backend_options, grade_workers, join_grades, rollouts_table
 from p3.logs import get_logger, step
 
@@ -79,7 +80,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     if cfg.n < 1 or not 1 <= cfg.k <= cfg.n:
         raise ValueError(f"need n >= 1 and 1 <= k <= n, got n={cfg.n} k={cfg.k}")
     temperature = cfg.temperature if cfg.temperature is not None else (0.0 if cfg.n == 1 else 0.8)
-    problems = contracts.read(cfg.problems, contracts.PROBLEMS)
+    problems = load_problems(cfg.problems)
     rows = prompts.rows(problems)
     start = time.perf_counter()
     with opened(cfg.backend, cfg.model, **backend_options(cfg)) as backend, step(log, "generate") as counts:

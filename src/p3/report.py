@@ -43,6 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from p3 import contracts, storage
+from p3.data import load_problems, problem_meta
 from p3.logs import get_logger, step
 
 log = get_logger("report")
@@ -143,20 +144,14 @@ def load_epoch(
     if embeddings:
         data.embeddings = contracts.read_embeddings(embeddings)
     if problems:
-        data.meta = problem_meta(problems)
+        data.meta = meta_by_id(problems)
     return data
 
 
-def problem_meta(path: str) -> dict[str, dict]:
+def meta_by_id(path: str) -> dict[str, dict]:
     """id -> parsed ``meta`` JSON of a problems table."""
-    t = contracts.read(path, contracts.PROBLEMS)
-    out = {}
-    for pid, meta in zip(t.column("id").to_pylist(), t.column("meta").to_pylist()):
-        try:
-            out[pid] = json.loads(meta) if meta else {}
-        except json.JSONDecodeError:
-            out[pid] = {}
-    return out
+    table = load_problems(path)
+    return dict(zip(table.column("id").to_pylist(), problem_meta(table)))
 
 
 def find_epoch_dirs(run_dir: str) -> list[str]:
@@ -517,7 +512,7 @@ def render_report(cfg: ReportConfig) -> str:
 def _as_epoch_data(epochs: Sequence[EpochData | str], problems: str | None) -> list[EpochData]:
     out: list[EpochData] = []
     prev_dir = None
-    meta = problem_meta(problems) if problems else None
+    meta = meta_by_id(problems) if problems else None
     for e in epochs:
         if isinstance(e, EpochData):
             out.append(e)

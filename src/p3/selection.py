@@ -46,7 +46,6 @@ Report JSON (``--report``; also the dict ``select`` returns). Keys:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ import pyarrow as pa
 
 from p3 import contracts, pacing, storage
 from p3.contracts import ContractError
+from p3.data import load_problems, problem_meta
 from p3.dpp import dpp_select
 from p3.logs import get_logger, step
 
@@ -125,9 +125,9 @@ def select(cfg: SelectConfig) -> dict:
         raise ValueError("--problems and --out are required")
     _check_config(cfg)
     with step(log, "select") as counts:
-        problems = _load_problems(cfg.problems)
+        problems = load_problems(cfg.problems)
         ids = problems.column("id").to_pylist()
-        metas = _parse_meta(problems, cfg.problems)
+        metas = _labels(problems)
         diff = _difficulty_for(cfg.difficulty, ids) if cfg.difficulty else None
         if diff is None and cfg.strategy in NEEDS_DIFFICULTY:
             raise ValueError(f"strategy {cfg.strategy!r} needs --difficulty")
@@ -281,27 +281,10 @@ def _static_difficulty(levels, source: str) -> np.ndarray:
     return (v - v.min()) / span if span > 0 else np.zeros_like(v)
 
 
-def _load_problems(path: str) -> pa.Table:
-    try:
-        from p3.data import load_problems
-    except ImportError:  # pragma: no cover - p3.data is part of the package
-        return contracts.read(path, contracts.PROBLEMS)
-    return load_problems(path)
-
-
-def _parse_meta(table: pa.Table, path: str) -> list[dict]:
-    out = []
-    for row, text in enumerate(table.column("meta").to_pylist()):
-        try:
-            meta = json.loads(text) if text else {}
-        except ValueError as exc:
-            raise ContractError(path, "meta", f"not valid JSON: {exc}", row=row + 1) from None
-        if not isinstance(meta, dict):
-            raise ContractError(path, "meta", "must be a JSON object", row=row + 1)
-        if meta.get("level") is None and meta.get("difficulty") is not None:
-            meta = {**meta, "level": meta["difficulty"]}
-        out.append(meta)
-    return out
+def _labels(table: pa.Table) -> list[dict]:
+    """Each row's meta; a dataset's own ``difficulty`` label stands in for a missing level."""
+    return [m if m.get("level") is not None or m.get("difficulty") is None else {**m, "level": m["difficulty"]}
+            for m in problem_meta(table)]
 
 
 def _difficulty_for(path: str, ids: Sequence[str], allow_missing: bool = False) -> np.ndarray:

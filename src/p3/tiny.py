@@ -17,7 +17,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Optional
 
-from p3 import contracts, prompts
+from p3 import prompts
+from p3.data import load_problems
 from p3.logs import get_logger, progress, step
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -136,7 +137,7 @@ def build_tiny_model(cfg: TinyConfig) -> None:
 
     rows: list[dict] = []
     if cfg.train_on:
-        rows = prompts.rows(contracts.read(cfg.train_on, contracts.PROBLEMS))
+        rows = prompts.rows(load_problems(cfg.train_on))
     with step(log, "tiny model") as counts:
         tok = build_tokenizer([r["prompt"] + r["solution"] for r in rows])
         model = build_model(tok, cfg)

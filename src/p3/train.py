@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from p3 import contracts, prompts, storage
+from p3.data import load_problems
 from p3.logs import get_logger, step
 
 log = get_logger("train")
@@ -101,7 +102,7 @@ def collate(features: list[dict], pad_id: int) -> dict:
 
 def selected_rows(cfg: TrainConfig) -> list[dict]:
     """The problem rows named by the selection, in rank order (unknown ids are an error)."""
-    problems = contracts.read(cfg.problems, contracts.PROBLEMS)
+    problems = load_problems(cfg.problems)
     selection = contracts.read(cfg.selection, contracts.SELECTION)
     by_id = {r["id"]: r for r in prompts.rows(problems)}
     picks = sorted(selection.to_pylist(), key=lambda r: r["rank"])

@@ -73,6 +73,9 @@ class _Tee(io.TextIOBase):
                 # kfp.local names tasks by DAG key (trainer-2); show the display name (epoch 1: train)
                 plain = _TASK.sub(lambda m: f"'{self.names.get(m.group(1), m.group(1))}'", plain)
                 self.console.write(plain.replace("[KFP Executor ", "[") + "\n")
+        if lines:
+            # progress must reach a pipe (CI logs, `| tee`, a supervising process) as it happens
+            self.console.flush()
         return len(s)
 
     def flush(self) -> None:
@@ -95,6 +98,7 @@ class _CacheHits(logging.Handler):
         if m:
             self.tasks.append(m.group(1))
             self.console.write(f"'{self.names.get(m.group(1), m.group(1))}' taken from the cache\n")
+            self.console.flush()
 
 
 def run_local(opts: BuildOptions, params: dict[str, Any], runs_dir: str = "runs", name: str | None = None,

@@ -35,8 +35,12 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="torch CPU threads for both methods (default: every core; `p3 score` runs a small "
+                         "model single-threaded unless P3_TORCH_THREADS says otherwise, which suits a busy machine)")
     ap.add_argument("--no-reference", action="store_true", help="skip the per-step method (throughput only)")
     args = ap.parse_args(argv)
+    os.environ["P3_TORCH_THREADS"] = str(args.threads)  # read by p3.backends.opened, for both methods
 
     import numpy as np
 

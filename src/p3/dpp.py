@@ -68,7 +68,7 @@ TAU = {"float64": 1e-11, "float32": 1e-3}
 CHUNK_ROWS = 32768
 # Warm-set size: max(WARM_PER_HOT·h, N / WARM_FRACTION); flops per round are ≈ (N + w + h)·d².
 WARM_PER_HOT = int(os.environ.get("P3_DPP_WARM_PER_HOT", 4))
-WARM_FRACTION = int(os.environ.get("P3_DPP_WARM_FRACTION", 8))
+WARM_FRACTION = int(os.environ.get("P3_DPP_WARM_FRACTION", 16))
 
 
 @dataclasses.dataclass

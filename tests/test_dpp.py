@@ -210,3 +210,15 @@ def test_bad_inputs_are_refused():
         dpp_select(X, -q, 3)
     with pytest.raises(ValueError, match="rows"):
         dpp_select(X, q[:5], 3)
+
+
+def test_big_float32_screens_through_torch_kernels_pick_what_float64_picks(monkeypatch):
+    import p3.dpp as dpp
+
+    X, q = _data(6000, 40, 15)
+    ref = dpp_select(X, q, 500, precision="float64")
+    monkeypatch.setattr(dpp, "TORCH_MIN_ENTRIES", 1)  # the 1M-row path, on a small problem
+    got = dpp_select(X, q, 500, precision="float32", hot_size=32)
+    assert dpp._use_torch(np.zeros((2, 2), dtype=np.float32))
+    assert got.order.tolist() == ref.order.tolist()
+    np.testing.assert_allclose(got.gains, ref.gains, rtol=1e-9)

@@ -427,26 +427,16 @@ NAMES = ("Ann", "Ben", "Cara", "Dan", "Eve", "Finn", "Gia", "Hal")
 TWO_DIGIT = [n for n in range(11, 100) if n % 10]  # tens and ones both non-zero: always two steps
 
 
-def _add(a: int, b: int, lines: list[str]) -> int:
-    """a + b, a two-digit b as tens then ones (one line each)."""
+def _add(a: int, b: int, lines: list[str], op: str = "+") -> int:
+    """a + b (or a - b with op="-"), a two-digit b as tens then ones (one line each)."""
+    sign = 1 if op == "+" else -1
     tens, ones = b - b % 10, b % 10
     if tens and ones:
-        lines.append(f"{a} + {tens} = {a + tens}")
-        lines.append(f"{a + tens} + {ones} = {a + b}")
+        lines.append(f"{a} {op} {tens} = {a + sign * tens}")
+        lines.append(f"{a + sign * tens} {op} {ones} = {a + sign * b}")
     else:
-        lines.append(f"{a} + {b} = {a + b}")
-    return a + b
-
-
-def _sub(a: int, b: int, lines: list[str]) -> int:
-    """a - b, a two-digit b as tens then ones (one line each)."""
-    tens, ones = b - b % 10, b % 10
-    if tens and ones:
-        lines.append(f"{a} - {tens} = {a - tens}")
-        lines.append(f"{a - tens} - {ones} = {a - b}")
-    else:
-        lines.append(f"{a} - {b} = {a - b}")
-    return a - b
+        lines.append(f"{a} {op} {b} = {a + sign * b}")
+    return a + sign * b
 
 
 def _mod(s: int, m: int, lines: list[str]) -> int:
@@ -469,7 +459,7 @@ def _arithmetic(level: int, rng: random.Random) -> Optional[tuple[str, list[str]
         a, b, op = rng.randint(10, 99), rng.choice(TWO_DIGIT), rng.choice("+-")
         if op == "-" and a < b:
             return None
-        (_add if op == "+" else _sub)(a, b, lines)
+        _add(a, b, lines, op)
         return f"What is {a} {op} {b}?", lines
     if level == 3:
         a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.choice(TWO_DIGIT)
@@ -507,7 +497,7 @@ def _algebra(level: int, rng: random.Random) -> Optional[tuple[str, list[str]]]:
         return f"Solve for x: {a}x + {b} = {a * x + b}.", lines
     if level == 3:
         b = rng.choice(TWO_DIGIT)
-        _sub(a * x + b, b, lines)
+        _add(a * x + b, b, lines, "-")
         lines.append(f"x = {a * x} / {a} = {x}")
         return f"Solve for x: {a}x + {b} = {a * x + b}.", lines
     if level == 4:
@@ -516,7 +506,7 @@ def _algebra(level: int, rng: random.Random) -> Optional[tuple[str, list[str]]]:
         k = a - c
         d = k * x + b
         lines.append(f"{a} - {c} = {k}")
-        _sub(d, b, lines)
+        _add(d, b, lines, "-")
         lines.append(f"x = {k * x} / {k} = {x}")
         cx = "x" if c == 1 else f"{c}x"
         return f"Solve for x: {a}x + {b} = {cx} + {d}.", lines
@@ -576,7 +566,7 @@ def _word(level: int, rng: random.Random) -> Optional[tuple[str, list[str]]]:
         a, b = rng.randint(20, 99), rng.choice(TWO_DIGIT)
         if a < b:
             return None
-        _sub(a, b, lines)
+        _add(a, b, lines, "-")
         return f"{name} has {a} coins and spends {b}. How many are left?", lines
     if level == 3:
         a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.choice(TWO_DIGIT)
@@ -594,7 +584,7 @@ def _word(level: int, rng: random.Random) -> Optional[tuple[str, list[str]]]:
     if have < a * b:
         return None
     lines.append(f"{a} * {b} = {a * b}")
-    left = _sub(have, a * b, lines)
+    left = _add(have, a * b, lines, "-")
     _add(left, gets, lines)
     return f"{name} has {have} cards, sells {a} packs of {b}, then gets {gets}. How many now?", lines
 

@@ -69,8 +69,8 @@ CHUNK_ROWS = 32768
 TORCH_CHUNK_ROWS = 16384
 TORCH_MIN_ENTRIES = 2**25
 # Warm-set size: max(WARM_PER_HOT·h, N / WARM_FRACTION); flops per round are ≈ (N + w + h)·d².
-WARM_PER_HOT = int(os.environ.get("P3_DPP_WARM_PER_HOT", 4))
-WARM_FRACTION = int(os.environ.get("P3_DPP_WARM_FRACTION", 32))
+WARM_PER_HOT = 4
+WARM_FRACTION = 32
 
 
 @dataclasses.dataclass
@@ -528,19 +528,7 @@ class _NumpyBackend:
     def project(self, Z, a0, a1, cz, off, omega, acc) -> None:
         """acc[a0:a1] += Σ_c ω_c ((Z − …)·cz_c)² for the given new columns."""
         if _use_torch(Z):
-            # torch's CPU GEMM and its two-thread elementwise passes on 16k-row blocks beat
-            # numpy's by ~25 % on 1M×384 (measured; bench/dpp_scale.py)
-            torch = _cpu_torch()
-            Zt = torch.from_numpy(Z)
-            czt = torch.from_numpy(np.ascontiguousarray(cz, dtype=np.float32))
-            off_t = torch.from_numpy(off.astype(np.float32))
-            w = torch.from_numpy(omega.astype(np.float32))
-            for a in range(a0, a1, TORCH_CHUNK_ROWS):
-                b = min(a1, a + TORCH_CHUNK_ROWS)
-                E = Zt[a:b] @ czt
-                E.sub_(off_t).square_()
-                acc[a:b] += (E @ w).numpy()
-            return
+            return _cpu_torch_backend().project(_cpu_torch().from_numpy(Z), a0, a1, cz, off, omega, acc)
         czt = np.ascontiguousarray(cz, dtype=Z.dtype)
         off_t, w = off.astype(Z.dtype), omega.astype(Z.dtype)
         for a in range(a0, a1, CHUNK_ROWS):
@@ -553,16 +541,12 @@ class _NumpyBackend:
 
     def activate(self, Z, a0, a1, mu, inv, cols, omega, acc, nrm) -> None:
         """Start screening rows a0:a1: their ‖y‖² and projections on every column so far."""
-        torch = _cpu_torch() if _use_torch(Z) else None
+        if _use_torch(Z):
+            return _cpu_torch_backend().activate(_cpu_torch().from_numpy(Z), a0, a1, mu, inv, cols, omega, acc, nrm)
         mu_t, inv_t = mu.astype(Z.dtype), inv.astype(Z.dtype)
         step = 4096  # small chunks stay in cache for the norm pass
         for a in range(a0, a1, step):
             b = min(a1, a + step)
-            if torch is not None:
-                Y = torch.from_numpy(Z[a:b]) - torch.from_numpy(mu_t)
-                Y.mul_(torch.from_numpy(inv_t))
-                nrm[a:b] = torch.linalg.vector_norm(Y, dim=1).double().square().numpy()
-                continue
             Y = self._scratch("norm", (b - a, Z.shape[1]), Z.dtype)
             np.subtract(Z[a:b], mu_t, out=Y)
             Y *= inv_t
@@ -575,12 +559,13 @@ class _NumpyBackend:
 
 
 def _use_torch(Z: np.ndarray) -> bool:
-    """Big float32 screens run their CPU kernels through torch (importing it costs ~1 s)."""
+    """Big float32 screens run on the CPU through the torch backend: its GEMM and its
+    two-thread elementwise passes beat numpy's by ~25 % on 1M×384 (importing torch costs ~1 s)."""
     return Z.dtype == np.float32 and Z.size >= TORCH_MIN_ENTRIES and _cpu_torch() is not None
 
 
 def _cpu_torch():
-    """torch, when installed, for the float32 screen's CPU kernels (imported on first use)."""
+    """torch, when installed (imported on first use)."""
     global _TORCH
     if _TORCH is None:
         try:
@@ -591,16 +576,28 @@ def _cpu_torch():
     return _TORCH or None
 
 
+def _cpu_torch_backend() -> "_TorchBackend":
+    global _CPU_TORCH_BACKEND
+    if _CPU_TORCH_BACKEND is None:
+        _CPU_TORCH_BACKEND = _TorchBackend("cpu")
+    return _CPU_TORCH_BACKEND
+
+
 _TORCH = None
+_CPU_TORCH_BACKEND = None
 
 
 class _TorchBackend:
+    """Screening with torch: CUDA, or the CPU for big float32 screens (zero-copy from numpy)."""
+
     def __init__(self, device: str):
         import torch
 
         self.torch = torch
         self.device = torch.device(device)
         self.name = str(self.device)
+        # CPU: 16k-row blocks stay cache-friendly for the elementwise passes; GPUs want big ones
+        self.rows = TORCH_CHUNK_ROWS if self.device.type == "cpu" else CHUNK_ROWS * 4
 
     def put(self, Z):
         return self.torch.from_numpy(Z).to(self.device)
@@ -613,21 +610,22 @@ class _TorchBackend:
 
     def project(self, Z, a0, a1, cz, off, omega, acc) -> None:
         czt, offt, w = self._t(cz, Z), self._t(off, Z), self._t(omega, Z)
-        for a in range(a0, a1, CHUNK_ROWS * 4):
-            b = min(a1, a + CHUNK_ROWS * 4)
-            E = Z[a:b] @ czt - offt
-            acc[a:b] += ((E * E) @ w).double().cpu().numpy()
+        for a in range(a0, a1, self.rows):
+            b = min(a1, a + self.rows)
+            E = Z[a:b] @ czt
+            E.sub_(offt).square_()
+            acc[a:b] += (E @ w).double().cpu().numpy()
 
     def activate(self, Z, a0, a1, mu, inv, cols, omega, acc, nrm) -> None:
         mu_t, inv_t = self._t(mu, Z), self._t(inv, Z)
         base, w = self._t(cols, Z), self._t(omega, Z)
-        for a in range(a0, a1, CHUNK_ROWS * 4):
-            b = min(a1, a + CHUNK_ROWS * 4)
-            Y = (Z[a:b] - mu_t) * inv_t
-            nrm[a:b] = (Y.double() * Y.double()).sum(1).cpu().numpy()
+        for a in range(a0, a1, self.rows):
+            b = min(a1, a + self.rows)
+            Y = (Z[a:b] - mu_t).mul_(inv_t)
+            nrm[a:b] = self.torch.linalg.vector_norm(Y, dim=1).double().square().cpu().numpy()
             if cols.shape[1]:
-                E = Y @ base
-                acc[a:b] = ((E * E) @ w).double().cpu().numpy()
+                E = (Y @ base).square_()
+                acc[a:b] = (E @ w).double().cpu().numpy()
             else:
                 acc[a:b] = 0.0
 

@@ -86,8 +86,6 @@ def config_argv(cfg: Any) -> list[str]:
     """
     argv: list[str] = []
     for f in dataclasses.fields(cfg):
-        if f.metadata.get("cli") is False:
-            continue
         value = getattr(cfg, f.name)
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):

@@ -362,6 +362,22 @@ def test_cli_prepare_and_synth(tmp_path, capsys):
     assert load_problems(str(tmp_path / "b.parquet")).num_rows == len(MATH_ROWS)
 
 
+def test_cli_verbose_flag_before_a_two_word_command_turns_on_debug_logging(tmp_path):
+    import logging
+
+    out = tmp_path / "s.parquet"
+    root = logging.getLogger()
+    before = root.level
+    try:
+        assert main(["-v", "data", "synth", "--n", "5", "--out", str(out)]) == 0
+        assert logging.getLogger("p3.dpp").isEnabledFor(logging.DEBUG)
+        assert main(["data", "synth", "--n", "5", "--out", str(out)]) == 0
+        assert not logging.getLogger("p3.dpp").isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(before)
+    assert load_problems(str(out)).num_rows == 5
+
+
 # --------------------------------------------------------------------------- mini-MATH
 
 

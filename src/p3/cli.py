@@ -18,6 +18,8 @@ import types
 import typing
 from typing import Any, Callable
 
+from p3 import logs
+
 # (words, module, config class, function). Modules import lazily so that `p3 grade`
 # never pays for torch and `p3 --help` is instant.
 COMMANDS: list[tuple[str, str, str, str]] = [
@@ -60,8 +62,6 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One ``--option`` per dataclass field, typed and documented from the field."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.metadata.get("cli") is False:
-            continue
         tp, _ = _unwrap_optional(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "")}
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, table = build_parser()
     # Options are added only for the chosen command, so that `p3 --help` imports nothing heavy.
-    words = tuple(a for a in argv[:2] if not a.startswith("-"))
+    words = tuple(a for a in argv if not a.startswith("-"))[:2]  # `p3 -v data synth …` too
     key = next((k for k in table if words[: len(k)] == k), None)
     if key is not None:
         module, cls_name, func_name = table[key]
@@ -120,11 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         sub = _find_subparser(parser, key)
         add_dataclass_arguments(sub, cls)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    logs.configure(verbose=args.verbose)
     if key is None or not hasattr(args, "_command"):
         parser.print_help()
         return 2

@@ -24,8 +24,17 @@ def get_logger(component: str) -> logging.LoggerAdapter:
     epoch = os.environ.get("P3_EPOCH")
     prefix = f"[{component}" + (f" epoch {epoch}" if epoch not in (None, "") else "") + "] "
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+        configure()
     return _Prefixed(logging.getLogger(f"p3.{component}"), {"prefix": prefix})
+
+
+def configure(verbose: bool = False) -> None:
+    """Log to stderr at INFO (DEBUG when ``verbose``). Modules call get_logger at import,
+    before the CLI has read ``-v``, so the level is set here, not only at first setup."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 class _Prefixed(logging.LoggerAdapter):

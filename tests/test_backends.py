@@ -134,6 +134,11 @@ def test_vllm_serves_an_adapter_dir_as_base_plus_lora_request(tiny_model_dir, tm
     b.generate(["ab\n"], n=2, temperature=1.0)
     assert calls[1][3].args == ("p3-adapter", 1, str(adapter))
     b.close()
+    on_adapter = tmp_path / "a2"
+    on_adapter.mkdir()
+    (on_adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(adapter), "r": 8}))
+    with pytest.raises(ValueError, match="itself an adapter"):
+        VLLMBackend(str(on_adapter), vllm_module=stand_in_vllm([]))
 
 
 @pytest.mark.slow
@@ -161,3 +166,30 @@ def test_load_causal_lm_reads_adapter_dirs_and_s3(tiny_model_dir, tmp_path, s3_t
         assert torch.allclose(remote(input_ids=ids).logits, want, atol=1e-5)
     with pytest.raises(FileNotFoundError):
         load_causal_lm(str(tmp_path / "nothing-here"), "cpu")
+
+
+def test_an_adapter_on_an_adapter_loads_as_both_applied(tiny_model_dir, tmp_path):
+    """What `p3 train --no-merge` leaves when an epoch starts from the last epoch's adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    from p3.backends import load_causal_lm
+
+    lora = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    base, tok = load_causal_lm(tiny_model_dir, "cpu")
+    first = str(tmp_path / "a1")
+    get_peft_model(base, LoraConfig(**lora)).save_pretrained(first)
+    one, _ = load_causal_lm(first, "cpu")  # merged
+    torch.manual_seed(1)
+    two = get_peft_model(one, LoraConfig(**lora))
+    second = str(tmp_path / "a2")
+    two.save_pretrained(second)
+    with open(os.path.join(second, "adapter_config.json")) as fh:
+        cfg = json.load(fh)
+    cfg["base_model_name_or_path"] = first  # as the trainer records it: the adapter it started from
+    with open(os.path.join(second, "adapter_config.json"), "w") as fh:
+        json.dump(cfg, fh)
+    ids = tok("What is 1 + 2?\n", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want = two(input_ids=ids).logits
+        got, _ = load_causal_lm(second, "cpu")
+        assert torch.allclose(got(input_ids=ids).logits, want, atol=1e-5)

@@ -115,6 +115,11 @@ def load_tokenizer(path: str):
     return tok
 
 
+def has_tokenizer(path: str) -> bool:
+    """Whether a (local) model or adapter dir carries its own tokenizer."""
+    return any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+
+
 def load_causal_lm(path_or_uri: str, device: str = "auto", dtype: str = "auto", merge: bool = True,
                    quantization_config: Any = None):
     """Load ``(model, tokenizer)`` from a model dir, an adapter dir, a hub name or s3:// URI.
@@ -132,9 +137,10 @@ def load_causal_lm(path_or_uri: str, device: str = "auto", dtype: str = "auto", 
         if is_adapter_dir(path):
             from peft import PeftModel
 
-            base, tok = load_causal_lm(adapter_base(path), device, dtype, merge=False,
+            # the base merged: it may itself be an adapter dir (a --no-merge run trained on one)
+            base, tok = load_causal_lm(adapter_base(path), device, dtype,
                                        quantization_config=quantization_config)
-            if any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+            if has_tokenizer(path):
                 tok = load_tokenizer(path)
             model = PeftModel.from_pretrained(base, path)
             if merge:

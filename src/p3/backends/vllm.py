@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from p3 import storage
-from p3.backends import TokenScores, adapter_base, is_adapter_dir, load_tokenizer
+from p3.backends import TokenScores, adapter_base, has_tokenizer, is_adapter_dir, load_tokenizer
 
 INSTALL_HINT = "the vllm backend needs vLLM (Linux + NVIDIA GPU): pip install 'p3-kubeflow[gpu]', or use --backend hf"
 
@@ -56,8 +56,12 @@ class VLLMBackend:
         base = path
         if is_adapter_dir(path):
             base = self._stack.enter_context(storage.local_dir(adapter_base(path)))
+            if is_adapter_dir(base):
+                self._stack.close()
+                raise ValueError(f"{model}: its base {adapter_base(path)} is itself an adapter; vLLM serves one adapter "
+                                 "on a full model: merge the base first (p3 train without --no-merge)")
             self.lora_request = _lora_request_class(self.vllm)("p3-adapter", 1, path)
-        self.tokenizer = load_tokenizer(path if os.path.exists(os.path.join(path, "tokenizer_config.json")) else base)
+        self.tokenizer = load_tokenizer(path if has_tokenizer(path) else base)
         kwargs: dict[str, Any] = dict(
             model=base, tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
             dtype=dtype, max_model_len=max_len, seed=seed,

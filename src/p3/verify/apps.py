@@ -15,11 +15,11 @@ longer list.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any, Optional
 
+from p3.data import parse_tests
 from p3.sandbox import Job, Limits, RunResult, Sandbox, decode_call_result
 
 # A fenced block: ```lang\n ... ``` ; an unterminated last fence (a cut-off generation)
@@ -28,7 +28,7 @@ _FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _FLOAT = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][+-]?\d+)?")
 
-# Per-test statuses, in the order that decides the completion's status (first failure wins).
+# The statuses of a failed test; a completion's status is that of its first failed test.
 FAIL_STATUSES = ("compile_error", "runtime_error", "timeout", "memory_limit", "output_limit", "wrong_answer", "sandbox_error")
 
 
@@ -41,20 +41,14 @@ def extract_code(text: Optional[str]) -> str:
 
 
 def load_tests(tests: Any) -> Optional[dict]:
-    """The ``input_output`` JSON as a dict, or None when there are no usable tests."""
+    """The ``input_output`` JSON as a dict, or None when there are no usable tests
+    (what :func:`p3.data.parse_tests` would refuse)."""
     if tests is None or tests == "":
         return None
-    if isinstance(tests, str):
-        try:
-            tests = json.loads(tests)
-        except ValueError:
-            return None
-    if not isinstance(tests, dict):
+    try:
+        return parse_tests(tests)
+    except ValueError:
         return None
-    ins, outs = tests.get("inputs"), tests.get("outputs")
-    if not isinstance(ins, list) or not isinstance(outs, list) or not ins or len(ins) != len(outs):
-        return None
-    return tests
 
 
 def _as_text(value: Any) -> str:

@@ -35,8 +35,6 @@ from p3.verify import math as vmath
 
 log = get_logger("grade")
 
-STATUSES = ("ok", "wrong_answer", "no_answer", "compile_error", "runtime_error", "timeout",
-            "memory_limit", "output_limit", "sandbox_error", "no_tests")
 
 RESULTS = pa.schema(
     [
@@ -124,6 +122,9 @@ def grade_completions(
     if "apps" in tasks and sandbox is None:
         sandbox = shared_sandbox(workers, python, isolation, require_isolation)
     mpool = vmath.pool(workers) if "math" in tasks else None
+    # each problem's tests parsed once, not once per completion (APPS tests run to megabytes)
+    tests = {i: vapps.load_tests(cols["tests"][i])
+             for i in {index[c["id"]] for c in completions} if cols["task"][i] == "apps"}
 
     def one(c: dict) -> dict:
         i = index[c["id"]]
@@ -133,7 +134,7 @@ def grade_completions(
             if cols["task"][i] == "math":
                 row.update(_grade_math(mpool, c["completion"], cols, i, math_timeout))
             else:
-                row.update(vapps.grade_program(sandbox, c["completion"], cols["tests"][i],
+                row.update(vapps.grade_program(sandbox, c["completion"], tests[i],
                                                cols["starter_code"][i], lim))
         except Exception as exc:  # keep the row; say what went wrong
             log.error(f"grading {c['id']}/{row['sample']} failed: {type(exc).__name__}: {exc}")

@@ -170,7 +170,7 @@ def equivalent_inproc(gold: str, pred: str) -> bool:
 def _multiset_equal(gold: list[str], pred: list[str]) -> bool:
     left = list(pred)
     for a in gold:
-        hit = next((i for i, b in enumerate(left) if normalize(a) == normalize(b) or _mv_equal(a, b)), None)
+        hit = next((i for i, b in enumerate(left) if _mv_equal(a, b)), None)
         if hit is None:
             return False
         left.pop(hit)

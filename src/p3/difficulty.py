@@ -52,7 +52,7 @@ class ScoreConfig:
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     rollouts_out: Optional[str] = field(default=None, metadata={"help": "rollouts table (default <out stem>.rollouts.parquet)"})
     grade_timeout: float = field(default=10.0, metadata={"help": "seconds per graded completion"})
-    grade_workers: int = field(default=0, metadata={"help": "grading processes (0 = all cores)"})
+    grade_workers: int = field(default=0, metadata={"help": "grading processes (0 = all cores, at most 8)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs per model"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: fraction of GPU memory to use"})
 
@@ -113,33 +113,27 @@ def per_step_likelihood(model, tok, row: dict, template: str = "plain") -> float
 
 def rollouts(backend, problems: pa.Table, rows: list[dict], cfg: ScoreConfig) -> tuple[list[float], pa.Table]:
     """Sample cfg.n completions per row, grade them; (pass rate per row, rollouts table)."""
+    records = sample_and_grade(backend, problems, rows, cfg, cfg.temperature)
+    score_by_id: dict[str, list[float]] = {}
+    for rec in records:
+        score_by_id.setdefault(rec["id"], []).append(rec["score"])
+    return [float(np.mean(score_by_id[r["id"]])) for r in rows], rollouts_table(records)
+
+
+def sample_and_grade(backend, problems: pa.Table, rows: list[dict], cfg, temperature: float) -> list[dict]:
+    """cfg.n completions per row, graded: one record (id, sample, completion, score, status,
+    passed) per completion. Shared by rollout scoring and evaluation."""
     from p3.verify.grade import grade_completions
 
     texts = [prompts.prompt_text(r, cfg.template, backend.tokenizer) for r in rows]
-    samples = backend.generate(texts, n=cfg.n, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+    samples = backend.generate(texts, n=cfg.n, temperature=temperature, max_new_tokens=cfg.max_new_tokens,
                                seed=cfg.seed, top_p=cfg.top_p, add_special_tokens=prompts.add_special_tokens(cfg.template))
     completions = [{"id": r["id"], "sample": j, "completion": c} for r, outs in zip(rows, samples) for j, c in enumerate(outs)]
     graded = grade_completions(problems, completions, timeout=cfg.grade_timeout,
-                                       math_timeout=cfg.grade_timeout, workers=grade_workers(cfg))
-    table = rollouts_table(join_grades(completions, graded))
-    score_by_id: dict[str, list[float]] = {}
-    for rec in table.to_pylist():
-        score_by_id.setdefault(rec["id"], []).append(rec["score"])
-    return [float(np.mean(score_by_id[r["id"]])) for r in rows], table
-
-
-def join_grades(completions: list[dict], graded: list[dict]) -> list[dict]:
-    """Each completion with its grade (matched by id and sample when given, else by position):
-    adds ``score``, ``status`` and ``passed``."""
-    by_key = {(g["id"], g["sample"]): g for g in graded if "id" in g and "sample" in g}
-    out = []
-    for i, c in enumerate(completions):
-        g = by_key.get((c["id"], c["sample"]), graded[i] if len(graded) == len(completions) else None)
-        if g is None:
-            raise RuntimeError(f"grader returned no result for {c['id']} sample {c['sample']}")
-        score = float(g["score"])
-        out.append({**c, "score": score, "status": str(g.get("status", "")), "passed": bool(g.get("passed", score >= 1.0))})
-    return out
+                               math_timeout=cfg.grade_timeout, workers=grade_workers(cfg))
+    # grade_completions returns one row per completion, in order
+    return [{**c, "score": float(g["score"]), "status": g["status"], "passed": bool(g["passed"])}
+            for c, g in zip(completions, graded, strict=True)]
 
 
 def rollouts_table(records: list[dict]) -> pa.Table:

@@ -16,9 +16,11 @@ import numpy as np
 
 from p3 import prompts, storage
 from p3.backends import BACKENDS, opened
-from p3.data import load_problems
-from p3.difficulty import backend_options, grade_workers, join_grades, rollouts_table
+from p3.data import load_problems, problem_meta
+from p3.difficulty import backend_options, rollouts_table, sample_and_grade
 from p3.logs import get_logger, step
+from p3.report import natural_key
+from p3.verify.grade import mean_pass_at_k
 
 log = get_logger("evaluate")
 
@@ -43,66 +45,46 @@ class EvaluateConfig:
     epoch: Optional[int] = field(default=None, metadata={"help": "epoch recorded in the JSON"})
     completions_out: Optional[str] = field(default=None, metadata={"help": "also write the graded samples (rollouts table)"})
     grade_timeout: float = field(default=10.0, metadata={"help": "seconds per graded completion"})
-    grade_workers: int = field(default=0, metadata={"help": "grading processes (0 = all cores)"})
+    grade_workers: int = field(default=0, metadata={"help": "grading processes (0 = all cores, at most 8)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs per model"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: fraction of GPU memory to use"})
 
 
-def summarize(rows: list[dict], passed: dict[str, list[bool]], scores: dict[str, list[float]], n: int, k: int) -> dict:
-    """accuracy (mean sample score) and pass@k (mean over problems) for a set of rows."""
-    from p3.verify.grade import pass_at_k
-
-    acc = float(np.mean([s for r in rows for s in scores[r["id"]]])) if rows else 0.0
-    pk = float(np.mean([pass_at_k(n, sum(passed[r["id"]]), k) for r in rows])) if rows else 0.0
-    return {"n_problems": len(rows), "accuracy": acc, "pass_at_k": pk}
+def summarize(records: list[dict], k: int) -> dict:
+    """accuracy (mean sample score) and pass@k (mean over problems) of graded records."""
+    return {"n_problems": len({r["id"] for r in records}),
+            "accuracy": float(np.mean([r["score"] for r in records])) if records else 0.0,
+            "pass_at_k": mean_pass_at_k(records, k)}
 
 
-def grouped(rows: list[dict], passed, scores, n: int, k: int) -> dict[str, dict]:
+def grouped(records: list[dict], meta_by_id: dict[str, dict], k: int) -> dict[str, dict]:
     """``by_level`` / ``by_type`` / ``by_difficulty``: the summary per value of each group key."""
     groups: dict[str, dict[str, list[dict]]] = {}
-    for r in rows:
-        for key, value in prompts.problem_group_keys(r).items():
-            groups.setdefault(key, {}).setdefault(value, []).append(r)
-    return {
-        f"by_{key}": {v: summarize(rs, passed, scores, n, k) for v, rs in sorted(vals.items(), key=lambda kv: _natural(kv[0]))}
-        for key, vals in groups.items()
-    }
-
-
-def _natural(value: str):
-    return (0, int(value), "") if value.isdigit() else (1, 0, value)
+    for r in records:
+        meta = meta_by_id[r["id"]]
+        for key in ("level", "type", "difficulty"):
+            if meta.get(key) not in (None, ""):
+                groups.setdefault(key, {}).setdefault(str(meta[key]), []).append(r)
+    return {f"by_{key}": {v: summarize(rs, k) for v, rs in sorted(vals.items(), key=lambda kv: natural_key(kv[0]))}
+            for key, vals in groups.items()}
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.problems``; write and return the results dict."""
-    from p3.verify.grade import grade_completions
-
     if cfg.n < 1 or not 1 <= cfg.k <= cfg.n:
         raise ValueError(f"need n >= 1 and 1 <= k <= n, got n={cfg.n} k={cfg.k}")
     temperature = cfg.temperature if cfg.temperature is not None else (0.0 if cfg.n == 1 else 0.8)
     problems = load_problems(cfg.problems)
     rows = prompts.rows(problems)
     start = time.perf_counter()
-    with opened(cfg.backend, cfg.model, **backend_options(cfg)) as backend, step(log, "generate") as counts:
-        texts = [prompts.prompt_text(r, cfg.template, backend.tokenizer) for r in rows]
-        samples = backend.generate(texts, n=cfg.n, temperature=temperature, max_new_tokens=cfg.max_new_tokens,
-                                   seed=cfg.seed, top_p=cfg.top_p, add_special_tokens=prompts.add_special_tokens(cfg.template))
-        counts.update(problems=len(rows), samples=len(rows) * cfg.n)
-    completions = [{"id": r["id"], "sample": j, "completion": c} for r, outs in zip(rows, samples) for j, c in enumerate(outs)]
-    with step(log, "grade") as counts:
-        graded = grade_completions(problems, completions, timeout=cfg.grade_timeout,
-                                       math_timeout=cfg.grade_timeout, workers=grade_workers(cfg))
-        records = join_grades(completions, graded)
-        counts.update(samples=len(records), passed=sum(r["passed"] for r in records))
-    passed: dict[str, list[bool]] = {r["id"]: [] for r in rows}
-    scores: dict[str, list[float]] = {r["id"]: [] for r in rows}
-    for rec in records:
-        passed[rec["id"]].append(rec["passed"])
-        scores[rec["id"]].append(rec["score"])
+    with opened(cfg.backend, cfg.model, **backend_options(cfg)) as backend, step(log, "generate and grade") as counts:
+        records = sample_and_grade(backend, problems, rows, cfg, temperature)
+        counts.update(problems=len(rows), samples=len(records), passed=sum(r["passed"] for r in records))
+    meta_by_id = dict(zip((r["id"] for r in rows), problem_meta(problems)))
     result = {
         "model": cfg.model, "problems": cfg.problems, "epoch": cfg.epoch, "n": cfg.n, "k": cfg.k,
-        "temperature": temperature, **summarize(rows, passed, scores, cfg.n, cfg.k),
-        **grouped(rows, passed, scores, cfg.n, cfg.k), "seconds": round(time.perf_counter() - start, 2),
+        "temperature": temperature, **summarize(records, cfg.k), **grouped(records, meta_by_id, cfg.k),
+        "seconds": round(time.perf_counter() - start, 2),
     }
     if cfg.completions_out:
         storage.write_table(rollouts_table(records), cfg.completions_out)

@@ -85,15 +85,3 @@ def scored_text(row: dict, template: str, tokenizer: Any = None) -> tuple[str, l
 def rows(table: pa.Table) -> list[dict]:
     """Problem rows as plain dicts (the form every function here takes)."""
     return table.to_pylist()
-
-
-def problem_group_keys(row: dict) -> dict[str, str]:
-    """The report groups of one problem: MATH level/type, APPS difficulty (from meta JSON)."""
-    import json
-
-    try:
-        meta = json.loads(row.get("meta") or "{}")
-    except (TypeError, ValueError):
-        meta = {}
-    keys = {"level": meta.get("level"), "type": meta.get("type"), "difficulty": meta.get("difficulty")}
-    return {k: str(v) for k, v in keys.items() if v is not None and v != ""}

@@ -289,7 +289,7 @@ def coverage(meta: dict[str, dict], ids: Sequence[str], key: str) -> dict[str, i
     for pid in ids:
         v = str(meta.get(pid, {}).get(key, "?"))
         counts[v] = counts.get(v, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: _natural(kv[0])))
+    return dict(sorted(counts.items(), key=lambda kv: natural_key(kv[0])))
 
 
 def epoch_metrics(data: EpochData) -> dict[str, float]:
@@ -402,7 +402,7 @@ def plot_difficulty_change(change: dict[str, Any], epoch: int) -> str:
 def plot_coverage(pool: dict[str, int], selected: dict[str, int], what: str, epoch: int) -> str:
     """Share of each level/type in the pool vs the selection."""
     keys = list(dict.fromkeys(list(pool) + list(selected)))
-    keys.sort(key=_natural)
+    keys.sort(key=natural_key)
     n_pool = max(1, sum(pool.values()))
     n_sel = max(1, sum(selected.values()))
     x = np.arange(len(keys))
@@ -438,7 +438,7 @@ def plot_run(epochs: Sequence[EpochData]) -> str | None:
         return None
     fig, ax = _figure(6.0, 3.4)
     ax.plot(xs, [np.nan if a is None else a for a in accs], marker="o", color="black", linewidth=2, label="overall")
-    levels = sorted({lv for d in epochs for lv in _by_level(d.metrics)}, key=_natural)
+    levels = sorted({lv for d in epochs for lv in _by_level(d.metrics)}, key=natural_key)
     for lv in levels:
         ax.plot(xs, [_by_level(d.metrics).get(lv, np.nan) for d in epochs], marker=".", linewidth=1,
                 alpha=0.8, label=f"level {lv}")
@@ -606,7 +606,7 @@ def _epoch_sections(d: EpochData, seed: int) -> tuple[str, str]:
             pc, sc = coverage(d.meta, pool_ids, key), coverage(d.meta, d.selected, key)
             if set(pc) == {"?"}:
                 continue
-            keys = sorted(set(pc) | set(sc), key=_natural)
+            keys = sorted(set(pc) | set(sc), key=natural_key)
             crow = [[k, str(pc.get(k, 0)), str(sc.get(k, 0))] for k in keys]
             h.append(_html_table([key, "pool", "selected"], crow))
             h.append(_img(plot_coverage(pc, sc, key, e), f"epoch {e} {key} coverage", f"plot-coverage-{key}-{e}"))
@@ -623,7 +623,7 @@ def _epoch_sections(d: EpochData, seed: int) -> tuple[str, str]:
         md.append("No evaluation for this epoch.\n")
     else:
         erow = [["overall", _fmt(d.metrics.get("accuracy"))]]
-        erow += [[f"level {k}", _fmt(v)] for k, v in sorted(_by_level(d.metrics).items(), key=lambda kv: _natural(kv[0]))]
+        erow += [[f"level {k}", _fmt(v)] for k, v in sorted(_by_level(d.metrics).items(), key=lambda kv: natural_key(kv[0]))]
         n_test = d.metrics.get("n_problems")
         if n_test is not None:
             erow.append(["test problems", _fmt(n_test, 0)])
@@ -677,7 +677,8 @@ def _fmt(v: Any, digits: int = 3, sign: bool = False) -> str:
     return str(v)
 
 
-def _natural(s: str):
+def natural_key(s: str):
+    """Sort key that orders "2" before "10" (levels, labels)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s))]
 
 

@@ -1,5 +1,6 @@
 """Strategies, select_ids, and `p3 select` end to end on small files."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -150,6 +151,12 @@ def test_cli_end_to_end_writes_selection_and_report(files):
     cfg = SelectConfig(problems=files["problems"], difficulty=files["difficulty"], embeddings=files["embeddings"],
                        out=str(out2), strategy="p3", epoch=2, epochs=3, budget=30, previous=str(out), diversity_weight=0.5)
     assert select(cfg)["dpp"]["conditioned_on"] == min(30, 64, DIM)
+    # without conditioning or momentum pacing the previous epoch's tables are not read at all
+    missing = str(files["dir"] / "no-such.parquet")
+    plain = dataclasses.replace(cfg, previous=missing, previous_difficulty=missing, diversity_weight=0.0)
+    assert select(plain)["dpp"]["conditioned_on"] == 0
+    with pytest.raises(FileNotFoundError):
+        select(dataclasses.replace(plain, diversity_weight=0.5))
 
 
 def test_missing_difficulty_row_names_file_and_id(files, tmp_path):

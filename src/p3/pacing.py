@@ -65,7 +65,6 @@ class Pace:
     threshold: float
     lower_percentile: float | None = None
     lower_threshold: float | None = None
-    paced_difficulty: np.ndarray | None = None  # the values compared (momentum form)
 
 
 def eligible(
@@ -92,9 +91,9 @@ def eligible(
     thr = float(np.percentile(values, pct))
     mask = values <= thr
     if mode != "band":
-        return Pace(mask, pct, thr, paced_difficulty=values)
+        return Pace(mask, pct, thr)
     low_pct = percentile_at(epoch, epochs, lower_start, lower_end, shape)
     if low_pct > pct:
         raise ValueError(f"band: lower percentile {low_pct:.1f} above upper {pct:.1f} at epoch {epoch}")
     low = float(np.percentile(values, low_pct))
-    return Pace(mask & (values >= low), pct, thr, low_pct, low, paced_difficulty=values)
+    return Pace(mask & (values >= low), pct, thr, low_pct, low)

@@ -136,8 +136,10 @@ def select(cfg: SelectConfig) -> dict:
             emb = _embeddings_for(cfg.embeddings, ids)
         if emb is None and cfg.strategy in NEEDS_EMBEDDINGS:
             raise ValueError(f"strategy {cfg.strategy!r} needs --embeddings")
-        prev_ids = _previous_ids(cfg.previous) if cfg.previous else None
-        prev_diff = _difficulty_for(cfg.previous_difficulty, ids, allow_missing=True) if cfg.previous_difficulty else None
+        # the previous epoch's tables are read only by the settings that use them
+        prev_ids = _previous_ids(cfg.previous) if cfg.previous and cfg.diversity_weight > 0 else None
+        prev_diff = (_difficulty_for(cfg.previous_difficulty, ids, allow_missing=True)
+                     if cfg.previous_difficulty and cfg.pacing_mode == "momentum" else None)
         sel = select_ids(
             ids, diff, emb, cfg,
             levels=[m.get("level") for m in metas], types=[m.get("type") for m in metas],
@@ -383,7 +385,7 @@ def _diversity(X, elig, chosen, rng) -> dict:
     """log det(I + S) and mean cosine of the selection vs one random same-size draw."""
     from p3.report import diversity
 
-    pool = elig if set(chosen.tolist()) <= set(elig.tolist()) else np.arange(len(X))
+    pool = elig  # every strategy picks from the eligible pool
     # Pool statistics in chunks; only the rows compared are materialised (N may be 1M).
     s1, s2 = np.zeros(X.shape[1]), np.zeros(X.shape[1])
     for a in range(0, len(pool), 65536):
@@ -400,7 +402,8 @@ def _diversity(X, elig, chosen, rng) -> dict:
         return F / np.where(nrm > 0, nrm, 1.0)
 
     sel = diversity(features(chosen))
-    rand = diversity(features(pool[rng.choice(len(pool), size=len(chosen), replace=False)]))
+    # a random draw of the whole pool is the selection itself (both measures ignore order)
+    rand = sel if len(chosen) == len(pool) else diversity(features(pool[rng.choice(len(pool), size=len(chosen), replace=False)]))
     return {"k": int(len(chosen)), "selected": _clean(sel), "random": _clean(rand)}
 
 

@@ -9,7 +9,6 @@ itself lives in the ``p3`` library.
 from __future__ import annotations
 
 import os
-import shutil
 import dataclasses
 from typing import Any, Iterable
 
@@ -73,12 +72,6 @@ def copy_tree(src: str, dst: str) -> None:
         storage.upload_dir(local, dst)
 
 
-def copy_file(src: str, dst: str) -> None:
-    """Copy one file (local or URI) to ``dst`` atomically."""
-    with storage.open_file(src, "rb") as fin, storage.atomic_write(dst, "wb") as fout:
-        shutil.copyfileobj(fin, fout)
-
-
 def config_argv(cfg: Any) -> list[str]:
     """The ``p3`` CLI options that rebuild the dataclass config ``cfg`` (see p3.cli).
 
@@ -109,14 +102,11 @@ def torchrun_command(cli_words: list[str], cfg: Any, gpus: int) -> list[str]:
 
 
 
-# Names the report renderer looks for inside an epoch folder (p3.report.EPOCH_FILES).
-EPOCH_FILE_NAMES = {
-    "difficulty": "difficulty.parquet",
-    "selection": "selection.parquet",
-    "selection_report": "selection_report.json",
-    "metrics": "metrics.json",
-    "embeddings": "embeddings.parquet",
-}
+def epoch_file_names() -> dict[str, str]:
+    """The name each epoch input gets in a run folder: the report renderer's first choice."""
+    from p3.report import EPOCH_FILES
+
+    return {key: names[0] for key, names in EPOCH_FILES.items() if key != "problems"}
 
 
 def add_epoch(run_dir: str, epoch: int, files: dict[str, str], problems: str, previous_run: str | None) -> str:
@@ -130,9 +120,10 @@ def add_epoch(run_dir: str, epoch: int, files: dict[str, str], problems: str, pr
         copy_tree(previous_run, run_dir)
     epoch_dir = os.path.join(run_dir, f"epoch_{epoch}")
     os.makedirs(epoch_dir, exist_ok=True)
+    names = epoch_file_names()
     for key, src in files.items():
         if src:
-            copy_file(src, os.path.join(epoch_dir, EPOCH_FILE_NAMES[key]))
+            storage.copy_file(src, os.path.join(epoch_dir, names[key]))
     if not os.path.exists(os.path.join(run_dir, "problems.parquet")):
-        copy_file(problems, os.path.join(run_dir, "problems.parquet"))
+        storage.copy_file(problems, os.path.join(run_dir, "problems.parquet"))
     return epoch_dir

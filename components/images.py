@@ -12,7 +12,7 @@ BASE = f"{REGISTRY}/p3-base:{TAG}"  # CPU: prepare, shard, select, report, tiny 
 VLLM = f"{REGISTRY}/p3-vllm:{TAG}"  # GPU inference: rollout scorer, evaluator, embedder
 TRAIN = f"{REGISTRY}/p3-train:{TAG}"  # GPU training: trainer
 
-# Dockerfile per image name, relative to the repository root (for `make images`).
+# Dockerfile per image name, relative to the repository root (`make images` builds each; a test keeps them in step).
 DOCKERFILES = {
     "p3-base": "images/p3-base.Dockerfile",
     "p3-vllm": "images/p3-vllm.Dockerfile",

@@ -47,12 +47,9 @@ def trainer(
     cfg = TrainConfig(problems=problems.path, selection=selection.path, model=model_ref(policy, base_model),
                       out=model.path, lora=lora, full=full, lr=lr, max_steps=max_steps,
                       batch_size=batch_size, max_len=max_len, seed=seed)
-    try:
-        import torch
+    import torch
 
-        gpus = torch.cuda.device_count()
-    except ImportError:
-        gpus = 0
+    gpus = torch.cuda.device_count()
     if gpus > 1:
         subprocess.run(torchrun_command(["train"], cfg, gpus), check=True)
     else:

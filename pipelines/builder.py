@@ -168,7 +168,7 @@ class ClusterSettings:
 
     gpu_type: str = "nvidia.com/gpu"
     # GPUs per step kind; 0 = a CPU pod. Several GPUs for "train" = torchrun on one node.
-    gpus: dict[str, int] = field(default_factory=lambda: {"score": 1, "embed": 1, "train": 1, "evaluate": 1})
+    gpus: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GPU_KINDS, 1))
     node_selector: dict[str, str] = field(default_factory=dict)  # for GPU steps
     tolerations: list[dict[str, str]] = field(
         default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -336,7 +336,7 @@ def _gpus(opts: BuildOptions, kind: str) -> int:
 
 
 # Which steps need what on a cluster.
-GPU_KINDS = {"score", "embed", "train", "evaluate"}
+GPU_KINDS = ("score", "embed", "train", "evaluate")
 MODEL_KINDS = {"score", "embed", "train", "evaluate", "bootstrap"}  # load weights: cache PVC + HF token
 SHM_KINDS = {"score", "evaluate", "train"}  # vLLM and torchrun need a big /dev/shm
 SANDBOX_KINDS = {"score", "evaluate"}  # grade model-written programs

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from typing import Any
 
 from p3.pipelines.builder import PARAMS, BuildOptions, ClusterSettings, compile_pipeline, parse_gpus, preset_defaults
+
+CLUSTER = ClusterSettings()  # the CLI's defaults are the settings' own
 
 
 def build_parser(task: str) -> argparse.ArgumentParser:
@@ -39,17 +40,17 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a run parameter")
 
     c = ap.add_argument_group("cluster (kfp-kubernetes; ignored by --local)")
-    c.add_argument("--gpu-type", default="nvidia.com/gpu", help="accelerator resource name")
+    c.add_argument("--gpu-type", default=CLUSTER.gpu_type, help="accelerator resource name")
     c.add_argument("--gpus", default="", metavar="KIND=N,…",
                    help="GPUs per step kind (score, embed, train, evaluate); train > 1 runs torchrun "
                    "(default: 1 each for preset full, 0 for tiny)")
     c.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE", help="for GPU steps")
     c.add_argument("--toleration", action="append", default=None, metavar="KEY[=VALUE]:EFFECT",
                    help="for GPU steps (default: nvidia.com/gpu Exists NoSchedule)")
-    c.add_argument("--shm-size", default="16Gi", help="/dev/shm (memory) of vLLM and training steps")
-    c.add_argument("--model-cache-pvc", default="p3-model-cache", help="PVC mounted at /cache ('' = none)")
-    c.add_argument("--s3-secret", default="p3-s3", help="secret with AWS_* and P3_S3_ENDPOINT_URL ('' = none)")
-    c.add_argument("--hf-secret", default="p3-hf-token", help="secret with HF_TOKEN ('' = none)")
+    c.add_argument("--shm-size", default=CLUSTER.shm_size, help="/dev/shm (memory) of vLLM and training steps")
+    c.add_argument("--model-cache-pvc", default=CLUSTER.model_cache_pvc, help="PVC mounted at /cache ('' = none)")
+    c.add_argument("--s3-secret", default=CLUSTER.s3_secret, help="secret with AWS_* and P3_S3_ENDPOINT_URL ('' = none)")
+    c.add_argument("--hf-secret", default=CLUSTER.hf_secret, help="secret with HF_TOKEN ('' = none)")
 
     r = ap.add_argument_group("remote (--submit, --schedule)")
     r.add_argument("--host", help="KFP API endpoint (default: $KF_PIPELINES_ENDPOINT or kfp's discovery)")
@@ -87,7 +88,7 @@ def parse_params(task: str, preset: str, sets: list[str]) -> tuple[dict[str, Any
 
 
 def cluster_settings(args: argparse.Namespace, preset: str) -> ClusterSettings:
-    base = {"score": 1, "embed": 1, "train": 1, "evaluate": 1} if preset == "full" else {}
+    base = dict(CLUSTER.gpus) if preset == "full" else {}
     c = ClusterSettings(gpu_type=args.gpu_type, gpus=parse_gpus(args.gpus, base), shm_size=args.shm_size,
                         model_cache_pvc=args.model_cache_pvc, s3_secret=args.s3_secret, hf_secret=args.hf_secret)
     for item in args.node_selector:
@@ -152,7 +153,3 @@ def main(task: str, argv: list[str] | None = None) -> int:
             print(f"scheduled recurring run {job.recurring_run_id} on '{remote.kfp_cron(args.schedule)}' "
                   f"(experiment {args.experiment})")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "math", sys.argv[2:]))

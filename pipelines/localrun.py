@@ -203,12 +203,9 @@ def export_run(run_dir: str, uri: str, epochs: int) -> str:
     uri = uri.rstrip("/")
     for name in ("report.html", "report.md"):
         if os.path.exists(os.path.join(run_dir, name)):
-            with open(os.path.join(run_dir, name), "rb") as src, storage.atomic_write(f"{uri}/{name}") as dst:
-                shutil.copyfileobj(src, dst)
+            storage.copy_file(os.path.join(run_dir, name), f"{uri}/{name}")
     for e in range(epochs):
-        with open(os.path.join(run_dir, "selections", f"epoch_{e}.parquet"), "rb") as src, \
-                storage.atomic_write(f"{uri}/selections/epoch_{e}.parquet") as dst:
-            shutil.copyfileobj(src, dst)
+        storage.copy_file(os.path.join(run_dir, "selections", f"epoch_{e}.parquet"), f"{uri}/selections/epoch_{e}.parquet")
     storage.upload_dir(os.path.join(run_dir, "model"), f"{uri}/model")
     return uri
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 import p3.components
-from p3 import contracts, storage
+from p3 import contracts, report, storage
 from p3.components import _glue, images
 from kfp.dsl.base_component import BaseComponent
 
@@ -127,7 +127,7 @@ def test_empty_table_only_when_nothing_was_written(tmp_path):
 
 def test_add_epoch_hands_the_run_folder_on(tmp_path):
     files = {}
-    for key, name in _glue.EPOCH_FILE_NAMES.items():
+    for key in _glue.epoch_file_names():
         files[key] = str(tmp_path / f"in-{key}")
         (tmp_path / f"in-{key}").write_text(key)
     problems = tmp_path / "problems"
@@ -137,7 +137,7 @@ def test_add_epoch_hands_the_run_folder_on(tmp_path):
     _glue.add_epoch(run1, 1, files, str(problems), run0)
     for run, epochs in ((run0, [0]), (run1, [0, 1])):
         for e in epochs:
-            for key, name in _glue.EPOCH_FILE_NAMES.items():
-                assert (tmp_path / run / f"epoch_{e}" / name).read_text() == key
+            for key in files:  # under the name the report renderer looks for first
+                assert (tmp_path / run / f"epoch_{e}" / report.EPOCH_FILES[key][0]).read_text() == key
         assert (tmp_path / run / "problems.parquet").read_text() == "problems"
     assert not (tmp_path / "run0" / "epoch_1").exists()  # the previous folder is copied, not changed

@@ -1,7 +1,7 @@
 """The pipelines: compiled YAML inspected; --submit/--schedule against a local HTTP
 server that speaks enough of the KFP v2beta1 API and records every call.
 
-The local end-to-end runs (kfp.local) are in tests/test_pipeline_local.py.
+The local end-to-end runs (kfp.local) are at the end of this file.
 """
 
 from __future__ import annotations

@@ -125,6 +125,12 @@ def write_text(text: str, path: str | os.PathLike) -> None:
         fh.write(text.encode("utf-8"))
 
 
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy one file (local or URI) to ``dst`` (local or URI), atomically."""
+    with open_file(src, "rb") as fin, atomic_write(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+
+
 def upload_dir(local_dir: str | os.PathLike, uri: str) -> None:
     """Copy a local folder (a model dir) to ``uri``; local targets are replaced whole."""
     if not is_remote(uri):

@@ -26,9 +26,9 @@ def dpp_selector(
     momentum_alpha: float = 0.1,
     diversity_weight: float = 0.0,
     diversity_previous: int = 64,
-    quality: str = "difficulty",
-    precision: str = "auto",
-    device: str = "auto",
+    dpp_quality: str = "difficulty",
+    dpp_precision: str = "auto",
+    dpp_device: str = "auto",
     seed: int = 0,
     previous: Input[Dataset] = None,
     previous_difficulty: Input[Dataset] = None,
@@ -54,9 +54,9 @@ def dpp_selector(
         momentum_alpha: Momentum mode: alpha in d + alpha (d - d_prev).
         diversity_weight: Cross-epoch diversity: weight of conditioning on the previous picks (0 = off).
         diversity_previous: Cross-epoch diversity: condition on this many first previous picks (<= embedding dim).
-        quality: DPP item quality q: ``difficulty`` (the paper: harder is worth more), ``easiness`` or ``uniform``.
-        precision: DPP screening precision: ``auto``, ``float64`` or ``float32`` (decisions stay float64).
-        device: DPP screen device: ``auto`` (CUDA when the step has a GPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        dpp_quality: DPP item quality q: ``difficulty`` (the paper: harder is worth more), ``easiness`` or ``uniform``.
+        dpp_precision: DPP screening precision: ``auto``, ``float64`` or ``float32`` (decisions stay float64).
+        dpp_device: DPP screen device: ``auto`` (CUDA when the step has a GPU), ``cpu``, ``cuda`` or ``cuda:N``.
         seed: Seed of the random strategies and of the random diversity baseline.
         previous: Last epoch's selection (cross-epoch diversity), when there is one.
         previous_difficulty: Last epoch's difficulty table (momentum pacing), when there is one.
@@ -68,8 +68,8 @@ def dpp_selector(
         report=report.path, strategy=strategy, epoch=epoch, epochs=epochs, budget=budget, seed=seed,
         pacing_shape=pacing_shape, pacing_mode=pacing_mode, pacing_start=pacing_start, pacing_end=pacing_end,
         pacing_lower_start=pacing_lower_start, pacing_lower_end=pacing_lower_end, momentum_alpha=momentum_alpha,
-        diversity_weight=diversity_weight, diversity_previous=diversity_previous, quality=quality,
-        precision=precision, device=device,
+        diversity_weight=diversity_weight, diversity_previous=diversity_previous, quality=dpp_quality,
+        precision=dpp_precision, device=dpp_device,
         previous=previous.path if previous is not None else None,
         previous_difficulty=previous_difficulty.path if previous_difficulty is not None else None,
     ))

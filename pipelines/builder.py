@@ -64,6 +64,10 @@ PARAMS: dict[str, tuple[type, str]] = {
     "pacing_lower_end": (float, "band mode: lower percentile approached at the last epoch"),
     "momentum_alpha": (float, "momentum mode: alpha in d + alpha (d - d_prev)"),
     "diversity_weight": (float, "cross-epoch diversity: weight of conditioning on last epoch's picks (0 = off)"),
+    "diversity_previous": (int, "cross-epoch diversity: condition on this many of last epoch's first picks"),
+    "dpp_quality": (str, "DPP item quality: difficulty (the paper), easiness or uniform"),
+    "dpp_precision": (str, "DPP screening precision: auto, float64 or float32"),
+    "dpp_device": (str, "DPP screen device: auto (CUDA when the step has a GPU), cpu, cuda"),
     "difficulty_mode": (str, "likelihood, rollout or hybrid"),
     "rollouts_n": (int, "rollouts per problem (rollout/hybrid)"),
     "temperature": (float, "rollout sampling temperature"),
@@ -104,6 +108,10 @@ _COMMON = {
     "pacing_lower_end": 50.0,
     "momentum_alpha": 0.1,
     "diversity_weight": 0.0,
+    "diversity_previous": 64,
+    "dpp_quality": "difficulty",
+    "dpp_precision": "auto",
+    "dpp_device": "auto",
     "difficulty_mode": "likelihood",
     "rollouts_n": 8,
     "temperature": 1.0,
@@ -302,8 +310,7 @@ def _wire(opts: BuildOptions, p: dict[str, Any], epoch_of_task: dict[str, int], 
             embeddings = setup(shard_merge(parts=dsl.Collected(x_part.outputs["embeddings"]), problems=pool),
                                "merge", e, "merge embeddings", "image_base").outputs["merged"]
         sel_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings, epoch=e, epochs=opts.epochs,
-                      strategy=p["strategy"], budget=p["budget"], seed=p["seed"],
-                      **{k: p[k] for k in PARAMS if k.startswith(("pacing_", "momentum_", "diversity_"))})
+                      **{k: p[k] for k in PARAMS if k in dpp_selector.component_spec.inputs})
         if previous_selection is not None:
             sel_kw.update(previous=previous_selection, previous_difficulty=previous_difficulty)
         select = setup(dpp_selector(**sel_kw), "select", e, "select", "image_base")

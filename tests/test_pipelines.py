@@ -208,6 +208,18 @@ def test_shards_fan_out_per_epoch_and_merge_before_selection(tmp_path):
         assert select["embeddings"]["taskOutputArtifact"]["producerTask"] == names[f"epoch {e}: merge embeddings"][0]
 
 
+def test_every_selector_setting_is_a_pipeline_parameter(tmp_path):
+    from p3.components.dpp_selector import dpp_selector
+
+    names = all_tasks(compiled(tmp_path, task="math", epochs=1))
+    fed = names["epoch 0: select"][1]["inputs"]["parameters"]
+    settings = {k for k, v in dpp_selector.component_spec.inputs.items()
+                if v.type not in ("system.Dataset@0.0.1", "Dataset") and k not in ("epoch", "epochs")}
+    assert {"dpp_precision", "dpp_device", "dpp_quality", "diversity_previous", "budget"} <= settings
+    for k in settings:
+        assert fed[k]["componentInputParameter"].endswith(k), k
+
+
 def test_set_overrides_become_the_compiled_defaults(tmp_path):
     out = tmp_path / "m.yaml"
     assert entry.main("math", ["--compile", str(out), "--epochs", "2", "--set", "budget=123",

@@ -60,6 +60,8 @@ def epoch_report(
     for name, value in scalars.items():
         metrics.log_metric(name, value)
     storage.write_json(scalars, metrics.path)  # a real file, as in the evaluator
-    run_page, run_md = report.render_run(report.find_epoch_dirs(run.path), seed=seed, problems=problems.path)
+    # this epoch as loaded and rendered above; the earlier ones from their folders
+    earlier = report.find_epoch_dirs(run.path)[:-1]
+    run_page, run_md = report.render_run([*earlier, data], seed=seed, problems=problems.path)
     storage.write_text(run_page, run_html.path)
     storage.write_text(run_md, run_markdown.path)

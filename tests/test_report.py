@@ -121,3 +121,15 @@ def test_pacing_modes_decide_the_eligible_set():
     static = report.EpochData(epoch=1, difficulty=d, selection_report={"strategy": "static", "threshold": 0.25})
     assert report.eligible_mask(static).all() and report.difficulty_threshold(static) is None
     assert report.epoch_metrics(static)["threshold"] == 0.25
+
+
+def test_an_epoch_rendered_for_its_own_page_is_not_rendered_again_for_the_run_page(run_dir, monkeypatch):
+    data = report.load_epoch_dir(str(run_dir / "epoch_2"), str(run_dir / "epoch_1"))
+    calls = []
+    real = report._render_sections
+    monkeypatch.setattr(report, "_render_sections", lambda d, seed: calls.append(d.epoch) or real(d, seed))
+    page, _, _ = report.render_epoch(data)
+    run_page, _ = report.render_run([str(run_dir / "epoch_0"), str(run_dir / "epoch_1"), data])
+    assert calls == [2, 0, 1]
+    section = page[page.index('<section id="epoch-2">'):page.index("</section>", page.index('<section id="epoch-2">'))]
+    assert section in run_page

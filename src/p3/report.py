@@ -103,6 +103,9 @@ class EpochData:
     metrics: dict = field(default_factory=dict)  # evaluation: accuracy, by level …
     embeddings: tuple[list[str], np.ndarray] | None = None
     meta: dict[str, dict] | None = None  # problem id -> meta (level, type)
+    # seed -> (html, markdown) of this epoch's section: the pipeline's report step renders
+    # the epoch's own page and then the run page from the same data
+    sections: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -526,7 +529,13 @@ def _as_epoch_data(epochs: Sequence[EpochData | str], problems: str | None) -> l
 
 
 def _epoch_sections(d: EpochData, seed: int) -> tuple[str, str]:
-    """HTML section and Markdown for one epoch."""
+    """HTML section and Markdown for one epoch (rendered once per data and seed)."""
+    if seed not in d.sections:
+        d.sections[seed] = _render_sections(d, seed)
+    return d.sections[seed]
+
+
+def _render_sections(d: EpochData, seed: int) -> tuple[str, str]:
     e = d.epoch
     h = [f'<section id="epoch-{e}">', f"<h2>Epoch {e}</h2>"]
     md = [f"## Epoch {e}\n"]

@@ -15,7 +15,7 @@ Quality for the DPP (``quality``): ``difficulty`` (paper default: among eligible
 harder ones are worth more), ``easiness`` (1 − difficulty) or ``uniform`` (1).
 
 Entry points: :func:`select` (``p3 select`` and the KFP component: files in, files out)
-and :func:`select_ids` (in memory, for benchmarks: ids, arrays and a config in, a
+and :func:`select_ids` (in memory: ids, arrays and a config in, a
 :class:`Selection` out; it reads and writes nothing).
 
 Report JSON (``--report``; also the dict ``select`` returns). Keys:

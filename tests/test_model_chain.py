@@ -1,7 +1,6 @@
 """The whole chain score -> embed -> select -> train -> evaluate from the CLI, on mini-MATH with
 the tiny model, each step's output checked against its contract."""
 
-import json
 import os
 
 import pytest
@@ -46,7 +45,6 @@ def test_score_embed_select_train_evaluate_from_the_cli(tmp_path):
        "--max-new-tokens", "96", "--epoch", "0")
     result = storage.read_json(f"{d}/eval.json")
     assert result["n_problems"] == 30 and 0.0 <= result["accuracy"] <= 1.0 and result["by_level"]
-    json.dumps(result)
 
     # the trained model is the next epoch's policy: it scores like any model dir
     p3("score", "--problems", f"{d}/train.parquet", "--model", f"{d}/m1", "--out", f"{d}/difficulty1.parquet",

@@ -15,8 +15,7 @@ import p3.sandbox as sbx
 from _sandbox_fixtures import LoopbackServer
 from p3.sandbox import Job, Limits, Sandbox
 
-SYSTEM_PYTHON = sbx.sandbox_python()
-pytestmark = pytest.mark.skipif(not os.access(SYSTEM_PYTHON, os.X_OK), reason=f"no sandbox interpreter {SYSTEM_PYTHON}")
+SYSTEM_PYTHON = sbx.sandbox_python()  # never missing: it falls back to this interpreter
 
 
 def _sandbox(level, tmp_root=None, timeout=1.5):

@@ -298,8 +298,8 @@ def test_reading_graders_files_works_without_isolation_and_not_with_it(tmp_path)
             if level == "none":
                 assert "SANDBOX ISOLATION IS WEAK" in proc.stderr  # said loudly
             passed[level] = storage.read_table(out).column("passed").to_pylist()[0]
-        if os.geteuid() == 0 or os.access(work / "problems.parquet", os.R_OK):
-            assert passed["none"] is True, "the attack should work without isolation (else this test proves nothing)"
+        # the files are world-readable (0644), so whoever the program runs as can read them
+        assert passed["none"] is True, "the attack should work without isolation (else this test proves nothing)"
         assert passed["bwrap"] is False
     finally:
         shutil.rmtree(work, ignore_errors=True)

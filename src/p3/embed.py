@@ -11,7 +11,6 @@ Output: ``id`` + fixed-size float32 vectors (contracts.embeddings_schema(dim)).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +18,7 @@ import pyarrow as pa
 
 from p3 import contracts, prompts, storage
 from p3.data import load_problems
-from p3.logs import get_logger, progress, step
+from p3.logs import get_logger, progress, progress_enabled, step
 
 log = get_logger("embed")
 BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -58,7 +57,7 @@ def embed_st(texts: list[str], name: str, batch_size: int, device: str) -> np.nd
     model = SentenceTransformer(st_model_path(name), device=device)
     with cpu_threads(model if device == "cpu" else None):
         vecs = model.encode(texts, batch_size=batch_size, convert_to_numpy=True,
-                            show_progress_bar=os.environ.get("P3_PROGRESS", "1") != "0")
+                            show_progress_bar=progress_enabled())
     return np.asarray(vecs, dtype=np.float32).reshape(len(texts), -1)
 
 

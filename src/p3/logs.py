@@ -44,8 +44,13 @@ class _Prefixed(logging.LoggerAdapter):
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """A progress bar on stderr; silent when P3_PROGRESS=0 (CI logs stay short)."""
-    disable = os.environ.get("P3_PROGRESS", "1") == "0"
-    return tqdm(items, desc=desc, total=total, unit=unit, disable=disable, file=sys.stderr, mininterval=1.0)
+    return tqdm(items, desc=desc, total=total, unit=unit, disable=not progress_enabled(), file=sys.stderr,
+                mininterval=1.0)
+
+
+def progress_enabled() -> bool:
+    """Progress bars are on unless P3_PROGRESS=0 (CI logs stay short)."""
+    return os.environ.get("P3_PROGRESS", "1") != "0"
 
 
 @contextlib.contextmanager

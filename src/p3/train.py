@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from p3 import contracts, prompts, storage
 from p3.data import load_problems
-from p3.logs import get_logger, step
+from p3.logs import get_logger, progress_enabled, step
 
 log = get_logger("train")
 
@@ -225,7 +225,7 @@ def train(cfg: TrainConfig) -> None:
         report_to="none", seed=cfg.seed, data_seed=cfg.seed, use_cpu=not cuda,
         bf16=cuda and torch.cuda.is_bf16_supported(), **_checkpointing_arg(cfg.gradient_checkpointing),
         remove_unused_columns=False, dataloader_pin_memory=cuda,
-        disable_tqdm=os.environ.get("P3_PROGRESS", "1") == "0",
+        disable_tqdm=not progress_enabled(),
     )
     mirror = remote_mirror(cfg)
     trainer = Trainer(model=model, args=args, train_dataset=dataset,

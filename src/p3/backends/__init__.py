@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from p3 import storage
+from p3.logs import progress_enabled
 
 BACKENDS = ("hf", "vllm")
 
@@ -98,7 +99,7 @@ def adapter_base(path: str) -> str:
 
 def quiet_hub_progress() -> None:
     """transformers' own load/save bars follow P3_PROGRESS too (CI logs stay short)."""
-    if os.environ.get("P3_PROGRESS", "1") == "0":
+    if not progress_enabled():
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()

@@ -215,7 +215,8 @@ def grade(cfg: GradeConfig) -> pa.Table:
                                 row=c["_line"])
     limits = Limits(timeout=cfg.timeout, memory_mb=cfg.memory_mb)
     sandbox = None
-    if "apps" in set(problems.column("task").to_pylist()):
+    task_of = dict(zip(problems.column("id").to_pylist(), problems.column("task").to_pylist()))
+    if any(task_of[c["id"]] == "apps" for c in completions):  # as grade_completions decides
         sandbox = shared_sandbox(cfg.workers, cfg.sandbox_python or None, cfg.isolation, cfg.require_isolation)
     with step(log, "grade") as counts:
         rows = grade_completions(problems, completions, timeout=cfg.timeout, workers=cfg.workers,

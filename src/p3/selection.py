@@ -123,7 +123,7 @@ def select(cfg: SelectConfig) -> dict:
     """``p3 select``: read the inputs, select, write the selection and report; return the report."""
     if not cfg.problems or not cfg.out:
         raise ValueError("--problems and --out are required")
-    _check_config(cfg)
+    _check_config(cfg)  # before reading any table; select_ids checks again for its own callers
     with step(log, "select") as counts:
         problems = load_problems(cfg.problems)
         ids = problems.column("id").to_pylist()
@@ -230,9 +230,8 @@ def select_ids(
     if not len(rounds):
         rounds = np.zeros(len(chosen), dtype=np.int64)
     sel_diff = d[chosen] if d is not None else (label[chosen] if label is not None else np.full(len(chosen), np.nan))
-    report = _report(cfg, ids, d, X, pool_mask, chosen, pace, result, levels, types, notes, rng)
-    if report["dpp"] is not None:
-        report["dpp"]["conditioned_on"] = 0 if cond is None else int(len(cond))
+    report = _report(cfg, ids, d, X, pool_mask, chosen, pace, result, 0 if cond is None else len(cond),
+                     levels, types, notes, rng)
     report["seconds"] = round(time.perf_counter() - start, 3)
     for note in notes:
         log.info(note)
@@ -325,7 +324,7 @@ def _previous_ids(path: str) -> list[str]:
 
 
 # -- report -----------------------------------------------------------------------------
-def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, levels, types, notes, rng) -> dict:
+def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, n_conditioned, levels, types, notes, rng) -> dict:
     n = len(ids)
     elig = np.flatnonzero(pool_mask)
     rep: dict = {
@@ -367,7 +366,7 @@ def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, levels, types, note
             "greedy_picks": result.n_greedy, "fill_picks": result.n_fill,
             "objective_logdet": _num(result.logdet), "precision": result.precision, "device": result.device,
             "full_flushes": result.flushes, "seconds": round(result.seconds, 3), "eps": cfg.eps,
-            "conditioned_on": 0, "condition_weight": cfg.diversity_weight,
+            "conditioned_on": int(n_conditioned), "condition_weight": cfg.diversity_weight,
         }
     if X is not None and len(chosen) >= 2:
         rep["diversity"] = _diversity(X, elig, chosen, rng)

@@ -102,7 +102,7 @@ def _run(job: dict) -> dict:
 
         logging.basicConfig(level=logging.INFO, format="    %(asctime)s %(message)s", datefmt="%H:%M:%S")
         logging.getLogger("p3.dpp").setLevel(logging.DEBUG)
-    X, q = make_data(job["n"], job["d"], job.get("seed", 0))
+    X, q = make_data(job["n"], job["d"])
     base_rss = _rss_mb()
     if job.get("trace"):
         tracemalloc.start()

@@ -28,12 +28,11 @@ if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
   "$PY" -c "import torch; print('gpu:', torch.cuda.get_device_name(0))"
   run 120 "scorer throughput, hf, GPU" "$PY" bench/score_speed.py --device cuda --n 1024 --batch-size 64 "${SIZE[@]}"
   run 200 "DPP N=1M k=100k d=384, GPU" "$PY" - <<'PYEOF'
-import time
-import numpy as np
+import sys, time
+sys.path.insert(0, "bench")
+from dpp_scale import make_data  # the CPU benchmark's data, so the two times compare
 from p3.dpp import dpp_select
-rng = np.random.default_rng(0)
-X = rng.standard_normal((1_000_000, 384), dtype=np.float32)
-q = rng.random(1_000_000)
+X, q = make_data(1_000_000, 384)
 t = time.perf_counter()
 r = dpp_select(X, q, 100_000, device="cuda")
 print(f"dpp N=1M k=100k device={r.device} picks={len(r.order)} rounds={r.n_rounds} "

@@ -375,7 +375,7 @@ def arm_report(s: Settings, arm: str, seed: int, paths: dict[str, str], emb: str
     meta, embeddings = _pool_meta(paths["pool"]), contracts.read_embeddings(emb)
     epochs = []
     for e in range(s.epochs):
-        d = _epoch_data(work, seed, arm, e, with_previous=True)
+        d = _epoch_data(work, seed, arm, e)
         d.meta, d.embeddings = meta, embeddings
         epochs.append(d)
     page, _ = report.render_run(epochs, title=f"Learning-efficiency bench: arm {arm}, seed {seed}", seed=seed)
@@ -398,7 +398,7 @@ def diagnostics(s: Settings, paths: dict[str, str], emb: str, work: Path) -> lis
         acc: dict[str, list[float]] = {}
         for seed in s.seeds:
             for e in range(s.epochs):
-                d = _epoch_data(work, seed, arm, e, with_previous=True)
+                d = _epoch_data(work, seed, arm, e)
                 d.embeddings, d.meta = embeddings, meta
                 change = report.difficulty_change(d)
                 if change is not None and "mean_delta_trained" in change:
@@ -422,9 +422,9 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def _epoch_data(work: Path, seed: int, arm: str, e: int, with_previous: bool) -> report.EpochData:
+def _epoch_data(work: Path, seed: int, arm: str, e: int) -> report.EpochData:
     edir = work / f"seed{seed}" / arm / f"epoch_{e}"
-    prev = work / f"seed{seed}" / arm / f"epoch_{e - 1}" if e and with_previous else None
+    prev = work / f"seed{seed}" / arm / f"epoch_{e - 1}" if e else None
     return report.load_epoch(
         e, selection_report=str(edir / "selection_report.json"), difficulty=str(edir / "difficulty.parquet"),
         selection=str(edir / "selection.parquet"), metrics=str(edir / "metrics.json"),

@@ -441,10 +441,12 @@ def resumed_run(tmp_path_factory):
         for line in proc.stdout:
             first.append(line)
             if "'epoch 0: report' finished with status SUCCESS" in line:
-                # kfp.local stores a task's cache entry just after logging it finished
-                entries = len(list(cache.glob("*.json")))
+                # kfp.local stores a task's cache entry just after logging it finished (one per
+                # task here): wait until there are as many entries as finished tasks. They may
+                # be there already; waiting for "one more" then let epoch 1 run to the end.
+                done = sum("finished with status SUCCESS" in f and "Pipeline" not in f for f in first)
                 deadline = time.monotonic() + 30
-                while len(list(cache.glob("*.json"))) == entries and time.monotonic() < deadline:
+                while len(list(cache.glob("*.json"))) < done and time.monotonic() < deadline:
                     time.sleep(0.05)
                 os.killpg(proc.pid, signal.SIGKILL)
                 break

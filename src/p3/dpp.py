@@ -77,6 +77,9 @@ TORCH_MIN_ENTRIES = 2**25
 # The screen's blocks: about SCREEN_BLOCKS of them, of at least MIN_BLOCK_ROWS rows.
 SCREEN_BLOCKS = 64
 MIN_BLOCK_ROWS = 256
+# The complement of the basis is computed for a flush when it saves more than this many
+# d² row-columns of projection (its eigendecomposition costs about 5·d² of them).
+COMPLEMENT_MIN_SAVING = 5
 # Warm-set size: max(WARM_PER_HOT·h, N / WARM_FRACTION); flops per round are ≈ (N + w + h)·d².
 WARM_PER_HOT = 4
 WARM_FRACTION = 32
@@ -117,7 +120,7 @@ def dpp_select(
     device: str = "auto",
     condition_on=None,
     condition_weight: float = 1.0,
-    hot_size: int = 1024,
+    hot_size: int = 512,
 ) -> DppResult:
     """Greedy MAP DPP selection of ``k`` rows of ``features`` (N×d) with quality ``quality``.
 
@@ -328,6 +331,7 @@ class _Round:
         # brought up to date, so low-quality blocks are projected rarely, on many columns.
         self.block = max(MIN_BLOCK_ROWS, -(-n // SCREEN_BLOCKS))
         self.starts = np.arange(0, n, self.block)
+        self.sizes = np.diff(np.append(self.starts, n))
         self.done_b = np.full(len(self.starts), -1)
         self.s = np.where(g.alive, g.q2, -np.inf)  # inactive rows: residual ≤ q²
         self.smax_b = np.maximum.reduceat(self.s, self.starts) if n else np.zeros(0)
@@ -385,9 +389,10 @@ class _Round:
             stale = (self.done_b < self.n_cols) & (self.smax_b >= level) & (self.smax_b > -np.inf)
             if not stale.any():
                 break
+            self.prepare_complement(stale)
             for b0, b1 in _runs(stale, self.done_b):
                 self.update_blocks(b0, b1)
-        current = np.repeat(self.done_b == self.n_cols, np.diff(np.append(self.starts, len(g.cand))))
+        current = np.repeat(self.done_b == self.n_cols, self.sizes)
         W, out = _top(self.s, self.w, g.alive & current)
         self.out_w_raw = out
         self.W = W
@@ -400,12 +405,12 @@ class _Round:
     def update_blocks(self, b0: int, b1: int) -> None:
         """Bring blocks b0..b1-1 (same column count) up to date with every column."""
         g = self.g
-        a0, a1 = int(self.starts[b0]), min(len(g.cand), int(self.starts[b1 - 1]) + self.block)
+        a0, a1 = int(self.starts[b0]), int(self.starts[b1 - 1] + self.sizes[b1 - 1])
         done = int(self.done_b[b0])
         fresh = done < 0
         to_apply = self.n_cols - max(done, 0)
-        # (the complement has at least non-constant dims − columns columns)
-        if self.n_dims - self.n_cols < to_apply and (B := self.complement()).shape[1] < to_apply:
+        B = self.comp if self.comp_at == self.n_cols else None
+        if B is not None and B.shape[1] < to_apply:
             # Late in a round the basis leaves out fewer directions than there are columns
             # still to apply: project on those instead; that projection is the residual.
             self.acc[a0:a1] = 0.0
@@ -427,6 +432,17 @@ class _Round:
         else:
             cz = self.inv[:, None] * cols
             g.bk.project(g.Z, a0, a1, cz, self.mu @ cz, omega, self.acc)
+
+    def prepare_complement(self, stale: np.ndarray) -> None:
+        """Compute the complement for this flush when the row-columns it can save on the
+        stale blocks pay for its eigendecomposition (~d³ flops, i.e. ~5·d² row-columns);
+        the complement has at least (non-constant dims − columns) columns."""
+        if self.comp_at == self.n_cols:
+            return
+        behind = self.n_cols - np.maximum(self.done_b[stale], 0)
+        saving = self.sizes[stale] * np.maximum(0, behind - (self.n_dims - self.n_cols))
+        if saving.sum() > COMPLEMENT_MIN_SAVING * self.n_dims**2:
+            self.complement()
 
     def complement(self) -> np.ndarray:
         """B with ‖Bᵀy‖² = ‖y‖² − Σ_c ω_c (col_c·y)² for every standardised y: the square

@@ -125,8 +125,10 @@ def dpp_select(
     """Greedy MAP DPP selection of ``k`` rows of ``features`` (N×d) with quality ``quality``.
 
     See the module docstring for the exact specification. ``device``: "auto" (CUDA
-    through torch when available, else numpy), "cpu" (numpy), or a torch device string
-    ("cuda", "cuda:1", "torch:cpu"). Deterministic: no randomness is involved.
+    through torch when available, else the CPU), "cpu" (numpy, or torch's CPU kernels for
+    float32 screens of ≥ TORCH_MIN_ENTRIES entries), or a torch device string ("cuda",
+    "cuda:1", "torch:cpu"). ``hot_size``: rows whose residuals are kept exact pick by pick
+    (speed only: the picks do not depend on it). Deterministic: no randomness is involved.
     """
     start = time.perf_counter()
     X = np.asarray(features)

@@ -56,7 +56,7 @@ def dpp_selector(
         diversity_previous: Cross-epoch diversity: condition on this many first previous picks (<= embedding dim).
         dpp_quality: DPP item quality q: ``difficulty`` (the paper: harder is worth more), ``easiness`` or ``uniform``.
         dpp_precision: DPP screening precision: ``auto``, ``float64`` or ``float32`` (decisions stay float64).
-        dpp_device: DPP screen device: ``auto`` (CUDA when the step has a GPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        dpp_device: DPP screen device: ``auto`` (CUDA when the step has a GPU, else ``cpu``), ``cpu`` (torch's CPU kernels for big float32 screens), ``numpy``, ``cuda`` or ``cuda:N``.
         seed: Seed of the random strategies and of the random diversity baseline.
         previous: Last epoch's selection (cross-epoch diversity), when there is one.
         previous_difficulty: Last epoch's difficulty table (momentum pacing), when there is one.

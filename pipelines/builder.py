@@ -67,7 +67,7 @@ PARAMS: dict[str, tuple[type, str]] = {
     "diversity_previous": (int, "cross-epoch diversity: condition on this many of last epoch's first picks"),
     "dpp_quality": (str, "DPP item quality: difficulty (the paper), easiness or uniform"),
     "dpp_precision": (str, "DPP screening precision: auto, float64 or float32"),
-    "dpp_device": (str, "DPP screen device: auto (CUDA when the step has a GPU), cpu, cuda"),
+    "dpp_device": (str, "DPP screen device: auto (CUDA when the step has a GPU, else cpu), cpu, numpy, cuda"),
     "difficulty_mode": (str, "likelihood, rollout or hybrid"),
     "rollouts_n": (int, "rollouts per problem (rollout/hybrid)"),
     "temperature": (float, "rollout sampling temperature"),

@@ -177,36 +177,46 @@ def test_conditioning_on_previous_picks_matches_dense_schur_complement(weight):
         assert res.round_sizes[0] == 16 - 6
 
 
+@pytest.mark.parametrize("quality", ["long tail", "narrow"])
 @pytest.mark.parametrize("weight", [None, 0.5, 1.0])
 @pytest.mark.parametrize("device", ["cpu", "torch:cpu"])
-def test_lazy_blocks_and_the_complement_shortcut_keep_the_dense_picks(monkeypatch, weight, device):
-    """Many small blocks with a spread of quality: some blocks are never standardised in a
-    round, and late-round updates go through the complement of the basis; the picks
-    (with and without conditioning) stay the dense reference's."""
+def test_lazy_blocks_and_the_complement_shortcut_keep_the_dense_picks(monkeypatch, quality, weight, device):
+    """Many small blocks; the picks (with and without conditioning) stay the dense
+    reference's. With a long low-quality tail some blocks are never standardised in a
+    round and late updates go through the complement of the basis; with a narrow quality
+    range the bound of a block not yet standardised (q²) is what decides whether it must
+    be, so a bound set too low there changes the picks."""
     import p3.dpp as dpp
 
     monkeypatch.setattr(dpp, "MIN_BLOCK_ROWS", 16)
-    seen = {"complement": 0, "idle_blocks": 0}
-    complement, run = dpp._Round.complement, dpp._Round.run
+    seen = {"shortcut": 0, "idle_blocks": 0}
+    project_rows, run = dpp._Round.project_rows, dpp._Round.run
 
-    def counted_complement(self):
-        seen["complement"] += 1
-        return complement(self)
+    def counted_project_rows(self, a0, a1, fresh, cols, omega):
+        seen["shortcut"] += cols is getattr(self, "comp", None)
+        return project_rows(self, a0, a1, fresh, cols, omega)
 
     def counted_run(self):
         picks = run(self)
         seen["idle_blocks"] += int((self.done_b < 0).sum())
         return picks
 
-    monkeypatch.setattr(dpp._Round, "complement", counted_complement)
+    monkeypatch.setattr(dpp._Round, "project_rows", counted_project_rows)
     monkeypatch.setattr(dpp._Round, "run", counted_run)
-    X, q = _data(1200, 12, 22)
-    q = q**3  # a long low-quality tail: blocks there cannot reach the warm set early on
-    kw = {} if weight is None else {"condition_on": _data(4, 12, 23)[0], "weight": weight}
+    if quality == "long tail":
+        X, q = _data(1200, 12, 22)
+        q = q**3
+        k = 240
+    else:
+        X, _ = _data(900, 36, 24)
+        q = np.random.default_rng(25).uniform(0.3, 1.0, len(X))
+        k = 90
+    kw = {} if weight is None else {"condition_on": _data(4, X.shape[1], 23)[0], "weight": weight}
     precision = "float64" if device == "cpu" else "float32"
-    assert_same(X, q, 240, hot_size=16, device=device, precision=precision, **kw)
-    assert seen["complement"] > 0
-    assert seen["idle_blocks"] > 0
+    assert_same(X, q, k, hot_size=16, device=device, precision=precision, **kw)
+    if quality == "long tail":
+        assert seen["shortcut"] > 0
+        assert seen["idle_blocks"] > 0
 
 
 def test_float32_screening_picks_what_float64_picks():
@@ -253,6 +263,7 @@ def test_big_float32_screens_through_torch_kernels_pick_what_float64_picks(monke
     got = dpp_select(X, q, 500, precision="float32", hot_size=32)
     assert got.device == "torch:cpu"
     assert dpp_select(X, q, 5, precision="float64").device == "cpu"  # float64 stays in numpy
+    assert dpp_select(X, q, 5, precision="float32", device="numpy").device == "cpu"  # forced
     assert got.order.tolist() == ref.order.tolist()
     np.testing.assert_allclose(got.gains, ref.gains, rtol=1e-9)
 

@@ -126,7 +126,7 @@ def dpp_select(
 
     See the module docstring for the exact specification. ``device``: "auto" (CUDA
     through torch when available, else the CPU), "cpu" (numpy, or torch's CPU kernels for
-    float32 screens of ≥ TORCH_MIN_ENTRIES entries), or a torch device string ("cuda",
+    float32 screens of ≥ TORCH_MIN_ENTRIES entries), "numpy", or a torch device string ("cuda",
     "cuda:1", "torch:cpu"). ``hot_size``: rows whose residuals are kept exact pick by pick
     (speed only: the picks do not depend on it). Deterministic: no randomness is involved.
     """
@@ -448,7 +448,8 @@ class _Round:
 
     def complement(self) -> np.ndarray:
         """B with ‖Bᵀy‖² = ‖y‖² − Σ_c ω_c (col_c·y)² for every standardised y: the square
-        root of I − Σ_c ω_c col_c col_cᵀ on the non-constant dimensions (rank d − picks)."""
+        root of I − Σ_c ω_c col_c col_cᵀ on the non-constant dimensions (rank: their number
+        − picks, and − conditioning directions when the weight is 1)."""
         if self.comp_at != self.n_cols:
             dims = np.flatnonzero(self.inv > 0)
             C = self.cols[dims, : self.n_cols] * np.sqrt(self.omega[: self.n_cols])
@@ -707,7 +708,9 @@ def _make_backend(device: str, precision: str, size: int):
 
         if torch.cuda.is_available():
             return _TorchBackend("cuda")
-    if device in ("auto", "cpu", "numpy"):
+    if device == "numpy":
+        return _NumpyBackend()
+    if device in ("auto", "cpu"):
         if precision == "float32" and size >= TORCH_MIN_ENTRIES and _torch_installed():
             return _TorchBackend("cpu")
         return _NumpyBackend()

@@ -106,7 +106,7 @@ class SelectConfig:
     precision: str = field(
         default="auto", metadata={"help": "DPP screening precision (auto: float64 up to 2^21 matrix entries, else float32 screening with exact float64 decisions)", "choices": ["auto", "float64", "float32"]}
     )
-    device: str = field(default="auto", metadata={"help": "DPP device: auto (CUDA when present), cpu, cuda, cuda:N"})
+    device: str = field(default="auto", metadata={"help": "DPP device: auto (CUDA when present, else cpu), cpu (torch's CPU kernels for big float32 screens, else numpy), numpy, cuda, cuda:N"})
 
 
 @dataclass

@@ -338,7 +338,7 @@ class _Round:
         self.s = np.where(g.alive, g.q2, -np.inf)  # inactive rows: residual ≤ q²
         self.smax_b = np.maximum.reduceat(self.s, self.starts) if n else np.zeros(0)
         self.comp_at = -1  # complement() is cached for this many columns
-        self.n_dims = int((inv > 0).sum())
+        self.dims = np.flatnonzero(inv > 0)  # the non-constant dimensions
         self.h = min(g.hot_size, g.n_alive_cand)
         self.w = min(max(WARM_PER_HOT * self.h, n // WARM_FRACTION), g.n_alive_cand)
         self.tau = g.tau * (g.q2[0] if n else 0.0)
@@ -422,7 +422,7 @@ class _Round:
             new = slice(max(done, 0), self.n_cols)
             self.project_rows(a0, a1, fresh, self.cols[:, new], self.omega[new])
         self.done_b[b0:b1] = self.n_cols
-        self.s[a0:a1] = self.screen(self.acc[a0:a1], self.nrm[a0:a1], np.arange(a0, a1))
+        self.s[a0:a1] = self.screen(self.acc[a0:a1], self.nrm[a0:a1], slice(a0, a1))
         self.smax_b[b0:b1] = np.maximum.reduceat(self.s[a0:a1], self.starts[b0:b1] - a0)
 
     def project_rows(self, a0: int, a1: int, fresh: bool, cols: np.ndarray, omega: np.ndarray) -> None:
@@ -442,8 +442,8 @@ class _Round:
         if self.comp_at == self.n_cols:
             return
         behind = self.n_cols - np.maximum(self.done_b[stale], 0)
-        saving = self.sizes[stale] * np.maximum(0, behind - (self.n_dims - self.n_cols))
-        if saving.sum() > COMPLEMENT_MIN_SAVING * self.n_dims**2:
+        saving = self.sizes[stale] * np.maximum(0, behind - (len(self.dims) - self.n_cols))
+        if saving.sum() > COMPLEMENT_MIN_SAVING * len(self.dims) ** 2:
             self.complement()
 
     def complement(self) -> np.ndarray:
@@ -451,12 +451,11 @@ class _Round:
         root of I − Σ_c ω_c col_c col_cᵀ on the non-constant dimensions (rank: their number
         − picks, and − conditioning directions when the weight is 1)."""
         if self.comp_at != self.n_cols:
-            dims = np.flatnonzero(self.inv > 0)
-            C = self.cols[dims, : self.n_cols] * np.sqrt(self.omega[: self.n_cols])
-            lam, Q = np.linalg.eigh(np.eye(len(dims)) - C @ C.T)
+            C = self.cols[self.dims, : self.n_cols] * np.sqrt(self.omega[: self.n_cols])
+            lam, Q = np.linalg.eigh(np.eye(len(self.dims)) - C @ C.T)
             keep = lam > 1e-12
             self.comp = np.zeros((len(self.inv), int(keep.sum())))
-            self.comp[dims] = Q[:, keep] * np.sqrt(lam[keep])
+            self.comp[self.dims] = Q[:, keep] * np.sqrt(lam[keep])
             self.comp_at = self.n_cols
         return self.comp
 

@@ -232,7 +232,7 @@ _META: dict[str, dict] = {}
 
 def _pool_meta(path: str) -> dict:
     if path not in _META:
-        _META[path] = report.meta_by_id(path)
+        _META[path] = report.load_meta(path)
     return _META[path]
 
 

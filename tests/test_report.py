@@ -133,3 +133,14 @@ def test_an_epoch_rendered_for_its_own_page_is_not_rendered_again_for_the_run_pa
     assert calls == [2, 0, 1]
     section = page[page.index('<section id="epoch-2">'):page.index("</section>", page.index('<section id="epoch-2">'))]
     assert section in run_page
+
+
+def test_the_run_page_takes_the_problem_labels_from_an_epoch_that_holds_them(run_dir, monkeypatch):
+    problems = str(run_dir / "problems.parquet")
+    data = report.load_epoch_dir(str(run_dir / "epoch_2"), str(run_dir / "epoch_1"), problems=problems)
+    reads = []
+    real = report.load_meta
+    monkeypatch.setattr(report, "load_meta", lambda path: reads.append(path) or real(path))
+    _, md = report.render_run([str(run_dir / "epoch_0"), str(run_dir / "epoch_1"), data], problems=problems)
+    assert reads == []  # one read of the table per step, not one per page
+    assert "Number Theory" in md.split("## Epoch 1")[1].split("## Epoch 2")[0]  # earlier epochs get the labels

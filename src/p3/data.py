@@ -121,6 +121,11 @@ def problem_meta(table: pa.Table) -> list[dict]:
     return [json.loads(m) for m in table.column("meta").to_pylist()]
 
 
+def meta_by_id(table: pa.Table) -> dict[str, dict]:
+    """id -> parsed ``meta`` JSON, in row order."""
+    return dict(zip(table.column("id").to_pylist(), problem_meta(table)))
+
+
 def parse_tests(tests: Any) -> dict:
     """Parse and check an APPS ``input_output`` value (JSON string or dict).
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from p3 import prompts, storage
 from p3.backends import BACKENDS, opened
-from p3.data import load_problems, problem_meta
+from p3.data import load_problems, meta_by_id
 from p3.difficulty import backend_options, rollouts_table, sample_and_grade
 from p3.logs import get_logger, step
 from p3.report import natural_key
@@ -57,11 +57,11 @@ def summarize(records: list[dict], k: int) -> dict:
             "pass_at_k": mean_pass_at_k(records, k)}
 
 
-def grouped(records: list[dict], meta_by_id: dict[str, dict], k: int) -> dict[str, dict]:
+def grouped(records: list[dict], metas: dict[str, dict], k: int) -> dict[str, dict]:
     """``by_level`` / ``by_type`` / ``by_difficulty``: the summary per value of each group key."""
     groups: dict[str, dict[str, list[dict]]] = {}
     for r in records:
-        meta = meta_by_id[r["id"]]
+        meta = metas[r["id"]]
         for key in ("level", "type", "difficulty"):
             if meta.get(key) not in (None, ""):
                 groups.setdefault(key, {}).setdefault(str(meta[key]), []).append(r)
@@ -80,10 +80,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     with opened(cfg.backend, cfg.model, **backend_options(cfg)) as backend, step(log, "generate and grade") as counts:
         records = sample_and_grade(backend, problems, rows, cfg, temperature)
         counts.update(problems=len(rows), samples=len(records), passed=sum(r["passed"] for r in records))
-    meta_by_id = dict(zip((r["id"] for r in rows), problem_meta(problems)))
     result = {
         "model": cfg.model, "problems": cfg.problems, "epoch": cfg.epoch, "n": cfg.n, "k": cfg.k,
-        "temperature": temperature, **summarize(records, cfg.k), **grouped(records, meta_by_id, cfg.k),
+        "temperature": temperature, **summarize(records, cfg.k), **grouped(records, meta_by_id(problems), cfg.k),
         "seconds": round(time.perf_counter() - start, 2),
     }
     if cfg.completions_out:

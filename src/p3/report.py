@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from p3 import contracts, storage
-from p3.data import load_problems, problem_meta
+from p3.data import load_problems, meta_by_id
 from p3.logs import get_logger, step
 
 log = get_logger("report")
@@ -147,14 +147,13 @@ def load_epoch(
     if embeddings:
         data.embeddings = contracts.read_embeddings(embeddings)
     if problems:
-        data.meta = meta_by_id(problems)
+        data.meta = load_meta(problems)
     return data
 
 
-def meta_by_id(path: str) -> dict[str, dict]:
+def load_meta(path: str) -> dict[str, dict]:
     """id -> parsed ``meta`` JSON of a problems table."""
-    table = load_problems(path)
-    return dict(zip(table.column("id").to_pylist(), problem_meta(table)))
+    return meta_by_id(load_problems(path))
 
 
 def find_epoch_dirs(run_dir: str) -> list[str]:
@@ -515,7 +514,10 @@ def render_report(cfg: ReportConfig) -> str:
 def _as_epoch_data(epochs: Sequence[EpochData | str], problems: str | None) -> list[EpochData]:
     out: list[EpochData] = []
     prev_dir = None
-    meta = meta_by_id(problems) if problems else None
+    # the caller's loaded epoch already holds the table's meta: no second read
+    meta = next((e.meta for e in epochs if isinstance(e, EpochData) and e.meta is not None), None)
+    if meta is None and problems:
+        meta = load_meta(problems)
     for e in epochs:
         if isinstance(e, EpochData):
             out.append(e)

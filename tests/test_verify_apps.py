@@ -218,6 +218,18 @@ def test_cli_grade_end_to_end(tmp_path, apps_problems, capsys):
     err = capsys.readouterr().err
     assert "bad.jsonl, row 2, field 'id'" in err and not (tmp_path / "r2.parquet").exists()
 
+    # --require-isolation is about programs: MATH completions alone need no sandbox, even
+    # from a table that holds APPS rows; an APPS completion with weak isolation is refused
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(c) + "\n" for c in comps[2:]))
+    weak = ["--isolation", "none", "--require-isolation"]
+    rc = cli.main(["grade", "--problems", str(tmp_path / "problems.parquet"), "--completions",
+                   str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "m.parquet"), *weak])
+    assert rc == 0 and storage.read_table(tmp_path / "m.parquet").num_rows == 3
+    rc = cli.main(["grade", "--problems", str(tmp_path / "problems.parquet"), "--completions",
+                   str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "a.parquet"), *weak])
+    assert rc == 1 and not (tmp_path / "a.parquet").exists()
+    assert "--require-isolation" in capsys.readouterr().err
+
 
 def test_no_row_is_lost_on_odd_completions(apps_problems, sandbox):
     odd = ["", "\x00print(3)", "print('\ud800')", "```python\n" + "x = 1\n" * 20000 + "print(3)\n```",

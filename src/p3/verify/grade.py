@@ -214,15 +214,11 @@ def grade(cfg: GradeConfig) -> pa.Table:
             raise ContractError(cfg.completions, "id", f"unknown problem id {c['id']!r} (not in {cfg.problems})",
                                 row=c["_line"])
     limits = Limits(timeout=cfg.timeout, memory_mb=cfg.memory_mb)
-    sandbox = None
-    task_of = dict(zip(problems.column("id").to_pylist(), problems.column("task").to_pylist()))
-    if any(task_of[c["id"]] == "apps" for c in completions):  # as grade_completions decides
-        sandbox = shared_sandbox(cfg.workers, cfg.sandbox_python or None, cfg.isolation, cfg.require_isolation)
     with step(log, "grade") as counts:
+        # the sandbox (and its isolation log line) only when an APPS completion needs it
         rows = grade_completions(problems, completions, timeout=cfg.timeout, workers=cfg.workers,
-                                 math_timeout=cfg.math_timeout, sandbox=sandbox, limits=limits)
-        if sandbox is not None:
-            counts["isolation"] = sandbox.level
+                                 math_timeout=cfg.math_timeout, limits=limits, isolation=cfg.isolation,
+                                 require_isolation=cfg.require_isolation, python=cfg.sandbox_python or None)
         table = pa.Table.from_pylist(rows, schema=RESULTS)
         storage.write_table(table, cfg.out)
         counts["n"] = len(rows)

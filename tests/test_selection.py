@@ -157,6 +157,12 @@ def test_cli_end_to_end_writes_selection_and_report(files):
     assert select(plain)["dpp"]["conditioned_on"] == 0
     with pytest.raises(FileNotFoundError):
         select(dataclasses.replace(plain, diversity_weight=0.5))
+    with pytest.raises(FileNotFoundError):
+        select(dataclasses.replace(plain, pacing_mode="momentum"))
+    # nor by strategies that would not use them: random does not condition, static paces a label
+    assert select(dataclasses.replace(plain, strategy="random", diversity_weight=0.5))["selected"] == 30
+    static = select(dataclasses.replace(plain, strategy="static", pacing_mode="momentum"))
+    assert static["selected"] == 30 and static["pacing"]["momentum_applied"] is False
 
 
 def test_missing_difficulty_row_names_file_and_id(files, tmp_path):

@@ -137,9 +137,9 @@ def select(cfg: SelectConfig) -> dict:
         if emb is None and cfg.strategy in NEEDS_EMBEDDINGS:
             raise ValueError(f"strategy {cfg.strategy!r} needs --embeddings")
         # the previous epoch's tables are read only by the settings that use them
-        prev_ids = _previous_ids(cfg.previous) if cfg.previous and cfg.diversity_weight > 0 else None
+        prev_ids = _previous_ids(cfg.previous) if cfg.previous and _uses_previous_picks(cfg) else None
         prev_diff = (_difficulty_for(cfg.previous_difficulty, ids, allow_missing=True)
-                     if cfg.previous_difficulty and cfg.pacing_mode == "momentum" else None)
+                     if cfg.previous_difficulty and _uses_previous_difficulty(cfg) else None)
         sel = select_ids(
             ids, diff, emb, cfg,
             levels=[m.get("level") for m in metas], types=[m.get("type") for m in metas],
@@ -195,7 +195,7 @@ def select_ids(
         pace = pacing.eligible(
             paced, cfg.epoch, cfg.epochs, cfg.pacing_start, cfg.pacing_end, cfg.pacing_shape,
             cfg.pacing_mode, cfg.pacing_lower_start, cfg.pacing_lower_end, cfg.momentum_alpha,
-            previous=previous_difficulty if cfg.strategy != "static" else None,
+            previous=previous_difficulty if _uses_previous_difficulty(cfg) else None,
         )
         pool_mask = pace.eligible
     else:
@@ -260,8 +260,18 @@ def _quality(d: np.ndarray, kind: str) -> np.ndarray:
     return np.ones_like(d)
 
 
+def _uses_previous_picks(cfg) -> bool:
+    """Cross-epoch diversity: the DPP strategies condition on the previous picks."""
+    return cfg.strategy in NEEDS_EMBEDDINGS and cfg.diversity_weight > 0
+
+
+def _uses_previous_difficulty(cfg) -> bool:
+    """Momentum pacing of the policy's difficulty (not of a static label)."""
+    return cfg.pacing_mode == "momentum" and cfg.strategy in ("spl", "p3")
+
+
 def _condition_rows(ids, X, previous_ids, cfg) -> Optional[np.ndarray]:
-    if cfg.diversity_weight <= 0 or not previous_ids:
+    if not _uses_previous_picks(cfg) or not previous_ids:
         return None
     index = {pid: i for i, pid in enumerate(ids)}
     rows = [index[p] for p in previous_ids if p in index][: min(cfg.diversity_previous, X.shape[1])]
@@ -347,7 +357,7 @@ def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, n_conditioned, leve
             "mode": cfg.pacing_mode, "shape": cfg.pacing_shape, "start": cfg.pacing_start, "end": cfg.pacing_end,
             "lower_start": cfg.pacing_lower_start, "lower_end": cfg.pacing_lower_end,
             "momentum_alpha": cfg.momentum_alpha,
-            "momentum_applied": bool(pace is not None and cfg.pacing_mode == "momentum" and cfg.strategy != "static"),
+            "momentum_applied": bool(pace is not None and _uses_previous_difficulty(cfg)),
         },
         "difficulty": {
             "pool": _stats(d), "eligible": _stats(None if d is None else d[elig]),

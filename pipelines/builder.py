@@ -19,6 +19,7 @@ model is bootstrapped (local preset), and the cluster settings (GPUs, node selec
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from importlib import resources
@@ -38,6 +39,7 @@ from p3.components.rollout_scorer import rollout_scorer
 from p3.components.shard_merge import shard_merge
 from p3.components.shard_split import shard_split
 from p3.components.trainer import trainer
+from p3.selection import SelectConfig
 
 TASKS = ("math", "apps")
 
@@ -89,6 +91,14 @@ PARAMS: dict[str, tuple[type, str]] = {
     "image_train": (str, "image of training"),
 }
 
+def _selector_defaults() -> dict[str, Any]:
+    """The selection settings default to `p3 select`'s own (SelectConfig), under the
+    names the dpp_selector component gives them (budget and seed are set per preset)."""
+    renamed = {"quality": "dpp_quality", "precision": "dpp_precision", "device": "dpp_device"}
+    names = ((renamed.get(f.name, f.name), f.default) for f in dataclasses.fields(SelectConfig))
+    return {name: default for name, default in names if name in PARAMS and name not in ("budget", "seed")}
+
+
 _COMMON = {
     "base_model": "",
     "split": "train",
@@ -99,19 +109,6 @@ _COMMON = {
     "synth_n": 400,
     "test_synth_n": 100,
     "tiny_steps": 300,
-    "strategy": "p3",
-    "pacing_shape": "linear",
-    "pacing_mode": "threshold",
-    "pacing_start": 45.0,
-    "pacing_end": 95.0,
-    "pacing_lower_start": 0.0,
-    "pacing_lower_end": 50.0,
-    "momentum_alpha": 0.1,
-    "diversity_weight": 0.0,
-    "diversity_previous": 64,
-    "dpp_quality": "difficulty",
-    "dpp_precision": "auto",
-    "dpp_device": "auto",
     "difficulty_mode": "likelihood",
     "rollouts_n": 8,
     "temperature": 1.0,
@@ -131,6 +128,7 @@ _COMMON = {
     "image_base": images.BASE,
     "image_vllm": images.VLLM,
     "image_train": images.TRAIN,
+    **_selector_defaults(),
 }
 
 MATH_SUBJECTS = "algebra,counting_and_probability,geometry,intermediate_algebra,number_theory,prealgebra,precalculus"

@@ -11,7 +11,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX   ?=
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 STAMP := $(VENV)/.p3-installed
-# Image names the pipelines default to (components/images.py); needs a Docker engine.
+# Image names the pipelines default to (src/p3/kfp/components/images.py); needs a Docker engine.
 REGISTRY  ?= ghcr.io/p3-kubeflow
 IMAGE_TAG ?= 0.1.0
 

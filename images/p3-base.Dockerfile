@@ -21,9 +21,7 @@ RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 WORKDIR /opt/p3
 COPY pyproject.toml README.md ./
 COPY src/ src/
-COPY components/ components/
-COPY pipelines/ pipelines/
-RUN pip install . && python -c "import p3, p3.backends, p3.verify, p3.components, p3.pipelines"
+RUN pip install . && python -c "import p3, p3.backends, p3.verify, p3.kfp.components, p3.kfp"
 
 # Non-root: the cluster runs these pods with runAsNonRoot, and the APPS sandbox
 # expects to run as an ordinary user. /cache is the model-cache PVC's mount point.

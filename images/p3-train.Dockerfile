@@ -15,12 +15,10 @@ ARG BITSANDBYTES_VERSION=0.45.5
 WORKDIR /opt/p3
 COPY pyproject.toml README.md ./
 COPY src/ src/
-COPY components/ components/
-COPY pipelines/ pipelines/
 # The image's CUDA torch stays: constrain it to what is installed.
 RUN pip freeze | grep -iE '^torch==' > /tmp/keep.txt \
     && pip install --constraint /tmp/keep.txt . "bitsandbytes==${BITSANDBYTES_VERSION}" \
-    && python -c "import p3, p3.components, peft, accelerate, bitsandbytes"
+    && python -c "import p3, p3.kfp.components, peft, accelerate, bitsandbytes"
 
 RUN useradd --uid 1000 --create-home --shell /usr/sbin/nologin p3 \
     && mkdir -p /cache && chown p3:p3 /cache

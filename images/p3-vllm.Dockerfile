@@ -14,12 +14,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/p3
 COPY pyproject.toml README.md ./
 COPY src/ src/
-COPY components/ components/
-COPY pipelines/ pipelines/
 # Keep the image's torch and vllm exactly: constrain them to what is installed.
 RUN pip freeze | grep -iE '^(torch|vllm|transformers|xformers)==' > /tmp/keep.txt \
     && pip install --constraint /tmp/keep.txt . \
-    && python -c "import p3, p3.components, vllm"
+    && python -c "import p3, p3.kfp.components, vllm"
 
 RUN useradd --uid 1000 --create-home --shell /usr/sbin/nologin p3 \
     && mkdir -p /cache && chown p3:p3 /cache

@@ -4,21 +4,15 @@
     python pipelines/p3_math.py --local              # tiny preset, 3 epochs, runs/math-tiny/
     python pipelines/p3_math.py --submit --host http://localhost:8080
 
-See pipelines/builder.py for the DAG and docs/operator-guide.md for the cluster side.
+The DAG is built in src/p3/kfp/builder.py, the command line in src/p3/kfp/entry.py;
+docs/operator-guide.md covers the cluster side.
 """
 
 import sys
 
-from p3.pipelines.builder import BuildOptions, build
-from p3.pipelines.entry import main
+from p3.kfp.entry import main
 
 TASK = "math"
-
-
-def pipeline(epochs: int = 5, shards: int = 1, preset: str = "full"):
-    """The MATH pipeline (a kfp GraphComponent) for a build configuration."""
-    return build(BuildOptions(task=TASK, epochs=epochs, shards=shards, preset=preset)).pipeline
-
 
 if __name__ == "__main__":
     sys.exit(main(TASK))

@@ -9,19 +9,19 @@ import pkgutil
 import pyarrow as pa
 import pytest
 
-import p3.components
+import p3.kfp.components
 from p3 import contracts, report, storage
-from p3.components import _glue, images
+from p3.kfp.components import _glue, images
 from kfp.dsl.base_component import BaseComponent
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(p3.components.__path__) if not m.name.startswith("_")
+MODULES = sorted(m.name for m in pkgutil.iter_modules(p3.kfp.components.__path__) if not m.name.startswith("_")
                  and m.name != "images")
 EXPECTED = {"prepare_data", "bootstrap_tiny_model", "rollout_scorer", "embedder", "dpp_selector", "trainer",
             "evaluator", "epoch_report", "shard_split", "shard_merge"}
 
 
 def component_of(module: str) -> BaseComponent:
-    mod = importlib.import_module(f"p3.components.{module}")
+    mod = importlib.import_module(f"p3.kfp.components.{module}")
     found = [v for v in vars(mod).values() if isinstance(v, BaseComponent)]
     assert len(found) == 1, f"{module}: one component per module, found {len(found)}"
     return found[0]

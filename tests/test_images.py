@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from p3.components import images
+from p3.kfp.components import images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,13 +53,13 @@ def test_base_image_is_pinned(name):
 def test_project_is_installed_from_its_sources(name):
     ins = instructions(DOCKERFILES[name])
     copied = " ".join(args for i, args in ins if i == "COPY")
-    for part in ("pyproject.toml", "src/", "components/", "pipelines/"):
+    for part in ("pyproject.toml", "src/"):
         assert part in copied, f"{part} not copied"
     runs = [args for i, args in ins if i == "RUN"]
     install = next((r for r in runs if re.search(r"pip install\b[^&]*\s\.(\s|$)", r)), None)
     assert install, "the project is not pip-installed"
     # The install proves itself in the same layer: the package and its components import.
-    assert "import p3" in install and "p3.components" in install
+    assert "import p3" in install and "p3.kfp.components" in install
 
 
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))

@@ -70,7 +70,7 @@ def test_base_has_what_a_namespace_needs():
 
 
 def test_names_match_what_the_pipeline_is_compiled_with():
-    from p3.pipelines.builder import SANDBOX_LABEL, S3_KEYS, ClusterSettings
+    from p3.kfp.builder import SANDBOX_LABEL, S3_KEYS, ClusterSettings
 
     objs = by_kind(build("base"))
     c = ClusterSettings()
@@ -125,7 +125,7 @@ def test_recurring_run_example_submits_with_a_kfp_audience_token_only():
     token = pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]
     assert token["audience"] == "pipelines.kubeflow.org"
     container = pod["containers"][0]
-    assert container["command"][-1] == "p3.pipelines.p3_math" and "--submit" in container["args"]
-    from p3.components import images
+    assert container["command"][-2:] == ["p3.kfp", "math"] and "--submit" in container["args"]
+    from p3.kfp.components import images
 
     assert container["image"] == images.BASE

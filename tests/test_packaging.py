@@ -13,5 +13,5 @@ def test_every_package_folder_is_listed_in_pyproject():
     for name, folder in cfg["package-dir"].items():
         for init in (ROOT / folder).rglob("__init__.py"):
             rel = init.parent.relative_to(ROOT / folder)
-            found.add(".".join([name, *rel.parts]))
+            found.add(".".join(p for p in (name, *rel.parts) if p))
     assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"

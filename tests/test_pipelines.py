@@ -19,9 +19,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 
-from p3.components import images
-from p3.pipelines import builder, entry
-from p3.pipelines.builder import BuildOptions, ClusterSettings, compile_pipeline
+from p3.kfp.components import images
+from p3.kfp import builder, entry
+from p3.kfp.builder import BuildOptions, ClusterSettings, compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("score", "embed", "select", "train", "evaluate", "report")
@@ -209,7 +209,7 @@ def test_shards_fan_out_per_epoch_and_merge_before_selection(tmp_path):
 
 
 def test_every_selector_setting_is_a_pipeline_parameter(tmp_path):
-    from p3.components.dpp_selector import dpp_selector
+    from p3.kfp.components.dpp_selector import dpp_selector
 
     names = all_tasks(compiled(tmp_path, task="math", epochs=1))
     fed = names["epoch 0: select"][1]["inputs"]["parameters"]
@@ -394,12 +394,9 @@ def test_bad_cron_is_refused_before_any_call(kfp_api):
     assert not kfp_api.find("POST", "/apis/v2beta1/recurringruns")
 
 
-def test_pipeline_function_of_the_scripts_is_a_kfp_pipeline():
-    import importlib
-
+def test_each_task_builds_a_kfp_pipeline():
     for task in builder.TASKS:
-        mod = importlib.import_module(f"p3.pipelines.p3_{task}")
-        p = mod.pipeline(epochs=2)
+        p = builder.build(builder.BuildOptions(task=task, epochs=2)).pipeline
         assert p.name == f"p3-{task}"
         assert set(builder.PARAMS) == set(p.component_spec.inputs)
     assert os.path.exists(builder.apps_fixture())

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from p3 import contracts, storage
-from p3.components import _glue
+from p3.kfp.components import _glue
 
 
 def _put(local: str, uri: str) -> None:
@@ -25,7 +25,7 @@ def _put(local: str, uri: str) -> None:
 
 def test_problem_tables_round_trip_through_s3(s3_tmp, tmp_path):
     from p3 import data
-    from p3.pipelines.builder import apps_fixture
+    from p3.kfp.builder import apps_fixture
 
     raw = f"{s3_tmp}/raw/apps.jsonl"
     _put(apps_fixture(), raw)

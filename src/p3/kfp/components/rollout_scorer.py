@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from p3.components.images import VLLM
+from p3.kfp.components.images import VLLM
 
 
 @dsl.component(base_image=VLLM, install_kfp_package=False)
@@ -42,7 +42,7 @@ def rollout_scorer(
         base_model: Model name/path/URI used when no ``policy`` artifact is connected (epoch 0).
         policy: The current policy (the previous epoch's trained model).
     """
-    from p3.components._glue import empty_table_unless_written, model_ref
+    from p3.kfp.components._glue import empty_table_unless_written, model_ref
     from p3.contracts import ROLLOUTS
     from p3.difficulty import ScoreConfig, score
 

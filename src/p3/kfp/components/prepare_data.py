@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from p3.components.images import BASE
+from p3.kfp.components.images import BASE
 
 
 @dsl.component(base_image=BASE, install_kfp_package=False)

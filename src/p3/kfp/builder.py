@@ -28,17 +28,17 @@ from typing import Any, NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Dataset, Markdown, Model
 
-from p3.components import images
-from p3.components.bootstrap_tiny_model import bootstrap_tiny_model
-from p3.components.dpp_selector import dpp_selector
-from p3.components.embedder import embedder
-from p3.components.epoch_report import epoch_report
-from p3.components.evaluator import evaluator
-from p3.components.prepare_data import prepare_data
-from p3.components.rollout_scorer import rollout_scorer
-from p3.components.shard_merge import shard_merge
-from p3.components.shard_split import shard_split
-from p3.components.trainer import trainer
+from p3.kfp.components import images
+from p3.kfp.components.bootstrap_tiny_model import bootstrap_tiny_model
+from p3.kfp.components.dpp_selector import dpp_selector
+from p3.kfp.components.embedder import embedder
+from p3.kfp.components.epoch_report import epoch_report
+from p3.kfp.components.evaluator import evaluator
+from p3.kfp.components.prepare_data import prepare_data
+from p3.kfp.components.rollout_scorer import rollout_scorer
+from p3.kfp.components.shard_merge import shard_merge
+from p3.kfp.components.shard_split import shard_split
+from p3.kfp.components.trainer import trainer
 from p3.selection import SelectConfig
 
 TASKS = ("math", "apps")

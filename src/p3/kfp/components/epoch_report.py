@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
-from p3.components.images import BASE
+from p3.kfp.components.images import BASE
 
 
 @dsl.component(base_image=BASE, install_kfp_package=False)
@@ -46,7 +46,7 @@ def epoch_report(
     import os
 
     from p3 import report, storage
-    from p3.components._glue import add_epoch
+    from p3.kfp.components._glue import add_epoch
 
     files = {"difficulty": difficulty.path, "selection": selection.path, "embeddings": embeddings.path,
              "selection_report": selection_report.path, "metrics": evaluation.path}

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from p3.components.images import VLLM
+from p3.kfp.components.images import VLLM
 
 
 @dsl.component(base_image=VLLM, install_kfp_package=False)
@@ -24,7 +24,7 @@ def embedder(
         base_model: Model used by ``policy`` when no ``policy`` artifact is connected.
         policy: The current policy (the previous epoch's trained model).
     """
-    from p3.components._glue import model_ref
+    from p3.kfp.components._glue import model_ref
     from p3.embed import EmbedConfig, embed
 
     if embedder == "policy":

@@ -5,7 +5,7 @@ from typing import List
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
-from p3.components.images import BASE
+from p3.kfp.components.images import BASE
 
 
 @dsl.component(base_image=BASE, install_kfp_package=False)
@@ -18,7 +18,7 @@ def shard_merge(parts: Input[List[Dataset]], problems: Input[Dataset], merged: O
         problems: The unsharded problems table, for the row order.
         merged: Output: one table with every shard's rows.
     """
-    from p3.components._glue import concat_tables
+    from p3.kfp.components._glue import concat_tables
     from p3.logs import get_logger
 
     rows = concat_tables([p.path for p in parts], merged.path, order_by=problems.path)

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from p3.components.images import TRAIN
+from p3.kfp.components.images import TRAIN
 
 
 @dsl.component(base_image=TRAIN, install_kfp_package=False)
@@ -41,7 +41,7 @@ def trainer(
     """
     import subprocess
 
-    from p3.components._glue import model_ref, torchrun_command
+    from p3.kfp.components._glue import model_ref, torchrun_command
     from p3.train import TrainConfig, train
 
     cfg = TrainConfig(problems=problems.path, selection=selection.path, model=model_ref(policy, base_model),

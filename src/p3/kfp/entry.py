@@ -16,7 +16,7 @@ import os
 import tempfile
 from typing import Any
 
-from p3.pipelines.builder import PARAMS, BuildOptions, ClusterSettings, compile_pipeline, parse_gpus, preset_defaults
+from p3.kfp.builder import PARAMS, BuildOptions, ClusterSettings, compile_pipeline, parse_gpus, preset_defaults
 
 CLUSTER = ClusterSettings()  # the CLI's defaults are the settings' own
 
@@ -124,7 +124,7 @@ def main(task: str, argv: list[str] | None = None) -> int:
     opts = BuildOptions(task=task, epochs=args.epochs or (3 if preset == "tiny" else 5), shards=args.shards,
                         preset=preset, bootstrap_tiny=preset == "tiny", cluster=cluster_settings(args, preset))
     if args.local:
-        from p3.pipelines.localrun import run_local
+        from p3.kfp.localrun import run_local
 
         try:
             run_local(opts, overrides, runs_dir=args.runs_dir, name=args.name, fresh=args.fresh,
@@ -138,7 +138,7 @@ def main(task: str, argv: list[str] | None = None) -> int:
     if args.compile:
         print(compile_pipeline(opts, args.compile, defaults))
         return 0
-    from p3.pipelines import remote
+    from p3.kfp import remote
 
     with tempfile.TemporaryDirectory(prefix="p3-pipeline-") as tmp:
         package = compile_pipeline(opts, os.path.join(tmp, f"p3_{task}.yaml"), defaults)

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
-from p3.components.images import BASE
+from p3.kfp.components.images import BASE
 
 
 @dsl.component(base_image=BASE, install_kfp_package=False)
@@ -16,7 +16,7 @@ def shard_split(problems: Input[Dataset], shard: Output[Dataset], index: int = 0
         index: Which shard, 0-based.
         count: How many shards in all.
     """
-    from p3.components._glue import split_rows
+    from p3.kfp.components._glue import split_rows
     from p3.logs import get_logger
 
     rows = split_rows(problems.path, index, count, shard.path)

@@ -40,7 +40,7 @@ from dataclasses import asdict
 from typing import Any, TextIO
 
 from p3 import storage
-from p3.pipelines.builder import BuildOptions, build
+from p3.kfp.builder import BuildOptions, build
 
 # Lines of the kfp.local log worth showing on the console (the rest goes to pipeline.log).
 _SHOW = re.compile(r"Task .* finished with status|cache hit|Running pipeline|Pipeline .* finished|"

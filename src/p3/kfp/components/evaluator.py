@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from p3.components.images import VLLM
+from p3.kfp.components.images import VLLM
 
 
 @dsl.component(base_image=VLLM, install_kfp_package=False)
@@ -38,7 +38,7 @@ def evaluator(
         policy: The policy to evaluate (this epoch's trained model).
     """
     from p3 import storage
-    from p3.components._glue import model_ref
+    from p3.kfp.components._glue import model_ref
     from p3.evaluate import EvaluateConfig, evaluate
 
     out = evaluate(EvaluateConfig(problems=problems.path, model=model_ref(policy, base_model), out=results.path,

@@ -1,4 +1,5 @@
-"""MATH answer grading: extract the final answer, compare it with the gold answer.
+"""MATH answer grading: compare a completion's final answer (found by
+:mod:`p3.verify.answers`) with the gold answer.
 
 Comparison = our normalisation (what math-verify lacks: units, ``\\text{}``, degrees,
 dollars, percent, thousands separators) -> equal strings, or math-verify (gold first)
@@ -29,32 +30,10 @@ import threading
 import time
 from typing import Optional
 
-from p3.data import last_boxed
-
 log = logging.getLogger("p3.verify.math")
 
 DEFAULT_TIMEOUT = 10.0
 REL_TOL = 1e-6
-
-# ------------------------------------------------------------------------- extraction
-
-_FINAL_ANSWER = re.compile(r"final answer is[:\s]*(.+?)(?:\.?\s*(?:I hope|$)|\.\s|\n)", re.IGNORECASE | re.DOTALL)
-
-
-def extract_answer(text: Optional[str]) -> Optional[str]:
-    """The completion's final answer: the last ``\\boxed{…}``/``\\fbox{…}`` (balanced
-    braces), else what follows the last "final answer is"; None when there is neither."""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed or None
-    if not text:
-        return None
-    found = _FINAL_ANSWER.findall(text)
-    if not found:
-        return None
-    ans = found[-1].strip().strip("$").strip()
-    return ans.rstrip(".").strip() or None
-
 
 # ------------------------------------------------------------------------- normalisation
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from p3 import contracts, storage
 from p3.contracts import PROBLEMS, ContractError
 from p3.logs import get_logger, step
-from p3.verify.answers import last_boxed
+from p3.verify.answers import boxed_answer
 
 log = get_logger("data")
 
@@ -304,7 +304,7 @@ def convert_math_row(raw: dict, row: int, cfg: PrepareConfig) -> dict:
     """
     prompt = _require_text(raw, "problem", cfg.source, row)
     solution = _require_text(raw, "solution", cfg.source, row)
-    answer = last_boxed(solution)
+    answer = boxed_answer(solution)
     if answer is None or not answer.strip():
         raise ContractError(cfg.source, "solution", "has no \\boxed{…} answer", row=row)
     try:

@@ -77,6 +77,8 @@ TABLE = [
     ("2", "x=2", True),
     ("5", "", False),
     ("5", "hello", False),
+    ("\\boxed{5}", "5", True),  # an answer that still holds its box is what the box says
+    ("So the loss is $28\\%$. Final Answer: The final answer is $28\\%$. I hope it is correct.", "28", True),
     # several answers (docs/data.md "Lists, sets, tuples"): a bare list is a set
     ("-2, 1", "1, -2", True),  # order-free: "enter all solutions"
     ("1, 2", "1, 2, 2", True),  # a set: naming a solution twice adds nothing

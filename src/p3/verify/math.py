@@ -33,6 +33,8 @@ import threading
 import time
 from typing import Optional
 
+from p3.verify.answers import extract_answer
+
 log = logging.getLogger("p3.verify.math")
 
 DEFAULT_TIMEOUT = 10.0
@@ -194,9 +196,17 @@ def _plus_minus_set(s: str) -> Optional[str]:
     return s.replace("\\pm", "+") + ", " + s.replace("\\pm", "-")
 
 
+def _unwrapped(ans: str) -> str:
+    """An answer that still holds its box or a "final answer is" statement (a whole solution
+    given as the answer) is what that box or statement says."""
+    if "\\boxed" in ans or "\\fbox" in ans or "final answer" in ans.lower():
+        return extract_answer(ans) or ans
+    return ans
+
+
 def equivalent_inproc(gold: str, pred: str) -> bool:
     """The comparison itself, in this process (math-verify may take long: see MathPool)."""
-    g, p = _label(normalize(gold))[1], _label(normalize(pred))[1]
+    g, p = _label(normalize(_unwrapped(gold)))[1], _label(normalize(_unwrapped(pred)))[1]
     if not g or not p:
         return False
     if g == p:

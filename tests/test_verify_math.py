@@ -216,6 +216,8 @@ def test_never_stricter_than_math_verify_without_a_reason():
         ("\\boxed{200} so far. The final answer is $10,455$. I hope it is correct.", "10,455"),
         ("The final answer is $7$. Recheck: \\boxed{8}", "8"),
         ("the final answer to this problem is \\(x+1\\).", "x+1"),
+        ("Final Answer: The final answer is 5. I hope it is correct.", "5"),
+        ("\\boxed{5}. Before the final answer, let me check this is right.", "5"),  # prose, no statement
         ("Thus the final answer is 3\\sqrt{2}.\nDone", "3\\sqrt{2}"),
         ("no answer here", None),
         ("truncated \\boxed{\\frac{1}{2", None),

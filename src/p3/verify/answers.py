@@ -11,9 +11,9 @@ Rules (docs/data.md, "MATH grading", says why):
   separators only: blanks, punctuation, math, ``\\quad``, ``\\text{and}``, "and", "or"; a
   word of prose in between ("so", "wait", "for part") ends the run. Several final boxes
   are one answer list, ``a, b``; the same box twice counts once.
-- A *final-answer statement* is "final answer is X" (also "final answer to … is X"),
-  X being the ``$…$`` / ``\\(…\\)`` / ``\\[…\\]`` right after it, else the text up to the
-  end of the sentence.
+- A *final-answer statement* is "final answer is X", X being the ``$…$`` / ``\\(…\\)`` /
+  ``\\[…\\]`` right after it, else the text up to the end of the sentence; or "final
+  answer to … is X" with X in math.
 - Of the final boxes and the last statement, the one that ends later in the text is the
   answer. A last box that is never closed (a cut-off completion) means no answer.
 """
@@ -110,24 +110,33 @@ def boxed_answer(text: Optional[str]) -> Optional[str]:
     return ", ".join(_final_boxes(text)[1]) or None
 
 
-_FINAL_ANSWER = re.compile(r"final answer(?:[^.\n$]{0,100}?\s)?\s*is\b:?\s*", re.IGNORECASE)
+_FINAL_ANSWER = re.compile(r"final answer(?P<between>[^.\n$]{0,100}?\s)?\s*is\b:?\s*", re.IGNORECASE)
 _MATH_SPANS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 
 
 def _final_statement(text: str) -> tuple[int, Optional[str]]:
-    """(end, answer) of the last final-answer statement; (-1, None) when there is none."""
-    found = list(_FINAL_ANSWER.finditer(text))
-    if not found:
-        return -1, None
-    i = found[-1].end()
-    for opener, closer in _MATH_SPANS:
-        if text.startswith(opener, i):
-            j = text.find(closer, i + len(opener))
-            if j > i:
-                return j + len(closer), text[i + len(opener) : j].strip() or None
-    m = re.match(r"(.+?)(?:\.?\s*I hope|\.\s|\.?$|\n)", text[i:], re.DOTALL)
-    ans = m.group(1).strip().strip("$").rstrip(".").strip() if m else ""
-    return i + (m.end(1) if m else 0), ans or None
+    """(end, answer) of the last final-answer statement; (-1, None) when there is none.
+
+    "final answer is X" takes X as math or as plain text up to the end of the sentence;
+    the long form "final answer … is X" only math, since in prose ("before the final
+    answer, let me check this is right") the "is" is seldom the statement's."""
+    starts = [m.start() for m in re.finditer("final answer", text, re.IGNORECASE)]
+    for start in reversed(starts):
+        m = _FINAL_ANSWER.match(text, start)
+        if not m:
+            continue
+        i = m.end()
+        for opener, closer in _MATH_SPANS:
+            if text.startswith(opener, i):
+                j = text.find(closer, i + len(opener))
+                if j > i:
+                    return j + len(closer), text[i + len(opener) : j].strip() or None
+        if (m.group("between") or "").strip():
+            continue
+        plain = re.match(r"(.+?)(?:\.?\s*I hope|\.\s|\.?$|\n)", text[i:], re.DOTALL)
+        if plain:
+            return i + plain.end(1), plain.group(1).strip().strip("$").rstrip(".").strip() or None
+    return -1, None
 
 
 def extract_answer(text: Optional[str]) -> Optional[str]:

@@ -47,10 +47,10 @@ _TEXT = re.compile(r"\\(?:text|textrm|textbf|mbox|mathrm)\s*\{([^{}]*)\}")
 
 
 def unescape(s: str) -> str:
-    """Undo doubled backslashes (``\\frac`` for ``\frac``, as in JSON-escaped model output):
+    r"""Undo doubled backslashes (``\\frac`` for ``\frac``, as in JSON-escaped model output):
     when every run of backslashes has an even length and one of them starts a command,
-    each run is halved. A real line break ``\\`` between rows is followed by a blank or a
-    digit, and a text with any single-backslash command is left alone."""
+    each run is halved. A real row break ``\\`` is followed by a blank or a digit, and a
+    text with any single-backslash command is left alone."""
     runs = re.findall(r"\\+", s)
     if not runs or any(len(r) % 2 for r in runs) or not re.search(r"\\\\[A-Za-z{}]", s):
         return s

@@ -139,10 +139,12 @@ COMPLETIONS = [
     # a box after the statement wins: the last statement in the text is the answer
     ("8", "The final answer is $7$. Wait, I forgot the carry: $\\boxed{8}$", True),
     ("5", "The final answer is $\\boxed{5}$.", True),  # the statement holds the box
-    ("\\left(\\frac{1}{5}, \\frac{1}{6}\\right)", "Thus $(p,q) = \\boxed{\\left( \\frac{1}{5}, \\frac{1}{6} \\right)}.$ "
+    ("\\left(\\frac{1}{5}, \\frac{1}{6}\\right)",
+     "Thus $(p,q) = \\boxed{\\left( \\frac{1}{5}, \\frac{1}{6} \\right)}.$ "
      "Final Answer: The final answer is $\\left( \\frac{1}{5}, \\frac{1}{6} \\right)$. I hope it is correct.", True),
     # over-escaped completion text
-    ("(3, \\frac{\\pi}{2})", "the polar coordinates are $\\\\boxed{\\\\left( 3, \\\\frac{\\\\pi}{2} \\\\right)}.$", True),
+    ("(3, \\frac{\\pi}{2})",
+     "the polar coordinates are $\\\\boxed{\\\\left( 3, \\\\frac{\\\\pi}{2} \\\\right)}.$", True),
     # a cut-off completion has no answer, even if an earlier box had one
     ("3", "\\boxed{3} and then \\boxed{\\frac{1", False),
 ]
@@ -249,7 +251,8 @@ def test_boxed_answer(solution, answer):
         ("\\\\frac{1}{2}", "\\frac{1}{2}"),
         ("\\\\left( 3, \\\\frac{\\\\pi}{2} \\\\right)", "\\left( 3, \\frac{\\pi}{2} \\right)"),
         ("\\\\{1, 2\\\\}", "\\{1, 2\\}"),
-        ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),  # a single-backslash \begin: as written
+        # a single-backslash \begin: as written
+        ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
         ("1 \\\\ 2", "1 \\\\ 2"),  # only row breaks, no doubled command: as written
     ],
 )
@@ -279,3 +282,22 @@ def test_worker_is_killed_at_the_timeout_and_restarted():
         assert pool.equivalent("x^2+2x+1", "(x+1)^2", timeout=60) is True  # a fresh worker
     finally:
         pool.close()
+
+
+def test_a_reference_with_several_boxes_is_graded_as_a_set(tmp_path):
+    """From the raw MATH row to the grade: the reference keeps both boxes, completions that
+    give both answers (one box with a list, or two boxes, in either order) pass, one alone fails."""
+    import json
+
+    from p3.data import PrepareConfig, prepare
+    from p3.verify.grade import grade_completions
+
+    source = tmp_path / "math.jsonl"
+    source.write_text(json.dumps({"problem": "Enter all solutions of $x^2 + x = 2$, separated by commas.",
+                                  "solution": "So $x = \\boxed{1}$ or $x = \\boxed{-2}$.", "level": "Level 2"}) + "\n")
+    problems = prepare(PrepareConfig(task="math", source=str(source), out=str(tmp_path / "p.parquet"), split="test"))
+    assert problems.column("answer").to_pylist() == ["1, -2"]
+    texts = ["The solutions are $\\boxed{-2, 1}$.", "$\\boxed{-2}$ and $\\boxed{1}$", "so $x = \\boxed{1}$"]
+    completions = [{"id": "math-test-0", "sample": n, "completion": t} for n, t in enumerate(texts)]
+    graded = grade_completions(problems, completions, workers=1)
+    assert [g["passed"] for g in graded] == [True, True, False]

@@ -230,6 +230,12 @@ def _sets_equal(gold: list[str], pred: list[str]) -> bool:
     gl, pl = [_label(q) for q in gold], [_label(q) for q in pred]
     by_name = all(name for name, _ in gl + pl)
 
+    def written(side: list) -> set:
+        return {(name if by_name else None, normalize(v)) for name, v in side}
+
+    if written(gl) == written(pl):
+        return True  # the same elements as written: no math-verify call for each pair
+
     def hit(a: tuple, b: tuple) -> bool:
         return (not by_name or a[0] == b[0]) and equivalent_inproc(a[1], b[1])
 

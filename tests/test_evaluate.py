@@ -11,7 +11,7 @@ from p3 import contracts, prompts, storage
 def test_greedy_evaluation_agrees_with_an_independent_grading(tiny_model_dir, mini_math, tmp_path):
     from p3.backends import opened
     from p3.cli import main
-    from p3.data import last_boxed
+    from p3.verify.answers import last_boxed
 
     out, samples = tmp_path / "eval.json", tmp_path / "samples.parquet"
     assert main(["evaluate", "--problems", mini_math["test"], "--model", tiny_model_dir, "--out", str(out),

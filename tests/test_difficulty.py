@@ -62,11 +62,12 @@ def test_score_cli_likelihood_writes_the_difficulty_contract(tiny_model_dir, min
 @pytest.mark.slow
 def test_rollout_and_hybrid_grade_samples_with_the_verifier(tiny_model_dir, mini_math, tmp_path):
     from p3.difficulty import ScoreConfig, score
+    from p3.generation import GenerationConfig
     from p3.verify.grade import grade_completions
 
     problems = contracts.read(mini_math["train"], contracts.PROBLEMS).slice(0, 6)
     common = dict(problems=str(tmp_path / "p.parquet"), model=tiny_model_dir, n=3, temperature=1.0,
-                  max_new_tokens=48, seed=1, device="cpu", grade_workers=2)
+                  generation=GenerationConfig(max_new_tokens=48, seed=1, device="cpu", grade_workers=2))
     storage.write_table(problems, common["problems"])
     score(ScoreConfig(out=str(tmp_path / "r.parquet"), mode="rollout", **common))
     diff = contracts.read(str(tmp_path / "r.parquet"), contracts.DIFFICULTY).to_pylist()
@@ -90,13 +91,15 @@ def test_rollout_and_hybrid_grade_samples_with_the_verifier(tiny_model_dir, mini
 
 def test_empty_solution_is_a_contract_error_naming_the_row(tiny_model_dir, tmp_path):
     from p3.difficulty import ScoreConfig, score
+    from p3.generation import GenerationConfig
 
     rows = [dict(ROW, id="a", answer="5", tests=None, starter_code=None, meta=json.dumps({"level": 1})),
             dict(ROW, id="b", solution=" \n", answer="5", tests=None, starter_code=None, meta="{}")]
     path = str(tmp_path / "p.parquet")
     storage.write_table(pa.Table.from_pylist(rows, schema=contracts.PROBLEMS), path)
     with pytest.raises(contracts.ContractError, match="row 2, field 'solution'"):
-        score(ScoreConfig(problems=path, model=tiny_model_dir, out=str(tmp_path / "d.parquet"), device="cpu"))
+        score(ScoreConfig(problems=path, model=tiny_model_dir, out=str(tmp_path / "d.parquet"),
+                          generation=GenerationConfig(device="cpu")))
     assert not (tmp_path / "d.parquet").exists()
 
 

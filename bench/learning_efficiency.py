@@ -113,7 +113,7 @@ def warm_model(s: Settings, paths: dict[str, str], seed: int, work: Path) -> str
 
 
 def score_pool(paths: dict[str, str], model: str, out: str, epoch: int, split: str = "pool") -> None:
-    from p3.difficulty import ScoreConfig, score
+    from p3.score import ScoreConfig, score
     from p3.generation import GenerationConfig
 
     score(ScoreConfig(problems=paths[split], model=model, out=out, mode="likelihood", epoch=epoch, batch_size=64,

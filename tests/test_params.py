@@ -23,18 +23,18 @@ from p3 import configs
 from p3.kfp import params
 from p3.kfp.builder import BuildOptions, compile_pipeline
 from p3.kfp.components.bootstrap_tiny_model import bootstrap_tiny_model
-from p3.kfp.components.dpp_selector import dpp_selector
+from p3.kfp.components.selector import selector
 from p3.kfp.components.embedder import embedder
 from p3.kfp.components.epoch_report import epoch_report
 from p3.kfp.components.evaluator import evaluator
 from p3.kfp.components.prepare_data import prepare_data
-from p3.kfp.components.rollout_scorer import rollout_scorer
+from p3.kfp.components.scorer import scorer
 from p3.kfp.components.trainer import trainer
 from p3.kfp.params import PipelineParams
 
 # component -> the step kind it runs (the kind names the step's configs in params.STEP_CONFIGS)
-COMPONENTS = {prepare_data: "prepare", bootstrap_tiny_model: "bootstrap", rollout_scorer: "score",
-              embedder: "embed", dpp_selector: "select", trainer: "train", evaluator: "evaluate",
+COMPONENTS = {prepare_data: "prepare", bootstrap_tiny_model: "bootstrap", scorer: "score",
+              embedder: "embed", selector: "select", trainer: "train", evaluator: "evaluate",
               epoch_report: "report"}
 # Arguments that are pipeline wiring, not a step setting: the model by name, and the
 # report's epoch (the folder it adds; `p3 report` renders folders that are already there).
@@ -104,7 +104,7 @@ def test_the_drift_check_catches_a_changed_default_or_help(monkeypatch):
 
     budget = {f.name: f for f in dataclasses.fields(SelectConfig)}["budget"]
     monkeypatch.setattr(budget, "default", 123)
-    assert drift() == ["dpp-selector(budget): default 10000 != config 123"]
+    assert drift() == ["selector(budget): default 10000 != config 123"]
     monkeypatch.undo()
     tokens = {f.name: f for f in dataclasses.fields(GenerationConfig)}["max_new_tokens"]
     monkeypatch.setattr(tokens, "metadata", {"help": "another text"})

@@ -26,7 +26,7 @@ from p3.kfp.builder import BuildOptions, ClusterSettings, compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("score", "embed", "select", "train", "evaluate", "report")
-COMPONENTS = ("prepare-data", "rollout-scorer", "embedder", "dpp-selector", "trainer", "evaluator", "epoch-report")
+COMPONENTS = ("prepare-data", "scorer", "embedder", "selector", "trainer", "evaluator", "epoch-report")
 
 
 def compiled(tmp_path, **kw) -> dict:
@@ -210,11 +210,11 @@ def test_shards_fan_out_per_epoch_and_merge_before_selection(tmp_path):
 
 
 def test_every_selector_setting_is_a_pipeline_parameter(tmp_path):
-    from p3.kfp.components.dpp_selector import dpp_selector
+    from p3.kfp.components.selector import selector
 
     names = all_tasks(compiled(tmp_path, task="math", epochs=1))
     fed = names["epoch 0: select"][1]["inputs"]["parameters"]
-    settings = {k for k, v in dpp_selector.component_spec.inputs.items()
+    settings = {k for k, v in selector.component_spec.inputs.items()
                 if v.type not in ("system.Dataset@0.0.1", "Dataset") and k not in ("epoch", "epochs")}
     assert {"precision", "device", "quality", "diversity_previous", "budget"} <= settings
     # the run parameter that is each setting (SelectConfig.quality is the run parameter dpp_quality)

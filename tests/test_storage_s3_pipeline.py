@@ -54,7 +54,7 @@ def test_problem_tables_round_trip_through_s3(s3_tmp, tmp_path):
 @pytest.mark.slow
 def test_model_dir_round_trips_and_scores_the_same_from_s3(s3_tmp, tmp_path):
     from p3 import data
-    from p3.difficulty import ScoreConfig, score
+    from p3.score import ScoreConfig, score
     from p3.generation import GenerationConfig
     from p3.tiny import TinyConfig, build_tiny_model
 

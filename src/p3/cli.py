@@ -28,7 +28,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("select", "p3.selection", "SelectConfig", "select"),
     ("grade", "p3.verify.grade", "GradeConfig", "grade"),
     ("model tiny", "p3.tiny", "TinyConfig", "build_tiny_model"),
-    ("score", "p3.difficulty", "ScoreConfig", "score"),
+    ("score", "p3.score", "ScoreConfig", "score"),
     ("embed", "p3.embed", "EmbedConfig", "embed"),
     ("train", "p3.train", "TrainConfig", "train"),
     ("evaluate", "p3.evaluate", "EvaluateConfig", "evaluate"),

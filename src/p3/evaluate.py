@@ -17,7 +17,7 @@ import numpy as np
 from p3 import prompts, storage
 from p3.backends import opened
 from p3.data import load_problems, meta_by_id
-from p3.difficulty import rollouts_table, sample_and_grade
+from p3.score import rollouts_table, sample_and_grade
 from p3.generation import GenerationConfig
 from p3.logs import get_logger, step
 from p3.report import natural_key

@@ -29,12 +29,12 @@ from kfp.dsl import HTML, Dataset, Markdown, Model
 
 from p3.kfp.components import images
 from p3.kfp.components.bootstrap_tiny_model import bootstrap_tiny_model
-from p3.kfp.components.dpp_selector import dpp_selector
+from p3.kfp.components.selector import selector
 from p3.kfp.components.embedder import embedder
 from p3.kfp.components.epoch_report import epoch_report
 from p3.kfp.components.evaluator import evaluator
 from p3.kfp.components.prepare_data import prepare_data
-from p3.kfp.components.rollout_scorer import rollout_scorer
+from p3.kfp.components.scorer import scorer
 from p3.kfp.components.shard_merge import shard_merge
 from p3.kfp.components.shard_split import shard_split
 from p3.kfp.components.trainer import trainer
@@ -170,7 +170,7 @@ def _wire(opts: BuildOptions, p: Any, epoch_of_task: dict[str, int], display_nam
         score_kw = dict(epoch=e, tensor_parallel_size=_gpus(opts, "score"), **step_arguments(p, "score"))
         embed_kw = step_arguments(p, "embed")
         if opts.shards == 1:
-            difficulty = setup(rollout_scorer(problems=pool, **with_policy(**score_kw)),
+            difficulty = setup(scorer(problems=pool, **with_policy(**score_kw)),
                                "score", e, "score", "image_vllm").outputs["difficulty"]
             embeddings = setup(embedder(problems=pool, **with_policy(**embed_kw)),
                                "embed", e, "embed", "image_vllm").outputs["embeddings"]
@@ -178,7 +178,7 @@ def _wire(opts: BuildOptions, p: Any, epoch_of_task: dict[str, int], display_nam
             with dsl.ParallelFor(items=list(range(opts.shards)), name=f"epoch-{e}-shards") as i:
                 part = setup(shard_split(problems=pool, index=i, count=opts.shards),
                              "shard", e, "shard", "image_base").outputs["shard"]
-                d_part = setup(rollout_scorer(problems=part, **with_policy(**score_kw)),
+                d_part = setup(scorer(problems=part, **with_policy(**score_kw)),
                                "score", e, "score shard", "image_vllm")
                 x_part = setup(embedder(problems=part, **with_policy(**embed_kw)),
                                "embed", e, "embed shard", "image_vllm")
@@ -190,7 +190,7 @@ def _wire(opts: BuildOptions, p: Any, epoch_of_task: dict[str, int], display_nam
                       **step_arguments(p, "select"))
         if previous_selection is not None:
             sel_kw.update(previous=previous_selection, previous_difficulty=previous_difficulty)
-        select = setup(dpp_selector(**sel_kw), "select", e, "select", "image_base")
+        select = setup(selector(**sel_kw), "select", e, "select", "image_base")
         train = setup(trainer(problems=pool, selection=select.outputs["selection"],
                               **with_policy(**step_arguments(p, "train"))),
                       "train", e, "train", "image_train")

@@ -17,7 +17,7 @@ from typing import Any
 
 from p3 import configs
 from p3.data import PrepareConfig, SynthConfig
-from p3.difficulty import ScoreConfig
+from p3.score import ScoreConfig
 from p3.embed import EmbedConfig
 from p3.evaluate import EvaluateConfig
 from p3.generation import GenerationConfig

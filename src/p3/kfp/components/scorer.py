@@ -1,4 +1,4 @@
-"""Component: policy-driven difficulty of every problem (``p3 score``)."""
+"""Component: policy-driven difficulty of every problem, by likelihood, rollouts or both (``p3 score``)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
@@ -7,7 +7,7 @@ from p3.kfp.components.images import VLLM
 
 
 @dsl.component(base_image=VLLM, install_kfp_package=False)
-def rollout_scorer(
+def scorer(
     problems: Input[Dataset],
     difficulty: Output[Dataset],
     rollouts: Output[Dataset],
@@ -44,7 +44,7 @@ def rollout_scorer(
     from p3.kfp.components._glue import empty_table_unless_written, model_ref
     from p3.contracts import ROLLOUTS
     from p3.configs import from_flat
-    from p3.difficulty import ScoreConfig, score
+    from p3.score import ScoreConfig, score
 
     score(from_flat(ScoreConfig, dict(
         problems=problems.path, model=model_ref(policy, base_model), out=difficulty.path, rollouts_out=rollouts.path,

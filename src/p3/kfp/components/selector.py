@@ -7,7 +7,7 @@ from p3.kfp.components.images import BASE
 
 
 @dsl.component(base_image=BASE, install_kfp_package=False)
-def dpp_selector(
+def selector(
     problems: Input[Dataset],
     difficulty: Input[Dataset],
     embeddings: Input[Dataset],
@@ -33,7 +33,7 @@ def dpp_selector(
     previous: Input[Dataset] = None,
     previous_difficulty: Input[Dataset] = None,
 ):
-    """Select ``budget`` problems: the eligible pool (pacing), then a greedy DPP.
+    """Select ``budget`` problems by ``strategy`` (p3: the eligible pool by pacing, then a greedy DPP).
 
     Args:
         problems: Problems table (the pool).

@@ -14,12 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPILED = ROOT / "pipelines" / "compiled"
 
 
-@pytest.mark.parametrize("task,argv", [
-    ("math", []),
-    ("apps", []),
+@pytest.mark.parametrize("task,argv,name", [
+    ("math", [], "p3_math.yaml"),
+    ("apps", [], "p3_apps.yaml"),
+    ("math", ["--epoch-per-run"], "p3_math_per_epoch.yaml"),
+    ("apps", ["--epoch-per-run"], "p3_apps_per_epoch.yaml"),
 ])
-def test_committed_yaml_is_what_compile_writes(task, argv, tmp_path, capsys):
-    name = f"p3_{task}.yaml"
+def test_committed_yaml_is_what_compile_writes(task, argv, name, tmp_path, capsys):
     out = tmp_path / name
     assert entry.main(task, ["--compile", str(out), *argv]) == 0
     committed = COMPILED / name

@@ -250,17 +250,38 @@ def test_cron_forms_kfp_accepts():
     assert remote.kfp_cron("@daily") == "@daily"
 
 
-def test_unschedule_removes_it_and_is_idempotent(kfp_api, monkeypatch):
+def test_unschedule_removes_it_and_is_idempotent(kfp_api, monkeypatch, capsys):
     monkeypatch.setenv("KF_PIPELINES_TOKEN", ALICE)
-    assert entry.main("math", _schedule(kfp_api, "--run-name", "nightly")) == 0
-    assert entry.main("math", _schedule(kfp_api, "--run-name", "weekly")) == 0
-    assert remote.unschedule("nightly", kfp_api.url, "p3-math", "team-a") == 1
+    assert entry.main("math", _schedule(kfp_api, "--name", "nightly")) == 0
+    assert entry.main("math", _schedule(kfp_api, "--name", "weekly", "--max-concurrency", "2", "--catchup")) == 0
+    weekly = next(j for j in kfp_api.recurring_runs.values() if j["display_name"] == "weekly")
+    assert int(weekly["max_concurrency"]) == 2 and weekly["no_catchup"] is False
+    unschedule = ["--unschedule", "nightly", "--host", kfp_api.url, "--namespace", "team-a"]
+    assert entry.main("math", unschedule) == 0
+    assert "deleted 1 recurring run(s) named 'nightly'" in capsys.readouterr().out
     assert [j["display_name"] for j in kfp_api.recurring_runs.values()] == ["weekly"]
-    assert remote.unschedule("nightly", kfp_api.url, "p3-math", "team-a") == 0
+    assert entry.main("math", unschedule) == 0  # nothing left to delete: not an error
+    assert "deleted 0" in capsys.readouterr().out
     assert remote.unschedule("weekly", kfp_api.url, "no-such-experiment", "team-a") == 0
+    assert [j["display_name"] for j in kfp_api.recurring_runs.values()] == ["weekly"]
+
+
+def test_per_epoch_pipeline_is_scheduled_under_its_own_name(kfp_api, monkeypatch):
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", ALICE)
+    argv = _schedule(kfp_api, "--epoch-per-run", "--name", "p3-nightly", "--set", "training_run=nightly",
+                     "--set", "state_uri=s3://bucket/state")
+    assert entry.main("math", argv) == 0
+    assert entry.main("math", argv) == 0
+    (pipe,) = kfp_api.pipelines.values()
+    (job,) = kfp_api.recurring_runs.values()
+    assert pipe["name"] == "p3-math-per-epoch" and job["display_name"] == "p3-nightly"
+    assert job["runtime_config"]["parameters"] == {"training_run": "nightly", "state_uri": "s3://bucket/state"}
+    with pytest.raises(SystemExit, match="state_uri"):  # a per-epoch run without a place for its state
+        entry.main("math", _schedule(kfp_api, "--epoch-per-run"))
 
 
 def test_schedule_max_concurrency_is_checked_before_any_call(kfp_api):
-    with pytest.raises(SystemExit, match="max-concurrency"):
-        remote.schedule_of("n", "0 3 * * 1", max_concurrency=11)
+    with pytest.raises(SystemExit, match="max-concurrency 11"):
+        entry.main("math", _schedule(kfp_api, "--max-concurrency", "11"))
+    assert kfp_api.calls == []
     assert remote.schedule_of("n", "0 3 * * 1", max_concurrency=3, catchup=True).max_concurrency == 3

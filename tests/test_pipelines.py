@@ -234,6 +234,34 @@ def test_set_overrides_become_the_compiled_defaults(tmp_path):
         entry.main("math", ["--compile", str(out), "--set", "budget=many"])
 
 
+@pytest.mark.parametrize("argv,names", [
+    (["--set", "strategy=foo"], ["strategy", "p3"]),  # not one of the choices: compiled before
+    (["--set", "full_finetune=ture"], ["full_finetune", "true or false"]),  # silently False before
+    (["--set", "budget=-5"], ["budget", "≥ 1"]),  # failed after minutes, at 'epoch 0: select', before
+    (["--set", "pacing_start=nan"], ["pacing_start", "NaN"]),
+    (["--set", "budget=many"], ["budget", "integer"]),
+    (["--epochs", "0"], ["--epochs 0"]),  # silently 5 epochs before
+    (["--gpus", "train=two"], ["--gpus", "train=two"]),  # a traceback before
+    (["--shards", "0"], ["--shards 0"]),
+    (["--set", "state_uri=s3://b/p"], ["state_uri", "--epoch-per-run"]),
+    (["--epoch-per-run", "--set", "training_run=../x"], ["training_run"]),
+])
+def test_bad_command_line_values_are_one_line_naming_the_parameter(argv, names, tmp_path):
+    out = tmp_path / "p.yaml"
+    with pytest.raises(SystemExit) as e:
+        entry.main("math", ["--compile", str(out), *argv])
+    msg = str(e.value)
+    assert "\n" not in msg and all(n in msg for n in names), msg
+    assert not out.exists()  # nothing compiled
+
+
+def test_local_run_refuses_bad_values_before_any_work(tmp_path):
+    """--local --set budget=-5 failed only at 'epoch 0: select' (minutes in); now before kfp.local starts."""
+    with pytest.raises(SystemExit, match="budget"):
+        entry.main("math", ["--local", "--runs-dir", str(tmp_path), "--set", "budget=-5"])
+    assert not any(tmp_path.iterdir())
+
+
 def test_cli_cluster_options():
     args = entry.build_parser("math").parse_args(
         ["--compile", "--gpus", "train=4", "--node-selector", "pool=gpu", "--toleration", "dedicated=p3:NoSchedule"])

@@ -77,7 +77,7 @@ class SelectConfig:
     strategy: str = field(default="p3", metadata={"help": "selection strategy", "choices": list(STRATEGIES)})
     epoch: int = field(default=0, metadata={"help": "this epoch, 0-based"})
     epochs: int = field(default=5, metadata={"help": "number of epochs E of the pacing schedule"})
-    budget: int = field(default=10000, metadata={"help": "problems to select (paper: 10,000 per epoch on MATH)"})
+    budget: int = field(default=10000, metadata={"min": 1, "help": "problems to select (paper: 10,000 per epoch on MATH)"})
     seed: int = field(default=0, metadata={"help": "seed of the random strategies and the random diversity baseline"})
     report: Optional[str] = field(default=None, metadata={"help": "write the selection report JSON here"})
     previous: Optional[str] = field(default=None, metadata={"help": "previous epoch's selection table (cross-epoch diversity)"})

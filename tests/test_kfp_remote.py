@@ -285,3 +285,27 @@ def test_schedule_max_concurrency_is_checked_before_any_call(kfp_api):
         entry.main("math", _schedule(kfp_api, "--max-concurrency", "11"))
     assert kfp_api.calls == []
     assert remote.schedule_of("n", "0 3 * * 1", max_concurrency=3, catchup=True).max_concurrency == 3
+
+
+def test_service_account_token_and_dex_cookie_go_on_every_call(kfp_api, monkeypatch, tmp_path):
+    """In a pod: the projected token at KF_PIPELINES_SA_TOKEN_PATH (kfp's own variable); behind Dex:
+    the session cookie (KF_PIPELINES_COOKIES), passed to kfp.Client as ``cookies``."""
+    token = tmp_path / "token"
+    token.write_text(ALICE)
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+    monkeypatch.setenv("KF_PIPELINES_COOKIES", "authservice_session=s3cr3t")
+    assert entry.main("math", ["--submit", "--host", kfp_api.url, "--namespace", "team-a", "--epochs", "1"]) == 0
+    assert kfp_api.runs
+    assert all(c["headers"].get("authorization") == f"Bearer {ALICE}" for c in kfp_api.calls)
+    assert all(c["headers"].get("cookie") == "authservice_session=s3cr3t" for c in kfp_api.calls)
+
+
+def test_in_a_pod_without_host_the_kfp_service_is_used_not_the_user_namespace(monkeypatch):
+    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    t = remote.target_of(None, "team-a", "p3-math")
+    assert t.host == "http://ml-pipeline.kubeflow.svc.cluster.local:8888" and t.namespace == "team-a"
+    monkeypatch.setenv("KF_PIPELINES_ENDPOINT", "https://kf.example.com/pipeline")
+    assert remote.target_of(None, "team-a", "e").host == "https://kf.example.com/pipeline"
+    with pytest.raises(SystemExit, match="namespace"):
+        remote.target_of("http://h", "Team_A", "e")

@@ -91,3 +91,19 @@ def test_a_corrupt_state_file_is_named(tmp_path):
     (tmp_path / "state" / "r" / "state" / "00001.json").write_text("{not json")
     with pytest.raises(es.StateError, match="00001.json: not a P3 epoch state"):
         es.read(uri, "r", epochs=2)
+
+
+def test_a_long_lived_reader_sees_what_another_process_stored(s3_tmp):
+    """s3fs caches listings per process: read() must not return the epoch it saw before another
+    process (here: a fresh interpreter) advanced the training run."""
+    import os
+    import subprocess
+    import sys
+
+    es.commit(s3_tmp, es.read(s3_tmp, "r", epochs=3), attempt="mine")
+    assert es.read(s3_tmp, "r", epochs=3).epoch == 1  # lists (and s3fs caches) state/ = [00001.json]
+    code = ("import sys\nfrom p3.kfp import epoch_state as es\n"
+            "es.commit(sys.argv[1], es.read(sys.argv[1], 'r', 3), attempt='other')\n")
+    subprocess.run([sys.executable, "-c", code, s3_tmp], check=True, env=dict(os.environ), timeout=120)
+    now = es.read(s3_tmp, "r", epochs=3)
+    assert now.epoch == 2 and now.history[-1]["attempt"] == "other"

@@ -84,8 +84,8 @@ def _env() -> dict[str, str]:
     return {**os.environ, "P3_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def _argv(run_dir: Path, state_uri: str, name: str) -> list[str]:
-    return [sys.executable, "-c", _SCRIPT, str(run_dir), state_uri, str(E), json.dumps(SMALLEST), name]
+def _argv(run_dir: Path, state_uri: str, name: str, epochs: int = E) -> list[str]:
+    return [sys.executable, "-c", _SCRIPT, str(run_dir), state_uri, str(epochs), json.dumps(SMALLEST), name]
 
 
 def _run(run_dir: Path, state_uri: str, name: str) -> subprocess.CompletedProcess:
@@ -130,17 +130,22 @@ def test_final_model_equals_the_unrolled_pipelines(series, tmp_path):
     """Same seed and settings: 3 per-epoch runs give the unrolled 3-epoch pipeline's model.
 
     Every step is seeded and runs on CPU; what crosses from one run to the next (model folder,
-    selection, difficulty, report folder) is copied byte for byte through the state store."""
+    selection, difficulty, report folder) is copied byte for byte through the state store.
+    The unrolled run starts from a copy of the series' kfp.local cache: preparing, the tiny model
+    and epoch 0 (the same tasks with the same inputs) are cache hits; epochs 1 and 2 run, from
+    artifacts passed directly instead of through the state store."""
     import torch
     from safetensors.torch import load_file
 
     from p3 import storage
 
-    _, _, runs = series
+    run_dir, _, runs = series
+    shutil.copytree(run_dir / "cache", tmp_path / "unrolled" / "cache")
     argv = [sys.executable, str(ROOT / "pipelines" / "p3_math.py"), "--local", "--runs-dir", str(tmp_path),
             "--name", "unrolled", "--epochs", str(E)] + [x for k, v in SMALLEST.items() for x in ("--set", f"{k}={v}")]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=_env())
     assert out.returncode == 0, out.stdout[-3000:]
+    assert "'epoch 0: train' taken from the cache" in out.stdout and "'epoch 2: train' finished" in out.stdout
     unrolled = load_file(str(tmp_path / "unrolled" / "model" / "model.safetensors"))
     with storage.local_dir(runs[-1].state.policy) as d:
         per_epoch = load_file(os.path.join(d, "model.safetensors"))
@@ -153,8 +158,10 @@ def test_final_model_equals_the_unrolled_pipelines(series, tmp_path):
 def test_two_overlapping_runs_of_one_epoch_advance_it_once(series, tmp_path):
     """Two runs started together on a fresh training run (state in a local folder): both read
     epoch 0, both train, one stores epoch 0, the other fails with EpochConflict and changes nothing.
-    Each has its own run folder (kfp.local cache copied from the series: prepare and the tiny
-    model are cache hits, so both reach 'load state' within seconds, long before either trains)."""
+    Each has its own run folder with a copy of the series' kfp.local cache: preparing, the tiny
+    model, scoring and embedding are cache hits, so both reach 'load state' within seconds; the
+    training run has E=2 (the series' E=3 epoch 0 is not reused), so select, train, evaluate and
+    report run in both before either can store the epoch."""
     run_dir, _, _ = series
     state_uri = str(tmp_path / "state")
     dirs = []
@@ -162,15 +169,31 @@ def test_two_overlapping_runs_of_one_epoch_advance_it_once(series, tmp_path):
         d = tmp_path / name
         shutil.copytree(run_dir / "cache", d / "cache")
         dirs.append(d)
-    procs = [subprocess.Popen(_argv(d, state_uri, "race"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    procs = [subprocess.Popen(_argv(d, state_uri, "race", epochs=2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, env=_env()) for d in dirs]
     outs = [p.communicate(timeout=900)[0] for p in procs]
     codes = [p.returncode for p in procs]
     logs = [(d / "pipeline.log").read_text() for d in dirs]
-    assert all("training run 'race': starting epoch 0 of 3" in log for log in logs)  # both really overlapped
+    assert all("training run 'race': starting epoch 0 of 2" in log for log in logs)  # both really overlapped
     assert sorted(codes) == [0, 1], outs
     loser = logs[codes.index(1)] + outs[codes.index(1)]
     assert "epoch 0 of training run 'race' was already done by another run" in loser
-    state = epoch_state.read(state_uri, "race", E)
+    state = epoch_state.read(state_uri, "race", 2)
     assert state.epoch == 1 and len(state.history) == 1
     assert sorted(p.name for p in (tmp_path / "state" / "race" / "state").iterdir()) == ["00001.json"]
+
+
+@pytest.mark.slow
+def test_command_line_run_of_a_finished_training_run_is_a_no_op(tmp_path):
+    """`p3_math.py --local --epoch-per-run` on a training run whose E epochs are stored: it says so
+    and leaves the state as it was."""
+    state_uri = str(tmp_path / "state")
+    done = epoch_state.commit(state_uri, epoch_state.read(state_uri, "done", 1), attempt="a", policy="/models/x")
+    argv = [sys.executable, str(ROOT / "pipelines" / "p3_math.py"), "--local", "--epoch-per-run", "--epochs", "1",
+            "--runs-dir", str(tmp_path), "--name", "cli", "--set", "training_run=done", "--set", f"state_uri={state_uri}",
+            *[x for k, v in SMALLEST.items() for x in ("--set", f"{k}={v}")]]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=_env())
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "training run 'done': 1 of 1 epochs done" in out.stdout and "(finished)" in out.stdout
+    assert "this run does nothing" in (tmp_path / "cli" / "pipeline.log").read_text()
+    assert epoch_state.read(state_uri, "done", 1) == done

@@ -110,6 +110,7 @@ def new_attempt() -> str:
 
 def _stored_epochs(root: str) -> list[int]:
     fs, inner = storage.filesystem(f"{root}/state")
+    fs.invalidate_cache(inner)  # s3fs keeps listings per process: another run may have advanced since
     if not fs.exists(inner):
         return []
     names = [os.path.basename(p) for p in fs.ls(inner, detail=False)]

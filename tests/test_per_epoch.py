@@ -123,6 +123,8 @@ def test_consecutive_runs_advance_one_epoch_each_then_do_nothing(series):
     # the no-op's Metrics say so
     noop = sorted(run_dir.glob("pipeline_root/*/epoch-state-finished/metrics"))
     assert len(noop) == 1 and json.loads(noop[0].read_text()) == {"epochs_done": 3, "noop": 1}
+    stored = sorted(run_dir.glob("pipeline_root/*/epoch-state-commit*/metrics"))
+    assert sorted(json.loads(m.read_text())["epoch"] for m in stored) == [0, 1, 2]
 
 
 @pytest.mark.slow

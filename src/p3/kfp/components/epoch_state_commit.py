@@ -54,5 +54,7 @@ def epoch_state_commit(
                              policy=f"{out}/model", selection=f"{out}/selection.parquet",
                              difficulty=f"{out}/difficulty.parquet", report=f"{out}/run")
     get_logger("state").info(f"training run {training_run!r}: epoch {epoch} stored, {new.epoch} of {new.epochs} done")
-    for name, value in {"epoch": epoch, "epochs_done": new.epoch, "finished": int(new.done)}.items():
+    values = {"epoch": epoch, "epochs_done": new.epoch, "finished": int(new.done)}
+    for name, value in values.items():
         metrics.log_metric(name, value)
+    storage.write_json(values, metrics.path)  # a real file, as in the evaluator

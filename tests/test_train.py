@@ -4,18 +4,12 @@ import json
 import logging
 import os
 
-import pyarrow as pa
 import pytest
 import torch
 
+from _fx_models import write_selection as _selection
+
 from p3 import contracts, storage
-
-
-def _selection(path, ids, epoch=0):
-    storage.write_table(pa.table({"id": ids, "rank": list(range(len(ids))), "round": [0] * len(ids),
-                                  "difficulty": [0.5] * len(ids), "epoch": [epoch] * len(ids)},
-                                 schema=contracts.SELECTION), path)
-    return path
 
 
 def test_prompt_is_masked_out_of_the_labels(tiny_model_dir):

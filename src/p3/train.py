@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -144,16 +143,12 @@ def can_quantize_4bit(device: str) -> bool:
         return False
     import torch
 
+    from p3.backends import quiet_model_libraries
+
+    quiet_model_libraries()
     try:
-        # On AVX512-BF16 CPUs the import warns that a faster 4-bit *inference* kernel is missing;
-        # training never uses that kernel, so the warning is noise here.
-        bnb_log = logging.getLogger("bitsandbytes")
-        level = bnb_log.level
-        bnb_log.setLevel(logging.ERROR)
-        try:
-            import bitsandbytes.functional as bnbf
-        finally:
-            bnb_log.setLevel(level)
+        import bitsandbytes.functional as bnbf
+
         bnbf.quantize_4bit(torch.ones(64, 64, device=device), quant_type="nf4")
     except Exception as exc:  # an unsupported device raises from the kernel dispatch, of any type
         log.debug(f"bitsandbytes cannot quantize on {device}: {exc}")
@@ -275,23 +270,35 @@ def train(cfg: TrainConfig) -> None:
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
                       data_collator=lambda batch: collate(batch, tok.pad_token_id),
                       callbacks=[mirror_checkpoints(ckpt, mirror)] if mirror else None)
-    if cfg.resume and mirror and not _has_checkpoint(ckpt) and storage.exists(mirror) and trainer.is_world_process_zero():
+    if cfg.resume and mirror and last_complete_checkpoint(ckpt) is None and storage.exists(mirror) and trainer.is_world_process_zero():
         with storage.local_dir(mirror) as fetched:
             shutil.copytree(fetched, ckpt, dirs_exist_ok=True)
     trainer.accelerator.wait_for_everyone()  # under torchrun: every rank sees the fetched checkpoint
-    resume = cfg.resume and _has_checkpoint(ckpt)
+    last = last_complete_checkpoint(ckpt) if cfg.resume else None
+    resume = last is not None
     with step(log, "train") as counts, cpu_threads(None if cuda else model):
-        result = trainer.train(resume_from_checkpoint=True if resume else None)
+        result = trainer.train(resume_from_checkpoint=last)
         counts.update(examples=len(dataset), steps=trainer.state.global_step,
                       loss=round(result.training_loss, 4), mode="full" if cfg.full else ("qlora" if qlora else "lora"),
-                      resumed=resume)
+                      resumed=resume, data=data_digest(dataset))
+        if args.world_size > 1:  # under torchrun every rank logs: say which, so the lines can be compared
+            counts.update(rank=f"{args.process_index}/{args.world_size}")
     if trainer.is_world_process_zero():
-        save_trained(trainer, tok, cfg, qlora)
+        with step(log, "save") as counts:
+            save_trained(trainer, tok, cfg, qlora)
+            counts.update(out=cfg.out, rank=args.process_index)
         if not cfg.keep_checkpoints:
             shutil.rmtree(ckpt, ignore_errors=True)
             if mirror and storage.exists(mirror):
                 fs, inner = storage.filesystem(mirror)
                 fs.rm(inner, recursive=True)
+
+
+def data_digest(dataset: list[dict]) -> str:
+    """A short hash of the encoded examples in order: equal on every rank of a torchrun run
+    (each rank encodes the selection itself; the sampler then deals the examples out)."""
+    ids = json.dumps([f["input_ids"] for f in dataset], separators=(",", ":"))
+    return hashlib.sha1(ids.encode()).hexdigest()[:12]
 
 
 def save_trained(trainer, tok, cfg: TrainConfig, qlora: bool) -> None:
@@ -359,5 +366,15 @@ def _checkpointing_arg(on: bool) -> dict:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
 
 
-def _has_checkpoint(path: str) -> bool:
-    return os.path.isdir(path) and any(d.startswith("checkpoint-") for d in os.listdir(path))
+def last_complete_checkpoint(path: str) -> Optional[str]:
+    """The newest ``checkpoint-N`` in ``path`` that was saved whole, else None.
+
+    The Trainer writes ``trainer_state.json`` last and deletes the older checkpoint only after
+    it, so a run killed while saving leaves the previous checkpoint whole and a newer one
+    without that file, which transformers' own choice (the highest N) would try to resume.
+    """
+    if not os.path.isdir(path):
+        return None
+    whole = [d for d in os.listdir(path) if d.startswith("checkpoint-") and d.split("-", 1)[1].isdigit()
+             and os.path.exists(os.path.join(path, d, "trainer_state.json"))]
+    return os.path.join(path, max(whole, key=lambda d: int(d.split("-", 1)[1]))) if whole else None

@@ -211,7 +211,7 @@ def prepare_model(cfg: TrainConfig, qlora: bool):
 
     quant = None
     device = "cpu"  # the Trainer moves it to its (per-rank) device
-    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    cuda = train_device(cfg) != "cpu"
     dtype = "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
     if qlora:
         from transformers import BitsAndBytesConfig
@@ -255,7 +255,7 @@ def train(cfg: TrainConfig) -> None:
     if not dataset:
         raise ValueError(f"nothing to train on: no selected problem fits in --max-len {cfg.max_len}")
     ckpt = checkpoint_dir(cfg)
-    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    cuda = train_device(cfg) != "cpu"
     args = TrainingArguments(
         output_dir=ckpt, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.scheduler,

@@ -102,9 +102,14 @@ def test_every_correct_solution_passes_and_every_wrong_one_fails(apps_problems, 
 def test_partial_score_is_fraction_of_tests(apps_problems, sandbox):
     # right on two of the three tests of 4001 (fails only when a == -5)
     code = "a, b = map(int, input().split())\nprint(a + b if a != -5 else 1)\n"
-    [r] = grade_completions(apps_problems, [{"id": "apps-4001", "sample": 0, "completion": code}], sandbox=sandbox)
+    comp = [{"id": "apps-4001", "sample": 0, "completion": code}]
+    [r] = grade_completions(apps_problems, comp, sandbox=sandbox, all_tests=True)
     assert r["tests"] == ["ok", "wrong_answer", "ok"]
     assert r["score"] == pytest.approx(2 / 3) and r["passed"] is False and r["status"] == "wrong_answer"
+    # by default grading stops at the first failed test: the rest are not run, not passed
+    [r] = grade_completions(apps_problems, comp, sandbox=sandbox)
+    assert r["tests"] == ["ok", "wrong_answer", "not_run"]
+    assert r["score"] == pytest.approx(1 / 3) and r["passed"] is False and r["status"] == "wrong_answer"
 
 
 def test_problem_without_tests_is_reported_not_passed(sandbox):
@@ -218,17 +223,20 @@ def test_cli_grade_end_to_end(tmp_path, apps_problems, capsys):
     err = capsys.readouterr().err
     assert "bad.jsonl, row 2, field 'id'" in err and not (tmp_path / "r2.parquet").exists()
 
-    # --require-isolation is about programs: MATH completions alone need no sandbox, even
-    # from a table that holds APPS rows; an APPS completion with weak isolation is refused
+    # the isolation level the programs ran at is recorded per row; MATH runs none
+    assert [r["isolation"] for r in res] == ["bwrap", "bwrap", None, None, None]
+
+    # refusing weak isolation is about programs: MATH completions alone need no sandbox,
+    # even from a table that holds APPS rows; an APPS completion is refused by default
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(c) + "\n" for c in comps[2:]))
-    weak = ["--isolation", "none", "--require-isolation"]
+    weak = ["--isolation", "none"]
     rc = cli.main(["grade", "--problems", str(tmp_path / "problems.parquet"), "--completions",
                    str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "m.parquet"), *weak])
     assert rc == 0 and storage.read_table(tmp_path / "m.parquet").num_rows == 3
     rc = cli.main(["grade", "--problems", str(tmp_path / "problems.parquet"), "--completions",
                    str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "a.parquet"), *weak])
     assert rc == 1 and not (tmp_path / "a.parquet").exists()
-    assert "--require-isolation" in capsys.readouterr().err
+    assert "--allow-weak-isolation" in capsys.readouterr().err
 
 
 def test_no_row_is_lost_on_odd_completions(apps_problems, sandbox):

@@ -124,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     if key is None or not hasattr(args, "_command"):
         parser.print_help()
         return 2
-    cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+    try:  # a config's own checks of its values are part of parsing: usage error, before any work
+        cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+    except ValueError as exc:
+        _find_subparser(parser, key).error(str(exc))
     func: Callable[[Any], Any] = getattr(importlib.import_module(module), func_name)
     try:
         func(cfg)

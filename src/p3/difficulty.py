@@ -53,6 +53,9 @@ class ScoreConfig:
     rollouts_out: Optional[str] = field(default=None, metadata={"help": "rollouts table (default <out stem>.rollouts.parquet)"})
     grade_timeout: float = field(default=10.0, metadata={"help": "seconds per graded completion"})
     grade_workers: int = field(default=0, metadata={"help": "grading processes (0 = all cores, at most 8)"})
+    allow_weak_isolation: bool = field(default=False, metadata={
+        "help": "grade APPS rollouts even when the sandbox cannot prove full isolation (bwrap); the level used "
+                "is in the log and the rollouts table (default: refuse)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs per model"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: fraction of GPU memory to use"})
 
@@ -123,22 +126,31 @@ def rollouts(backend, problems: pa.Table, rows: list[dict], cfg: ScoreConfig) ->
 def sample_and_grade(backend, problems: pa.Table, rows: list[dict], cfg, temperature: float) -> list[dict]:
     """cfg.n completions per row, graded: one record (id, sample, completion, score, status,
     passed) per completion. Shared by rollout scoring and evaluation."""
-    from p3.verify.grade import grade_completions
+    from p3.verify.grade import grade_completions, shared_sandbox
 
+    if any(r["task"] == "apps" for r in rows):  # refuse weak isolation before generating, not after
+        shared_sandbox(grade_workers(cfg), allow_weak_isolation=cfg.allow_weak_isolation)
     texts = [prompts.prompt_text(r, cfg.template, backend.tokenizer) for r in rows]
     samples = backend.generate(texts, n=cfg.n, temperature=temperature, max_new_tokens=cfg.max_new_tokens,
                                seed=cfg.seed, top_p=cfg.top_p, add_special_tokens=prompts.add_special_tokens(cfg.template))
     completions = [{"id": r["id"], "sample": j, "completion": c} for r, outs in zip(rows, samples) for j, c in enumerate(outs)]
-    graded = grade_completions(problems, completions, timeout=cfg.grade_timeout,
-                               math_timeout=cfg.grade_timeout, workers=grade_workers(cfg))
+    graded = grade_completions(problems, completions, timeout=cfg.grade_timeout, math_timeout=cfg.grade_timeout,
+                               workers=grade_workers(cfg), allow_weak_isolation=cfg.allow_weak_isolation)
     # grade_completions returns one row per completion, in order
-    return [{**c, "score": float(g["score"]), "status": g["status"], "passed": bool(g["passed"])}
-            for c, g in zip(completions, graded, strict=True)]
+    return [{**c, "score": float(g["score"]), "status": g["status"], "passed": bool(g["passed"]),
+             "isolation": g["isolation"]} for c, g in zip(completions, graded, strict=True)]
 
 
 def rollouts_table(records: list[dict]) -> pa.Table:
     """Graded samples as the rollouts (audit) table."""
     return pa.Table.from_pylist([{k: r[k] for k in contracts.ROLLOUTS.names} for r in records], schema=contracts.ROLLOUTS)
+
+
+def isolation_used(levels: list) -> Optional[str]:
+    """The sandbox level(s) graded programs ran at, for logs and metrics; None when no
+    program ran (MATH)."""
+    used = sorted({lv for lv in levels if lv})
+    return ",".join(used) if used else None
 
 
 def grade_workers(cfg) -> int:
@@ -178,7 +190,8 @@ def score(cfg: ScoreConfig) -> None:
             with step(log, "rollouts") as counts:
                 pass_rate, rollout_table = rollouts(backend, problems, rows, cfg)
                 counts.update(problems=n, samples=rollout_table.num_rows,
-                              pass_rate=round(float(np.mean(pass_rate)), 4) if n else None)
+                              pass_rate=round(float(np.mean(pass_rate)), 4) if n else None,
+                              isolation=isolation_used(rollout_table.column("isolation").to_pylist()))
     if cfg.mode == "likelihood":
         diff = [1.0 - x for x in lik]
     elif cfg.mode == "rollout":

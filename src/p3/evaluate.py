@@ -17,9 +17,10 @@ import numpy as np
 from p3 import prompts, storage
 from p3.backends import BACKENDS, opened
 from p3.data import load_problems, meta_by_id
-from p3.difficulty import backend_options, rollouts_table, sample_and_grade
+from p3.difficulty import backend_options, isolation_used, rollouts_table, sample_and_grade
 from p3.logs import get_logger, step
 from p3.report import natural_key
+from p3.sandbox import MODES
 from p3.verify.grade import mean_pass_at_k
 
 log = get_logger("evaluate")
@@ -46,6 +47,9 @@ class EvaluateConfig:
     completions_out: Optional[str] = field(default=None, metadata={"help": "also write the graded samples (rollouts table)"})
     grade_timeout: float = field(default=10.0, metadata={"help": "seconds per graded completion"})
     grade_workers: int = field(default=0, metadata={"help": "grading processes (0 = all cores, at most 8)"})
+    allow_weak_isolation: bool = field(default=False, metadata={
+        "help": "grade APPS programs even when the sandbox cannot prove full isolation (bwrap); the level used "
+                "is in the results JSON and metrics (default: refuse)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs per model"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: fraction of GPU memory to use"})
 
@@ -69,6 +73,16 @@ def grouped(records: list[dict], metas: dict[str, dict], k: int) -> dict[str, di
             for key, vals in groups.items()}
 
 
+def isolation_record(levels: list) -> dict:
+    """``isolation`` (the level programs ran at) and, for the Metrics artifact, which takes
+    numbers only, ``sandbox_isolation``: 2 bwrap, 1 unshare, 0 none (the weakest used).
+    Nothing when no program ran (MATH)."""
+    used = isolation_used(levels)
+    if used is None:
+        return {}
+    return {"isolation": used, "sandbox_isolation": min(MODES[lv] for lv in used.split(","))}
+
+
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.problems``; write and return the results dict."""
     if cfg.n < 1 or not 1 <= cfg.k <= cfg.n:
@@ -84,9 +98,11 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "model": cfg.model, "problems": cfg.problems, "epoch": cfg.epoch, "n": cfg.n, "k": cfg.k,
         "temperature": temperature, **summarize(records, cfg.k), **grouped(records, meta_by_id(problems), cfg.k),
         "seconds": round(time.perf_counter() - start, 2),
+        **isolation_record([r["isolation"] for r in records]),
     }
     if cfg.completions_out:
         storage.write_table(rollouts_table(records), cfg.completions_out)
     storage.write_json(result, cfg.out)
-    log.info(f"accuracy={result['accuracy']:.4f} pass@{cfg.k}={result['pass_at_k']:.4f} on {len(rows)} problems")
+    log.info(f"accuracy={result['accuracy']:.4f} pass@{cfg.k}={result['pass_at_k']:.4f} on {len(rows)} problems"
+             + (f", programs graded at sandbox isolation {result['isolation']}" if "isolation" in result else ""))
     return result

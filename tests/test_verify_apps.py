@@ -249,3 +249,44 @@ def test_no_row_is_lost_on_odd_completions(apps_problems, sandbox):
     assert all(r["passed"] is False and r["status"] in vapps.FAIL_STATUSES and r["status"] != "sandbox_error"
                for r in res), res
     assert res[1]["status"] == "compile_error" and res[6]["status"] == "compile_error"
+
+
+def _problem(tests: dict, pid: str = "p") -> pa.Table:
+    return pa.table({"id": [pid], "task": ["apps"], "prompt": ["x"], "solution": [""], "answer": [None],
+                     "tests": [json.dumps(tests)], "starter_code": pa.array([None], pa.string())})
+
+
+def test_grading_stops_at_the_first_failure_and_keeps_to_its_budget(sandbox):
+    """Before: a wrong program sleeping on each of 30 tests ran all 30 (55.7 s with
+    --timeout 2): no overall limit, no early stop."""
+    problems = _problem({"inputs": [f"{i}\n" for i in range(10)], "outputs": ["-1\n"] * 10})
+    comp = [{"id": "p", "sample": 0, "completion": "import time\ntime.sleep(0.5)\nprint(0)\n"}]
+    [r] = grade_completions(problems, comp, sandbox=sandbox, limits=Limits(timeout=2.0))
+    assert r["tests"] == ["wrong_answer"] + ["not_run"] * 9 and r["status"] == "wrong_answer"
+    # every verdict asked for: each run gets what is left of the budget, the rest time out
+    # although no single run reached the 2 s per-test limit
+    [r] = grade_completions(problems, comp, sandbox=sandbox, limits=Limits(timeout=2.0), budget=1.2, all_tests=True)
+    k = r["tests"].index("timeout")
+    assert 1 <= k < 10 and r["tests"] == ["wrong_answer"] * k + ["timeout"] * (10 - k), r["tests"]
+
+
+def test_an_answer_too_deep_to_parse_is_the_programs_fault(sandbox):
+    """Before: 200,000 nested brackets on the answer channel raised RecursionError in the
+    grader, reported as sandbox_error (the grader's fault)."""
+    problems = _problem({"fn_name": "f", "inputs": [[1]], "outputs": [[1]]})
+    forge = ("import os\ndef f(x):\n    for fd in range(3, 20):\n        try:\n"
+             "            os.write(fd, b'[' * 200000 + b']' * 200000)\n        except OSError:\n            pass\n"
+             "    os._exit(0)\n")
+    [r] = grade_completions(problems, [{"id": "p", "sample": 0, "completion": forge}], sandbox=sandbox)
+    assert r["status"] == "wrong_answer" and r["passed"] is False
+
+
+@pytest.mark.parametrize("option,value", [("--timeout", "0"), ("--timeout", "-1"), ("--timeout", "nan"),
+                                          ("--timeout", "inf"), ("--memory-mb", "1"), ("--budget", "0")])
+def test_limits_no_program_can_meet_are_rejected_at_parse_time(option, value, capsys):
+    """Before: accepted, and every correct program then "failed" with exit 0."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["grade", "--problems", "missing.parquet", "--completions", "missing.jsonl", "--out", "r.parquet",
+                  option, value])
+    assert exc.value.code == 2
+    assert option.lstrip("-").replace("-", "_") in capsys.readouterr().err

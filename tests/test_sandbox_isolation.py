@@ -176,3 +176,41 @@ def test_a_killed_grader_takes_its_programs_with_it(level, tmp_path):
         time.sleep(0.05)
     assert _sleepers(naptime) == []
     assert workdirs() == []
+
+
+# A Kubernetes pod as the score/evaluate steps get by default: the grader runs as uid
+# 1000 with no capabilities (so no CAP_SETUID: no slot uids), and user namespaces are
+# not allowed (here: bwrap's --disable-userns sets user.max_user_namespaces=0 for
+# everything inside, so `unshare(CLONE_NEWUSER)` and bubblewrap fail with ENOSPC, as
+# under a seccomp profile that blocks them).
+POD = ["bwrap", "--unshare-user", "--uid", "1000", "--gid", "1000", "--disable-userns", "--dev-bind", "/", "/", "--"]
+
+
+def test_in_a_pod_without_user_namespaces_grading_refuses_unless_allowed(slow_problems):
+    if not shutil.which("bwrap"):
+        pytest.skip("bubblewrap not installed: it simulates the pod here")
+    probe = subprocess.run(POD + ["sh", "-c", "id -u; unshare --user true"], capture_output=True, text=True)
+    if probe.stdout.split()[:1] != ["1000"] or probe.returncode == 0:
+        pytest.skip(f"cannot simulate the pod here: {probe.stderr.strip()}")
+
+    def grade(*extra):
+        out = slow_problems / f"pod{'-'.join(extra)}.parquet"
+        proc = subprocess.run(POD + [sys.executable, "-m", "p3.cli", "grade", "--problems",
+                                     str(slow_problems / "problems.parquet"), "--completions",
+                                     str(slow_problems / "c.jsonl"), "--out", str(out), "--workers", "2", *extra],
+                              capture_output=True, text=True, timeout=120, env=_env())
+        return proc, out
+
+    proc, out = grade()  # by default: refused, before any program ran, in one line
+    assert proc.returncode == 1 and not out.exists(), proc.stderr
+    [line] = [x for x in proc.stderr.splitlines() if "error" in x]
+    assert "isolation proven here is 'none'" in line and "install bubblewrap" in line
+    assert "--allow-weak-isolation" in line
+    assert "bwrap unavailable" in line and "unshare unavailable" in line
+    assert "read a file only the grader's uid may read" in line  # programs would run as the grader
+
+    proc, out = grade("--allow-weak-isolation")
+    assert proc.returncode == 0, proc.stderr
+    assert "SANDBOX ISOLATION IS WEAK (none)" in proc.stderr
+    rows = storage.read_table(out).to_pylist()
+    assert [r["status"] for r in rows] == ["ok"] * 10 and {r["isolation"] for r in rows} == {"none"}

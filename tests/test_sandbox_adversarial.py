@@ -282,7 +282,8 @@ def test_the_docs_table_covers_every_attack_at_every_level():
 @pytest.mark.parametrize("name", ATTACKS)
 def test_each_level_stops_what_the_docs_say(suite, host, level, name):
     ok, why = stopped(suite, host, name)
-    assert ok == documented_outcomes()[name][level], f"{name} at {level}: {why or 'stopped'}"
+    assert ok == documented_outcomes()[name][level], \
+        f"{name} at {level}: {why or 'stopped'}; stderr: {suite[name][0].stderr[-300:]}"
 
 
 def test_nothing_leaked_into_the_sandbox(suite):
@@ -312,7 +313,7 @@ def _sandbox_processes(sb: Sandbox, since: float) -> list:
 
 def test_zz_host_untouched_after_the_suite(suite, host, sandbox):
     # no process left (not even a zombie): give the kernel a moment to tear namespaces down
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 10  # a loaded host tears namespaces down slowly
     while _sandbox_processes(sandbox, suite["_started_at"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _sandbox_processes(sandbox, suite["_started_at"]) == []

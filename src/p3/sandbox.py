@@ -85,7 +85,7 @@ MIN_MEMORY_MB = 64  # below this the interpreter itself cannot start: every prog
 UID_RANGE = 4096  # slot uids come from uid_base .. uid_base + UID_RANGE - 1, leased per grader
 
 # The trusted prologue, run as `python3 -I -S -B -c RUNNER mode cpu as fsize nofile nproc
-# method dedicated_uid tmpfs_bytes prog fn_name`. Any Python 3.8+; standard library only,
+# method dedicated_uid tmpfs_bytes grader_pid prog fn_name`. Any Python 3.8+; standard library only,
 # and as little of it as possible at level bwrap (json alone costs ~10 ms of start-up,
 # more than the whole trivial program).
 #
@@ -94,8 +94,11 @@ UID_RANGE = 4096  # slot uids come from uid_base .. uid_base + UID_RANGE - 1, le
 #   and forks the program as pid 1 of the new pid namespace, with private tmpfs over the
 #   shared temp folders and a /proc of its own: nothing it starts or writes outlives it.
 # mode 0 (none): no namespaces. The runner stays as a keeper: a child subreaper (orphaned
-#   descendants come back to it), killed by the kernel's parent-death signal with the
-#   grader, that kills every descendant when the program ends or the grader goes.
+#   descendants come back to it, and it reaps them), signalled by the kernel when the
+#   grader dies, that kills every descendant when the program ends or the grader goes.
+#   With a root grader the keeper stays root (``dedicated_uid`` is the slot uid the
+#   program gets), so that the program cannot kill it and leave zombies to an init that
+#   may never reap them (a container's pid 1).
 # In modes 0 and 1 the runner dies with the grader (PR_SET_PDEATHSIG), even on kill -9.
 RUNNER = r"""
 import sys, os, resource
@@ -126,11 +129,15 @@ if mode < 2:
     if os.getppid() != grader:
         os._exit(96)  # the grader died before the death signal was armed
     def sweep(*_):
-        if dedicated:  # a uid of its own: kill(-1) reaches every process it has, never this one
-            try:
-                os.kill(-1, 9)
-            except OSError:
-                pass
+        if dedicated:  # as the slot uid, kill(-1) reaches every process it has, at once
+            helper = os.fork()
+            if not helper:
+                try:
+                    os.setuid(dedicated)
+                    os.kill(-1, 9)
+                finally:
+                    os._exit(0)
+            os.waitpid(helper, 0)
         for _ in range(10000):
             kids = []
             for tid in os.listdir("/proc/self/task"):
@@ -146,11 +153,12 @@ if mode < 2:
                     os.kill(int(k), 9)
                 except OSError:
                     pass
-            try:
+            try:  # block until one is gone: a busy loop would starve the dying on a loaded host
+                os.waitpid(-1, 0)
                 while os.waitpid(-1, os.WNOHANG)[0]:
                     pass
             except ChildProcessError:
-                pass
+                break
     def orphaned(*_):  # the grader is gone and cannot remove the work folder itself
         sweep()
         import shutil
@@ -164,6 +172,10 @@ if mode < 2:
         if mode == 0:
             sweep()
         os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+    if dedicated:  # mode 0 of a root grader: the keeper stays root, out of the program's reach
+        os.setgroups([])
+        os.setgid(dedicated)
+        os.setuid(dedicated)
     libc.prctl(1, signal.SIGKILL)  # the program dies with its keeper
     if mode == 0:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -588,7 +600,9 @@ class Sandbox:
                         os.chown(workdir, uid, uid)
                     os.chmod(workdir, 0o700)
                 argv = self._argv(mechanism, job, lim, code_fd, uid)
-                return self._execute(argv, stdin_data, lim, uid, workdir or "/", (code_fd,), mechanism)
+                # at none the root keeper switches to the slot uid itself, for the program only
+                return self._execute(argv, stdin_data, lim, None if mechanism == "none" else uid, workdir or "/",
+                                     (code_fd,), mechanism)
             finally:
                 if workdir is not None:
                     shutil.rmtree(workdir, ignore_errors=True)
@@ -599,7 +613,8 @@ class Sandbox:
         cpu = lim.cpu if lim.cpu is not None else int(lim.timeout) + 2
         inner_prog = "/code/prog.py" if mechanism == "bwrap" else f"/proc/self/fd/{code_fd}"
         cfg = [MODES[mechanism], cpu, lim.memory_mb << 20, lim.file_mb << 20, lim.nofile, lim.nproc,
-               bool(job.method), uid is not None, lim.tmpfs_mb << 20, os.getpid()]
+               bool(job.method), uid if uid is not None and mechanism == "none" else 0, lim.tmpfs_mb << 20,
+               os.getpid()]
         py = [self.python, "-I", "-S", "-B", "-c", RUNNER, *(str(int(v)) for v in cfg), inner_prog, job.fn_name or ""]
         if mechanism != "bwrap":
             return py
@@ -647,11 +662,14 @@ class Sandbox:
                 )
             except OSError as exc:
                 return RunResult("sandbox_error", stderr=f"cannot start sandbox: {exc}")
-        out, err, why = self._collect(proc, start + lim.timeout, lim)
+        # at none the keeper sweeps the program's leftovers itself: let it finish, so that no
+        # orphan or zombie of the slot uid is left to the host's init (which may never reap it)
+        out, err, why = self._collect(proc, start + lim.timeout, lim, grace=10.0 if mechanism == "none" else 0.5)
         wall = time.monotonic() - start
         return self._classify(proc.returncode, out, err, why, wall)
 
-    def _collect(self, proc: subprocess.Popen, deadline: float, lim: Limits) -> tuple[bytes, bytes, str | None]:
+    def _collect(self, proc: subprocess.Popen, deadline: float, lim: Limits,
+                 grace: float) -> tuple[bytes, bytes, str | None]:
         """Read stdout/stderr with caps until EOF or the deadline; kill the group on a breach."""
         bufs = {proc.stdout: bytearray(), proc.stderr: bytearray()}
         caps = {proc.stdout: lim.stdout_bytes, proc.stderr: lim.stderr_bytes}
@@ -695,13 +713,13 @@ class Sandbox:
                     why = "timeout"
         finally:
             sel.close()
-            self._kill(proc)
+            self._kill(proc, grace)
             proc.stdout.close()
             proc.stderr.close()
         return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), why
 
     @staticmethod
-    def _kill(proc: subprocess.Popen) -> None:
+    def _kill(proc: subprocess.Popen, grace: float) -> None:
         """SIGKILL the run's process group; under bwrap its pid 1 dies and takes the namespace.
 
         bwrap's child (the program, pid 1 of the namespace) is killed first, so that bwrap
@@ -713,7 +731,7 @@ class Sandbox:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(child, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=0.5)
+                proc.wait(timeout=grace)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):

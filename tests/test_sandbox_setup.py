@@ -119,3 +119,30 @@ def test_the_mutation_sets_what_bubblewrap_needs_in_a_pod(component_docs):
     from p3.sandbox import DEFAULT_UID_BASE, UID_RANGE
 
     assert DEFAULT_UID_BASE + UID_RANGE <= 65536
+
+
+def test_the_apps_pipeline_labels_its_grading_pods_and_passes_allow_weak_isolation(tmp_path, component_docs):
+    """The score and evaluate pods of the APPS pipeline carry the label the admission
+    policies select on, and take `allow_weak_isolation` (default false) from the run."""
+    import yaml
+
+    from p3.kfp.builder import BuildOptions, compile_pipeline
+
+    path = compile_pipeline(BuildOptions(task="apps", epochs=1), str(tmp_path / "apps.yaml"))
+    spec, platform = list(yaml.safe_load_all(Path(path).read_text()))[:2]
+    param = spec["root"]["inputDefinitions"]["parameters"]["allow_weak_isolation"]
+    assert param["parameterType"] == "BOOLEAN" and param["defaultValue"] is False
+    selector = component_docs[("MutatingAdmissionPolicy", "p3-sandbox-isolation")]["spec"]["matchConstraints"]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    graded = {}
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        component = task["componentRef"]["name"]
+        if component not in ("comp-scorer", "comp-evaluator"):
+            continue
+        graded[component] = task
+        arg = task["inputs"]["parameters"]["allow_weak_isolation"]
+        assert arg == {"componentInputParameter": "allow_weak_isolation"}, name
+        executor = spec["components"][component]["executorLabel"]
+        labels = executors[executor]["podMetadata"]["labels"]
+        assert selector["objectSelector"]["matchLabels"].items() <= labels.items(), name
+    assert set(graded) == {"comp-scorer", "comp-evaluator"}

@@ -123,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     if key is None or not hasattr(args, "_command"):
         parser.print_help()
         return 2
-    cfg = configs.from_flat(cls, {name: getattr(args, name) for name in configs.settings(cls)})
+    try:  # a config's own checks of its values are part of parsing: usage error, before any work
+        cfg = configs.from_flat(cls, {name: getattr(args, name) for name in configs.settings(cls)})
+    except ValueError as exc:
+        _find_subparser(parser, key).error(str(exc))
     func: Callable[[Any], Any] = getattr(importlib.import_module(module), func_name)
     try:
         func(cfg)

@@ -160,7 +160,7 @@ def test_prepare_limit_is_a_seeded_sample(tmp_path):
     assert len(a) == len(set(a)) == 10
     assert a == sorted(a, key=lambda i: int(i.rsplit("-", 1)[1]))  # source order kept
     assert ids(3, limit=500) == [f"math-train-{i}" for i in range(50)]
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="--limit: must be ≥ 1"):
         ids(0, limit=0)
 
 

@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
-from p3 import contracts, prompts, storage
+from p3 import checks, contracts, prompts, storage
 from p3.backends import BACKENDS, TokenScores, opened
 from p3.data import load_problems
 from p3.logs import get_logger, step
@@ -33,28 +33,31 @@ MODES = ("likelihood", "rollout", "hybrid")
 
 @dataclass
 class ScoreConfig:
-    problems: str = field(metadata={"help": "problems table to score"})
-    model: str = field(metadata={"help": "current policy: model dir, adapter dir, hub name or s3:// URI"})
-    out: str = field(metadata={"help": "output difficulty table"})
+    problems: str = field(metadata={"io": "in", "help": "problems table to score"})
+    model: str = field(metadata={"io": "in", "help": "current policy: model dir, adapter dir, hub name or s3:// URI"})
+    out: str = field(metadata={"io": "out", "help": "output difficulty table"})
     mode: str = field(default="likelihood", metadata={"help": "difficulty measure", "choices": list(MODES)})
     backend: str = field(default="hf", metadata={"help": "inference engine", "choices": list(BACKENDS)})
     template: str = field(default="plain", metadata={"help": "prompt template", "choices": list(prompts.TEMPLATES)})
-    epoch: int = field(default=0, metadata={"help": "epoch recorded in the table"})
-    batch_size: int = field(default=8, metadata={"help": "texts per forward / generate batch (hf; raise it on a GPU)"})
+    epoch: int = field(default=0, metadata={"min": 0, "help": "epoch recorded in the table"})
+    batch_size: int = field(default=8, metadata={"min": 1, "max": 1 << 16, "help": "texts per forward / generate batch (hf; raise it on a GPU)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 … (hf)"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
-    max_len: int = field(default=2048, metadata={"help": "truncate scored texts / prompts to this many tokens"})
-    n: int = field(default=8, metadata={"help": "rollouts per problem (rollout, hybrid)"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature for rollouts"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling for rollouts"})
-    max_new_tokens: int = field(default=256, metadata={"help": "rollout length limit"})
-    weight: float = field(default=0.5, metadata={"help": "hybrid: weight of the likelihood difficulty"})
-    seed: int = field(default=0, metadata={"help": "sampling seed"})
-    rollouts_out: Optional[str] = field(default=None, metadata={"help": "rollouts table (default <out stem>.rollouts.parquet)"})
-    grade_timeout: float = field(default=10.0, metadata={"help": "seconds per graded completion"})
-    grade_workers: int = field(default=0, metadata={"help": "grading processes (0 = all cores, at most 8)"})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs per model"})
-    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: fraction of GPU memory to use"})
+    max_len: int = field(default=2048, metadata={"min": 1, "max": 1 << 20, "help": "truncate scored texts / prompts to this many tokens"})
+    n: int = field(default=8, metadata={"min": 1, "max": 100_000, "help": "rollouts per problem (rollout, hybrid)"})
+    temperature: float = field(default=1.0, metadata={"min": 0.0, "help": "sampling temperature for rollouts"})
+    top_p: float = field(default=1.0, metadata={"gt": 0.0, "max": 1.0, "help": "nucleus sampling for rollouts"})
+    max_new_tokens: int = field(default=256, metadata={"min": 1, "max": 1 << 20, "help": "rollout length limit"})
+    weight: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0, "help": "hybrid: weight of the likelihood difficulty"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "sampling seed"})
+    rollouts_out: Optional[str] = field(default=None, metadata={"io": "out", "help": "rollouts table (default <out stem>.rollouts.parquet)"})
+    grade_timeout: float = field(default=10.0, metadata={"gt": 0.0, "help": "seconds per graded completion"})
+    grade_workers: int = field(default=0, metadata={"min": 0, "max": 1024, "help": "grading processes (0 = all cores, at most 8)"})
+    tensor_parallel_size: int = field(default=1, metadata={"min": 1, "help": "vllm: GPUs per model"})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"gt": 0.0, "max": 1.0, "help": "vllm: fraction of GPU memory to use"})
+
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
 
 def step_probabilities(scores: TokenScores, spans: list[tuple[int, int]]) -> list[float]:

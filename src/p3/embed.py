@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from p3 import contracts, prompts, storage
+from p3 import checks, contracts, prompts, storage
 from p3.data import load_problems
 from p3.logs import get_logger, progress, progress_enabled, step
 
@@ -26,14 +26,17 @@ BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 @dataclass
 class EmbedConfig:
-    problems: str = field(metadata={"help": "problems table"})
-    out: str = field(metadata={"help": "output embeddings table"})
+    problems: str = field(metadata={"io": "in", "help": "problems table"})
+    out: str = field(metadata={"io": "out", "help": "output embeddings table"})
     embedder: str = field(default="st:all-MiniLM-L6-v2", metadata={"help": "st:<name-or-path> or policy:<model>"})
-    batch_size: int = field(default=64, metadata={"help": "texts per batch"})
+    batch_size: int = field(default=64, metadata={"min": 1, "max": 1 << 16, "help": "texts per batch"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
-    max_len: int = field(default=512, metadata={"help": "policy embedder: truncate prompts to this many tokens"})
+    max_len: int = field(default=512, metadata={"min": 1, "max": 1 << 20, "help": "policy embedder: truncate prompts to this many tokens"})
     template: str = field(default="plain", metadata={"help": "policy embedder: prompt template",
                                                      "choices": list(prompts.TEMPLATES)})
+
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
 
 def st_model_path(name: str) -> str:

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from p3 import prompts, storage
+from p3 import checks, prompts, storage
 from p3.backends import BACKENDS, opened
 from p3.data import load_problems, meta_by_id
 from p3.difficulty import backend_options, rollouts_table, sample_and_grade
@@ -27,27 +27,30 @@ log = get_logger("evaluate")
 
 @dataclass
 class EvaluateConfig:
-    problems: str = field(metadata={"help": "test problems table"})
-    model: str = field(metadata={"help": "model dir, adapter dir, hub name or s3:// URI"})
-    out: str = field(metadata={"help": "output evaluation JSON"})
-    n: int = field(default=1, metadata={"help": "samples per problem"})
-    k: int = field(default=1, metadata={"help": "k of pass@k (k <= n)"})
-    temperature: Optional[float] = field(default=None, metadata={"help": "sampling temperature (default 0 = greedy when n=1, else 0.8)"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling"})
-    max_new_tokens: int = field(default=512, metadata={"help": "generation length limit"})
+    problems: str = field(metadata={"io": "in", "help": "test problems table"})
+    model: str = field(metadata={"io": "in", "help": "model dir, adapter dir, hub name or s3:// URI"})
+    out: str = field(metadata={"io": "out", "help": "output evaluation JSON"})
+    n: int = field(default=1, metadata={"min": 1, "max": 100_000, "help": "samples per problem"})
+    k: int = field(default=1, metadata={"min": 1, "le_field": "n", "help": "k of pass@k (k <= n)"})
+    temperature: Optional[float] = field(default=None, metadata={"min": 0.0, "help": "sampling temperature (default 0 = greedy when n=1, else 0.8)"})
+    top_p: float = field(default=1.0, metadata={"gt": 0.0, "max": 1.0, "help": "nucleus sampling"})
+    max_new_tokens: int = field(default=512, metadata={"min": 1, "max": 1 << 20, "help": "generation length limit"})
     backend: str = field(default="hf", metadata={"help": "inference engine", "choices": list(BACKENDS)})
     template: str = field(default="plain", metadata={"help": "prompt template", "choices": list(prompts.TEMPLATES)})
-    batch_size: int = field(default=64, metadata={"help": "prompts per generate batch (hf)"})
+    batch_size: int = field(default=64, metadata={"min": 1, "max": 1 << 16, "help": "prompts per generate batch (hf)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda (hf)"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
-    max_len: int = field(default=2048, metadata={"help": "truncate prompts to this many tokens"})
-    seed: int = field(default=0, metadata={"help": "sampling seed"})
-    epoch: Optional[int] = field(default=None, metadata={"help": "epoch recorded in the JSON"})
-    completions_out: Optional[str] = field(default=None, metadata={"help": "also write the graded samples (rollouts table)"})
-    grade_timeout: float = field(default=10.0, metadata={"help": "seconds per graded completion"})
-    grade_workers: int = field(default=0, metadata={"help": "grading processes (0 = all cores, at most 8)"})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs per model"})
-    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: fraction of GPU memory to use"})
+    max_len: int = field(default=2048, metadata={"min": 1, "max": 1 << 20, "help": "truncate prompts to this many tokens"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "sampling seed"})
+    epoch: Optional[int] = field(default=None, metadata={"min": 0, "help": "epoch recorded in the JSON"})
+    completions_out: Optional[str] = field(default=None, metadata={"io": "out", "help": "also write the graded samples (rollouts table)"})
+    grade_timeout: float = field(default=10.0, metadata={"gt": 0.0, "help": "seconds per graded completion"})
+    grade_workers: int = field(default=0, metadata={"min": 0, "max": 1024, "help": "grading processes (0 = all cores, at most 8)"})
+    tensor_parallel_size: int = field(default=1, metadata={"min": 1, "help": "vllm: GPUs per model"})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"gt": 0.0, "max": 1.0, "help": "vllm: fraction of GPU memory to use"})
+
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
 
 def summarize(records: list[dict], k: int) -> dict:

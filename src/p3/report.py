@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from p3 import contracts, storage
+from p3 import checks, contracts, storage
 from p3.data import load_problems, meta_by_id
 from p3.logs import get_logger, step
 
@@ -71,20 +71,23 @@ class ReportConfig:
 
     run_dir: str = field(
         default="",
-        metadata={"help": "run folder with one sub-folder per epoch (epoch_0, epoch_1, …); local path or URI"},
+        metadata={"io": "in", "help": "run folder with one sub-folder per epoch (epoch_0, epoch_1, …); local path or URI"},
     )
     epoch_dirs: list[str] = field(
         default_factory=list,
-        metadata={"help": "epoch folders in order (instead of discovering them under --run-dir)"},
+        metadata={"io": "in", "help": "epoch folders in order (instead of discovering them under --run-dir)"},
     )
     problems: str = field(
         default="",
-        metadata={"help": "problems table for level/type coverage (default: found in the run or epoch folder)"},
+        metadata={"io": "in", "help": "problems table for level/type coverage (default: found in the run or epoch folder)"},
     )
-    out: str = field(default="", metadata={"help": "HTML output (default: <run-dir>/report.html)"})
+    out: str = field(default="", metadata={"io": "out", "help": "HTML output (default: <run-dir>/report.html)"})
     markdown: bool = field(default=True, metadata={"help": "also write the Markdown report beside the HTML"})
     title: str = field(default="P3 selection report", metadata={"help": "page title"})
-    seed: int = field(default=0, metadata={"help": "seed of the random-selection diversity baseline"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "seed of the random-selection diversity baseline"})
+
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
 
 @dataclass

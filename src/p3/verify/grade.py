@@ -26,7 +26,7 @@ from typing import Iterable, Optional
 
 import pyarrow as pa
 
-from p3 import storage
+from p3 import checks, storage
 from p3.contracts import ContractError
 from p3.logs import get_logger, progress, step
 from p3.sandbox import LEVELS, Limits, Sandbox, sandbox_python
@@ -51,20 +51,23 @@ RESULTS = pa.schema(
 
 @dataclass
 class GradeConfig:
-    problems: str = field(metadata={"help": "problems table (Parquet, local path or URI)"})
-    completions: str = field(metadata={"help": "completions JSONL: one {id, sample, completion} per line"})
-    out: str = field(metadata={"help": "where to write results.parquet"})
-    timeout: float = field(default=4.0, metadata={"help": "wall-clock seconds per APPS test run"})
+    problems: str = field(metadata={"io": "in", "help": "problems table (Parquet, local path or URI)"})
+    completions: str = field(metadata={"io": "in", "help": "completions JSONL: one {id, sample, completion} per line"})
+    out: str = field(metadata={"io": "out", "help": "where to write results.parquet"})
+    timeout: float = field(default=4.0, metadata={"gt": 0.0, "help": "wall-clock seconds per APPS test run"})
     workers: int = field(default_factory=lambda: os.cpu_count() or 1,
-                         metadata={"help": "parallel sandbox runs / math-verify processes"})
-    math_timeout: float = field(default=10.0, metadata={"help": "seconds per MATH answer comparison"})
-    memory_mb: int = field(default=1024, metadata={"help": "address-space limit of a program run (MiB)"})
+                         metadata={"min": 1, "max": 1024, "help": "parallel sandbox runs / math-verify processes"})
+    math_timeout: float = field(default=10.0, metadata={"gt": 0.0, "help": "seconds per MATH answer comparison"})
+    memory_mb: int = field(default=1024, metadata={"min": 16, "help": "address-space limit of a program run (MiB)"})
     isolation: str = field(default="auto", metadata={"help": "sandbox isolation level (auto = best available)",
                                                      "choices": ["auto", *LEVELS]})
     require_isolation: bool = field(default=False, metadata={
         "help": "fail unless programs run with no network and no view of the host's files (bwrap)"})
     sandbox_python: str = field(default="", metadata={
         "help": "interpreter for untrusted programs (default $P3_SANDBOX_PYTHON, else the system python3)"})
+
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -202,7 +202,7 @@ def test_prepare_through_load_dataset(hf_cache):
 
 def test_prepare_unknown_hf_name_is_one_clear_error(hf_cache):
     with pytest.raises(ValueError, match="no-such-org/no-such-dataset"):
-        prepare(PrepareConfig(task="math", source="no-such-org/no-such-dataset", out=str(hf_cache / "p.parquet")))
+        prepare(PrepareConfig(task="math", source="hf:no-such-org/no-such-dataset", out=str(hf_cache / "p.parquet")))
     assert not (hf_cache / "p.parquet").exists()
     with pytest.raises(FileNotFoundError):
         prepare(PrepareConfig(task="math", source=str(hf_cache / "missing_folder"), out=str(hf_cache / "p.parquet")))

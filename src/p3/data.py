@@ -32,6 +32,7 @@ from p3.logs import get_logger, step
 log = get_logger("data")
 
 TASKS = ("math", "apps")
+HUB_PREFIX = "hf:"  # a source on the Hugging Face hub; anything else is a path that must exist
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
@@ -112,8 +113,12 @@ def check_problems(table: pa.Table, path: str) -> pa.Table:
 
 
 def load_problems(path: str) -> pa.Table:
-    """Read and validate a problems table (local path or URI). Every step reads problems here."""
-    return check_problems(contracts.read(str(path), PROBLEMS), str(path))
+    """Read and validate a problems table (local path or URI). Every step reads problems
+    here, and every step needs at least one problem: an empty table is an error."""
+    table = check_problems(contracts.read(str(path), PROBLEMS), str(path))
+    if table.num_rows == 0:
+        raise ContractError(str(path), "-", "the problems table has no rows")
+    return table
 
 
 def problem_meta(table: pa.Table) -> list[dict]:
@@ -162,7 +167,7 @@ class PrepareConfig:
     task: str = field(metadata={"help": "which dataset schema the source has", "choices": list(TASKS)})
     source: str = field(
         metadata={"io": "in", "help": "a .jsonl/.json/.parquet file (local or s3://) in the dataset's raw schema, "
-                  "a Hugging Face dataset name, or a folder of one"}
+                  "hf:NAME for a Hugging Face hub dataset, or a local dataset folder"}
     )
     out: str = field(metadata={"io": "out", "help": "output problems table (.parquet, local or s3://)"})
     split: str = field(default="train", metadata={"help": "split to load from a HF dataset; also part of MATH ids"})
@@ -227,6 +232,10 @@ def read_source(source: str, split: str, hf_config: Optional[str] = None) -> Ite
     """
     source = str(source)
     lower = source.lower()
+    if source.startswith(HUB_PREFIX):  # the only way to reach the hub: said, never guessed
+        return _read_hf(source[len(HUB_PREFIX):], split, hf_config)
+    if not storage.is_remote(source) and not os.path.exists(source.removeprefix("file://")):
+        raise FileNotFoundError(f"{source}: no such file or folder (a Hugging Face dataset is {HUB_PREFIX}NAME)")
     if storage.is_remote(source) or lower.endswith(FILE_SUFFIXES):
         if lower.endswith(".jsonl"):
             return _read_jsonl(source)
@@ -276,11 +285,9 @@ def _read_parquet(path: str) -> Iterator[Record]:
 
 
 def _read_hf(name: str, split: str, hf_config: Optional[str]) -> Iterator[Record]:
-    """A HF dataset by hub name, a ``save_to_disk`` folder, or a folder of data files."""
+    """A HF dataset by hub name (``hf:NAME``), a ``save_to_disk`` folder, or a folder of data files."""
     import datasets
 
-    if name.startswith(("/", ".", "~")) and not os.path.exists(name):
-        raise FileNotFoundError(f"{name}: no such file or folder")  # a path, not a hub name: no hub lookup
     configs = [c.strip() for c in hf_config.split(",")] if hf_config else [None]
     parts = []
     for config in configs:

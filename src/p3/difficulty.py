@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
-from p3 import checks, contracts, prompts, storage
+from p3 import checks, contracts, outputs, prompts
 from p3.backends import BACKENDS, TokenScores, opened
 from p3.data import load_problems
 from p3.logs import get_logger, step
@@ -162,10 +162,7 @@ def backend_options(cfg) -> dict:
 
 def score(cfg: ScoreConfig) -> None:
     """Score every problem with the current policy and write the difficulty table."""
-    if cfg.mode not in MODES:
-        raise ValueError(f"unknown --mode {cfg.mode!r} (choose from {', '.join(MODES)})")
-    if not 0.0 <= cfg.weight <= 1.0:
-        raise ValueError(f"--weight must be in [0, 1], got {cfg.weight}")
+    checks.validate(cfg)  # again: a config may have been changed since it was made
     problems = load_problems(cfg.problems)
     rows = prompts.rows(problems)
     n = len(rows)
@@ -193,8 +190,9 @@ def score(cfg: ScoreConfig) -> None:
         "id": [r["id"] for r in rows], "epoch": [cfg.epoch] * n, "difficulty": diff, "likelihood": lik,
         "pass_rate": pass_rate, "n_rollouts": [cfg.n if rollout_table is not None else 0] * n,
     }, schema=contracts.DIFFICULTY)
-    if rollout_table is not None:
-        storage.write_table(rollout_table, cfg.rollouts_out or default_rollouts_path(cfg.out))
-    storage.write_table(table, cfg.out)
+    with outputs.Commit() as commit:  # the rollouts first, the difficulty table (primary) last
+        if rollout_table is not None:
+            commit.table(rollout_table, cfg.rollouts_out or default_rollouts_path(cfg.out))
+        commit.table(table, cfg.out)
     log.info(f"wrote {cfg.out}: {n} problems, mean difficulty {np.mean(diff) if n else float('nan'):.4f}")
 

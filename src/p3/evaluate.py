@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from p3 import checks, prompts, storage
+from p3 import checks, outputs, prompts
 from p3.backends import BACKENDS, opened
 from p3.data import load_problems, meta_by_id
 from p3.difficulty import backend_options, rollouts_table, sample_and_grade
@@ -74,8 +74,7 @@ def grouped(records: list[dict], metas: dict[str, dict], k: int) -> dict[str, di
 
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.problems``; write and return the results dict."""
-    if cfg.n < 1 or not 1 <= cfg.k <= cfg.n:
-        raise ValueError(f"need n >= 1 and 1 <= k <= n, got n={cfg.n} k={cfg.k}")
+    checks.validate(cfg)  # again: a config may have been changed since it was made
     temperature = cfg.temperature if cfg.temperature is not None else (0.0 if cfg.n == 1 else 0.8)
     problems = load_problems(cfg.problems)
     rows = prompts.rows(problems)
@@ -88,8 +87,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "temperature": temperature, **summarize(records, cfg.k), **grouped(records, meta_by_id(problems), cfg.k),
         "seconds": round(time.perf_counter() - start, 2),
     }
-    if cfg.completions_out:
-        storage.write_table(rollouts_table(records), cfg.completions_out)
-    storage.write_json(result, cfg.out)
+    with outputs.Commit() as commit:  # the graded samples first, the results (primary) last
+        if cfg.completions_out:
+            commit.table(rollouts_table(records), cfg.completions_out)
+        commit.json(result, cfg.out)
     log.info(f"accuracy={result['accuracy']:.4f} pass@{cfg.k}={result['pass_at_k']:.4f} on {len(rows)} problems")
     return result

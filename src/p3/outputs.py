@@ -107,10 +107,16 @@ class _LocalLease:
         import fcntl
 
         t = Path(target.removeprefix("file://"))
-        t.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            t.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage.StorageError(f"{target}: cannot create its folder: {exc.strerror or exc}", exc.errno) from exc
         self.target, self.path = target, str(t.with_name(f".{t.name}{LOCK_SUFFIX}"))
         while True:
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            except OSError as exc:  # a read-only or full location: name the output
+                raise storage.StorageError(f"{target}: cannot write: {exc.strerror or exc}", exc.errno) from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -125,9 +131,13 @@ class _LocalLease:
             if same:  # not a file the previous holder unlinked between our open and flock
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"p3 pid {os.getpid()} on {socket.gethostname()}".encode())
         self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"p3 pid {os.getpid()} on {socket.gethostname()}".encode())
+        except OSError as exc:  # a full location
+            self.release()
+            raise storage.StorageError(f"{target}: cannot write: {exc.strerror or exc}", exc.errno) from exc
 
     def clean(self) -> None:
         """Remove temp files of this output that a killed writer left (we hold the lock)."""
@@ -150,8 +160,6 @@ class _S3Lease:
     background every third of the lease and taken over by others only once expired."""
 
     def __init__(self, target: str):
-        from botocore.exceptions import ClientError
-
         self.target, self.ttl = target, lease_seconds()
         self.fs, inner = storage.filesystem(target)
         self.bucket, key, _ = self.fs.split_path(inner)
@@ -160,7 +168,7 @@ class _S3Lease:
         with storage.errors_named(target):
             try:
                 self.etag = self._put(IfNoneMatch="*")
-            except ClientError as exc:
+            except Exception as exc:
                 if not _precondition_failed(exc):
                     raise
                 self.etag = self._take_over_expired()
@@ -174,12 +182,10 @@ class _S3Lease:
         return out["ETag"]
 
     def _take_over_expired(self) -> str:
-        from botocore.exceptions import ClientError
-
         try:
             got = self.fs.call_s3("head_object", Bucket=self.bucket, Key=self.key)
             info = json.loads(self.fs.cat_file(f"{self.bucket}/{self.key}"))
-        except (ClientError, ValueError, FileNotFoundError):
+        except (ValueError, OSError):
             info, got = {}, None
         if got is not None and info.get("expires", 0) > time.time():
             raise Busy(f"{self.target}: {info.get('holder', 'another process')} is writing this output "
@@ -187,7 +193,7 @@ class _S3Lease:
                        f"wait for it to finish or choose another --out")
         try:  # expired: take it over, unless someone else did first
             return self._put(IfMatch=got["ETag"]) if got is not None else self._put(IfNoneMatch="*")
-        except ClientError as exc:
+        except Exception as exc:
             if _precondition_failed(exc):
                 raise Busy(f"{self.target}: another process took the lease first") from None
             raise
@@ -215,9 +221,14 @@ class _S3Lease:
                 self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key)
 
 
-def _precondition_failed(exc: Exception) -> bool:
-    err = getattr(exc, "response", {}).get("Error", {})
-    return err.get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict")
+def _precondition_failed(exc: BaseException | None) -> bool:
+    """A conditional PUT refused (s3fs wraps botocore's ClientError in an OSError)."""
+    while exc is not None:
+        err = (getattr(exc, "response", None) or {}).get("Error", {})
+        if err.get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def lease(target: str) -> Any:

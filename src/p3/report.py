@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from p3 import checks, contracts, storage
+from p3 import checks, contracts, outputs, storage
 from p3.data import load_problems, meta_by_id
 from p3.logs import get_logger, step
 
@@ -507,9 +507,10 @@ def render_report(cfg: ReportConfig) -> str:
     problems = cfg.problems or (_first_existing(cfg.run_dir, PROBLEMS_FILES) if cfg.run_dir else None)
     page, md = render_run(epoch_dirs, title=cfg.title, seed=cfg.seed, problems=problems)
     out = cfg.out or _join(cfg.run_dir or os.path.dirname(epoch_dirs[0].rstrip("/")), "report.html")
-    storage.write_text(page, out)
-    if cfg.markdown:
-        storage.write_text(md, re.sub(r"\.html?$", "", out) + ".md")
+    with outputs.Commit() as commit:  # the Markdown first, the HTML page (primary) last
+        if cfg.markdown:
+            commit.text(md, re.sub(r"\.html?$", "", out) + ".md")
+        commit.text(page, out)
     log.info(f"wrote {out} ({len(epoch_dirs)} epochs)")
     return out
 

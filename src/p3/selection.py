@@ -54,7 +54,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from p3 import checks, contracts, pacing, storage
+from p3 import checks, contracts, outputs, pacing
 from p3.contracts import ContractError
 from p3.data import load_problems, problem_meta
 from p3.dpp import dpp_select
@@ -158,9 +158,10 @@ def select(cfg: SelectConfig) -> dict:
             },
             schema=contracts.SELECTION,
         )
-        storage.write_table(table, cfg.out)
-        if cfg.report:
-            storage.write_json(sel.report, cfg.report)
+        with outputs.Commit() as commit:  # the report first, the selection (primary) last
+            if cfg.report:
+                commit.json(sel.report, cfg.report)
+            commit.table(table, cfg.out)
         counts.update(strategy=cfg.strategy, pool=sel.report["pool"], eligible=sel.report["eligible"], selected=len(sel.ids))
     return sel.report
 

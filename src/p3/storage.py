@@ -89,11 +89,27 @@ def filesystem(path: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]
     """The fsspec filesystem for ``path`` and the path inside it."""
     s = str(path)
     fs, inner = fsspec.core.url_to_fs(s, **storage_options(s))
-    if hasattr(fs, "retries"):
+    if s.startswith(("s3://", "s3a://")):
         # s3fs retries each call 5 times on top of botocore's tries (25 read timeouts on a
         # stalled server); botocore's bounded retries are the only ones.
         fs.retries = 1
+        _send_bodies_at_once(fs.s3)
     return fs, inner
+
+
+def _send_bodies_at_once(client: Any) -> None:
+    """Drop botocore's ``Expect: 100-continue`` from PUTs: aiohttp waits for the server's
+    "100 Continue" with no timeout, so one stalled server hung an upload forever. Sent at
+    once, the body's reply is bounded by the read timeout like every other call."""
+    if getattr(client, "_p3_no_expect", False):
+        return
+
+    def drop_expect(request: Any, **kwargs: Any) -> None:
+        for name in [h for h in request.headers if h.lower() == "expect"]:
+            del request.headers[name]
+
+    client.meta.events.register("before-send.s3", drop_expect)
+    client._p3_no_expect = True
 
 
 @contextlib.contextmanager
@@ -108,9 +124,19 @@ def errors_named(uri: str | os.PathLike) -> Iterator[None]:
     except (FileNotFoundError, StorageError):
         raise
     except Exception as exc:
-        if type(exc).__module__.startswith(("pyarrow", "json")):
-            raise  # the data, not the store
+        if not _from_the_store(exc):
+            raise  # the data or the caller, not the store
         raise StorageError(f"{uri}: object store call failed: {_short(exc)}") from exc
+
+
+_STORE_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "urllib3")
+
+
+def _from_the_store(exc: BaseException) -> bool:
+    package = type(exc).__module__.split(".")[0]
+    if package == "pyarrow":
+        return False
+    return isinstance(exc, (OSError, TimeoutError)) or package in _STORE_MODULES
 
 
 def _short(exc: BaseException) -> str:

@@ -197,6 +197,8 @@ def read_completions(path: str) -> list[dict]:
                 raise ContractError(path, "id", "missing or not a string", row=n)
             if not isinstance(obj.get("sample", 0), int) or isinstance(obj.get("sample"), bool):
                 raise ContractError(path, "sample", "must be an integer", row=n)
+            if not 0 <= obj.get("sample", 0) <= checks.INT64:  # the results table holds int64
+                raise ContractError(path, "sample", f"must be in 0..2^63-1, got {obj['sample']}", row=n)
             if not isinstance(obj.get("completion"), str):
                 raise ContractError(path, "completion", "missing or not a string", row=n)
             obj.setdefault("sample", 0)

@@ -285,6 +285,7 @@ def test_a_read_only_or_full_output_location_is_one_line_and_leaves_nothing(smal
     ro, full = small_mounts
     for where in (ro, full):
         for argv in (["data", "synth", "--n", "3000"],
+                     ["data", "prepare", "--task", "math", "--source", problems],
                      ["select", "--problems", problems, "--difficulty", difficulty, "--strategy", "spl",
                       "--budget", "4", "--report", str(where / "s.json")]):
             out = str(where / "o.parquet")
@@ -303,21 +304,24 @@ def test_stale_temp_files_of_killed_runs_are_removed_at_start(tmp_path, monkeypa
     sysdir.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(sysdir))
     dead = _dead_pid()
-    stale = [tmp_path / f".o.parquet.p3-{dead}-ab12cd34.tmp",  # beside the output: the output's own
-             tmp_path / f".other.parquet.p3-{dead}-ab12cd34.tmp",  # another output's, its writer gone
+    tag = storage.owner_tag().replace(str(os.getpid()), str(dead), 1)  # a gone process of this host
+    stale = [tmp_path / f".o.parquet.p3-{tag}-ab12cd34.tmp",  # beside the output: the output's own
+             tmp_path / f".other.parquet.p3-{tag}-ab12cd34.tmp",  # another output's, its writer gone
              tmp_path / ".x.parquet.k3j4h5g6.tmp",  # the old naming, two days old
-             sysdir / f"p3-upload-{dead}-zz"]
+             sysdir / f"p3-upload-{tag}-zz"]
     for p in stale[:3]:
         p.write_bytes(b"x" * 100)
     stale[3].mkdir()
     (stale[3] / "part").write_bytes(b"x")
     two_days = time.time() - 2 * 86400
     os.utime(stale[2], (two_days, two_days))
-    young = tmp_path / ".y.parquet.k3j4h5g6.tmp"  # not ours to judge yet: a day must pass
-    young.write_bytes(b"y")
+    young = [tmp_path / ".y.parquet.k3j4h5g6.tmp",  # not ours to judge yet: a day must pass
+             tmp_path / f".z.parquet.p3-{dead}h000000-ab12cd34.tmp"]  # another host's pid: only age counts
+    for p in young:
+        p.write_bytes(b"y")
     rc, _ = run(["data", "synth", "--n", "5", "--out", str(tmp_path / "o.parquet")], capsys)
     assert rc == 0
-    assert [p for p in stale if p.exists()] == [] and young.exists()
+    assert [p for p in stale if p.exists()] == [] and all(p.exists() for p in young)
 
 
 def _dead_pid() -> int:

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was published", file=sys.stderr)
+        print(f"{prog}: interrupted (its outputs are all there or none is)", file=sys.stderr)
         return 130
     except EXPECTED as exc:
         # Bad input, I/O, an unreachable store, a missing device: one line naming the path or field.

@@ -159,19 +159,33 @@ def open_file(path: str | os.PathLike, mode: str = "rb"):
         return fs.open(inner, mode)
 
 
-TEMP_PREFIX = "p3-"  # system temp folder: p3-upload-<pid>-…, p3-download-<pid>-…
+TEMP_PREFIX = "p3-"  # system temp folder: p3-upload-<owner>-…, p3-download-<owner>-…
+# <owner> = pid + "h" + a hash of the host name: a pid is only judged (alive or not) on its
+# own host, since a shared folder (NFS, a volume two containers mount) sees other hosts' files
 _STALE_NAMES = (
-    re.compile(r"^p3-(?:upload|download)-(\d+)-"),  # staging folders in the system temp folder
-    re.compile(r"^\..+\.p3-(\d+)-[^.]+\.tmp$"),  # a local output's temp file (or folder)
-    re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$"),  # written by p3 before the pid was in the name
+    re.compile(r"^p3-(?:upload|download)-(\d+)h([0-9a-f]{6})-"),  # staging folders (system temp)
+    re.compile(r"^\..+\.p3-(\d+)h([0-9a-f]{6})-[^.]+\.tmp$"),  # a local output's temp file (or folder)
+    re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$"),  # written by p3 before the owner was in the name
 )
 STALE_AGE_S = 24 * 3600
+
+
+def owner_tag() -> str:
+    """This process, as temp names carry it: ``<pid>h<host hash>``."""
+    return f"{os.getpid()}h{_host_hash()}"
+
+
+def _host_hash() -> str:
+    import hashlib
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 
 
 def temp_name(target: str | os.PathLike) -> str:
     """A temp path beside ``target``: hidden, with this process's pid, ends in .tmp."""
     t = Path(str(target))
-    return str(t.with_name(f".{t.name}.p3-{os.getpid()}-{os.urandom(4).hex()}.tmp"))
+    return str(t.with_name(f".{t.name}.p3-{owner_tag()}-{os.urandom(4).hex()}.tmp"))
 
 
 def remove_stale(folder: str | os.PathLike | None = None, age_s: float = STALE_AGE_S) -> list[str]:
@@ -194,7 +208,8 @@ def remove_stale(folder: str | os.PathLike | None = None, age_s: float = STALE_A
             old = now - os.lstat(path).st_mtime > age_s
         except FileNotFoundError:
             continue
-        pid = int(match.group(1)) if match.groups() else None
+        here = bool(match.groups()) and match.group(2) == _host_hash()
+        pid = int(match.group(1)) if here else None
         if old or (pid is not None and pid != os.getpid() and not _alive(pid)):
             _remove(path)
             removed.append(path)
@@ -227,7 +242,7 @@ class Staged:
         self.target = str(path)
         self.remote = is_remote(self.target)
         if self.remote:
-            self._dir = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}upload-{os.getpid()}-")
+            self._dir = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}upload-{owner_tag()}-")
             self.tmp = os.path.join(self._dir, "part")
         else:
             self._dir = None
@@ -392,7 +407,7 @@ def local_dir(uri: str | os.PathLike) -> Iterator[str]:
     if not is_remote(s):
         yield s.removeprefix("file://")
         return
-    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}download-{os.getpid()}-") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}download-{owner_tag()}-") as tmpdir:
         with errors_named(s):
             fs, inner = filesystem(s)
             fs.get(inner.rstrip("/") + "/", tmpdir + "/", recursive=True)

@@ -450,3 +450,11 @@ def test_an_unfinished_multipart_upload_of_an_output_is_aborted_by_its_next_writ
     assert rc == 0
     left = [u["Key"] for u in client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])]
     assert left == [key + ".other"]
+
+
+def test_importing_p3_configures_no_logging_and_the_cli_does(tmp_path):
+    code = ("import logging, sys, p3.selection, p3.score, p3.data, p3.embed, p3.evaluate, p3.train, p3.report, "
+            "p3.verify.grade, p3.kfp.builder; sys.exit(len(logging.getLogger().handlers))")
+    assert subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SRC}).returncode == 0
+    p = p3_proc(["data", "synth", "--n", "5", "--out", str(tmp_path / "s.parquet")])
+    assert p.wait(timeout=120) == 0 and "[data] synth: rows=5" in p.stderr.read()  # the entry point's logging

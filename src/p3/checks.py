@@ -17,7 +17,6 @@ field says, since every number ends up in a Parquet or JSON file or a numpy arra
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import types
@@ -36,30 +35,36 @@ def flag(name: str) -> str:
 
 
 @functools.cache
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
+def _settings(cls: type) -> dict[str, tuple[Any, Any]]:
+    """name -> (field, plain type) of every leaf setting, nested groups flattened."""
+    from p3 import configs
+
     out = {}
-    for name, tp in hints.items():
+    for name, s in configs.settings(cls).items():
+        tp = s.type
         if typing.get_origin(tp) in (typing.Union, types.UnionType):
             args = [a for a in typing.get_args(tp) if a is not type(None)]
             tp = args[0] if len(args) == 1 else tp
-        out[name] = tp
+        out[name] = (s.field, tp)
     return out
 
 
 def validate(cfg: Any) -> None:
-    """Raise ConfigError for the first field of ``cfg`` that breaks its rules."""
-    types_ = _field_types(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
+    """Raise ConfigError for the first setting of ``cfg`` (nested groups included) that
+    breaks its rules."""
+    from p3 import configs
+
+    values = configs.flat_values(cfg)
+    for name, (f, tp) in _settings(type(cfg)).items():
+        value = values[name]
         if value is None:
             continue
-        problem = _problem(value, types_.get(f.name), f.metadata, cfg)
+        problem = _problem(value, tp, f.metadata, values)
         if problem:
-            raise ConfigError(f"{flag(f.name)}: {problem}" + ("" if "got " in problem else f", got {value!r}"))
+            raise ConfigError(f"{flag(name)}: {problem}" + ("" if "got " in problem else f", got {value!r}"))
 
 
-def _problem(value: Any, tp: Any, meta: Any, cfg: Any) -> str | None:
+def _problem(value: Any, tp: Any, meta: Any, values: dict[str, Any]) -> str | None:
     if tp in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"must be {'an integer' if tp is int else 'a number'}"
@@ -75,10 +80,13 @@ def _problem(value: Any, tp: Any, meta: Any, cfg: Any) -> str | None:
             return f"must be ≤ {meta['max']}"
         if "gt" in meta and not value > meta["gt"]:
             return f"must be > {meta['gt']}"
-        if "lt_field" in meta and getattr(cfg, meta["lt_field"]) is not None and not value < getattr(cfg, meta["lt_field"]):
-            return f"must be below {flag(meta['lt_field'])} ({getattr(cfg, meta['lt_field'])})"
-        if "le_field" in meta and getattr(cfg, meta["le_field"]) is not None and not value <= getattr(cfg, meta["le_field"]):
-            return f"must be at most {flag(meta['le_field'])} ({getattr(cfg, meta['le_field'])})"
+        # a bound held by another setting (absent when a group is checked on its own)
+        other = values.get(meta.get("lt_field"))
+        if other is not None and not value < other:
+            return f"must be below {flag(meta['lt_field'])} ({other})"
+        other = values.get(meta.get("le_field"))
+        if other is not None and not value <= other:
+            return f"must be at most {flag(meta['le_field'])} ({other})"
     if "choices" in meta and value not in meta["choices"]:
         return f"must be one of {', '.join(map(str, meta['choices']))}"
     if "check" in meta:

@@ -19,7 +19,6 @@ publish fails, what was already published in this commit is removed again.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import socket
@@ -64,11 +63,15 @@ def _inside(child: str, parent: str) -> bool:
 def paths_of(cfg: Any) -> tuple[dict[str, str], dict[str, str]]:
     """(inputs, outputs) of a config dataclass: ``--flag`` -> path, from field metadata
     ``io``; unset fields and names that are not paths (``hf:…``, ``st:…``) left out."""
+    from p3 import configs
+
     ins: dict[str, str] = {}
     outs: dict[str, str] = {}
-    for f in dataclasses.fields(cfg):
+    flat = configs.flat_values(cfg)
+    for name, setting in configs.settings(type(cfg)).items():
+        f = setting.field
         role = f.metadata.get("io")
-        value = getattr(cfg, f.name)
+        value = flat[name]
         values = value if isinstance(value, (list, tuple)) else [value]
         for i, v in enumerate(values):
             if not isinstance(v, str) or not v or (":" in v and "://" not in v):
@@ -149,6 +152,25 @@ class _LocalLease:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         os.close(self.fd)
+
+
+def remove_unheld_locks(folder: str | os.PathLike) -> None:
+    """Remove the lock files in ``folder`` that no live process holds (a killed writer's)."""
+    import fcntl
+
+    for path in Path(folder).glob(f".*{LOCK_SUFFIX}"):
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                os.unlink(path)  # under the lock: a writer that opens it next retries (inode check)
+        except OSError:
+            pass  # held: a live writer's
+        finally:
+            os.close(fd)
 
 
 def _glob_escape(name: str) -> str:
@@ -259,7 +281,9 @@ def claim(cfg: Any) -> Iterator[None]:
             held.append(lease_)
             lease_.clean()
             if not storage.is_remote(path):
-                storage.remove_stale(Path(path.removeprefix("file://")).parent)
+                folder = Path(path.removeprefix("file://")).parent
+                storage.remove_stale(folder)
+                remove_unheld_locks(folder)
         _HELD.extend(held)
         yield
     finally:

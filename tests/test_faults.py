@@ -458,3 +458,14 @@ def test_importing_p3_configures_no_logging_and_the_cli_does(tmp_path):
     assert subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SRC}).returncode == 0
     p = p3_proc(["data", "synth", "--n", "5", "--out", str(tmp_path / "s.parquet")])
     assert p.wait(timeout=120) == 0 and "[data] synth: rows=5" in p.stderr.read()  # the entry point's logging
+
+
+def test_the_pipeline_refuses_a_bad_number_by_the_same_rules_before_compiling(tmp_path):
+    from p3.kfp import entry
+
+    out = tmp_path / "p.yaml"
+    for item, why in (("momentum_alpha=nan", "momentum_alpha must be a finite number"),
+                      ("budget=-5", "budget must be ≥ 1"), ("eval_n=0", "eval_n must be ≥ 1")):
+        with pytest.raises(SystemExit, match=why):
+            entry.main("math", ["--compile", str(out), "--set", item])
+    assert not out.exists()

@@ -59,12 +59,15 @@ def validate(cfg: Any) -> None:
         value = values[name]
         if value is None:
             continue
-        problem = _problem(value, tp, f.metadata, values)
+        problem = problem_of(value, tp, f.metadata, values)
         if problem:
             raise ConfigError(f"{flag(name)}: {problem}" + ("" if "got " in problem else f", got {value!r}"))
 
 
-def _problem(value: Any, tp: Any, meta: Any, values: dict[str, Any]) -> str | None:
+def problem_of(value: Any, tp: Any, meta: Any, values: dict[str, Any] | None = None) -> str | None:
+    """Why ``value`` breaks the rules in field metadata ``meta`` (None when it does not).
+    ``values``: the other settings by name, for the rules that compare with one."""
+    values = values or {}
     if tp in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"must be {'an integer' if tp is int else 'a number'}"

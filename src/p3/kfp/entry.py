@@ -18,7 +18,7 @@ import sys
 import tempfile
 from typing import Any
 
-from p3 import logs
+from p3 import checks, logs
 from p3.kfp.builder import BuildOptions, ClusterSettings, compile_pipeline, parse_gpus, preset_defaults
 from p3.kfp.params import PipelineParams
 
@@ -75,7 +75,8 @@ def build_parser(task: str) -> argparse.ArgumentParser:
 def parse_params(task: str, preset: str, sets: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(defaults of the preset, overrides from --set NAME=VALUE typed by PipelineParams)."""
     defaults = preset_defaults(task, preset)
-    types = {f.name: f.type for f in dataclasses.fields(PipelineParams)}
+    fields = {f.name: f for f in dataclasses.fields(PipelineParams)}
+    types = {name: f.type for name, f in fields.items()}
     overrides: dict[str, Any] = {}
     for item in sets:
         name, sep, value = item.partition("=")
@@ -89,6 +90,10 @@ def parse_params(task: str, preset: str, sets: list[str]) -> tuple[dict[str, Any
                 overrides[name] = tp(value)
             except ValueError:
                 raise SystemExit(f"--set {item!r}: {name} takes a {tp.__name__}") from None
+        setting = fields[name].metadata.get("setting")
+        why = setting is not None and checks.problem_of(overrides[name], tp, setting.metadata)
+        if why:  # the rules of the step's config field, before anything is compiled or submitted
+            raise SystemExit(f"--set {item!r}: {name} {why}")
     return defaults, overrides
 
 

@@ -249,6 +249,13 @@ def test_the_level_reported_is_the_one_the_canary_proves(fake_bwrap):
     assert sb.level == "none"
     assert sb.findings["network"] and sb.findings["parent_cmdline"] and sb.findings["host_tmp"]
     assert sb.findings["other_uid_file"] is (os.geteuid() != 0)  # root switches to a slot uid
+    # `auto` goes on to a mechanism that proves more, where there is one
+    try:
+        unshare = Sandbox(isolation="unshare", allow_weak=True).level
+    except RuntimeError:
+        unshare = None
+    auto = Sandbox(allow_weak=True)
+    assert (auto.mechanism, auto.level) == (("unshare", "unshare") if unshare == "unshare" else ("bwrap", "none"))
 
 
 def test_canary_findings_of_the_real_levels(level):

@@ -520,9 +520,11 @@ class Sandbox:
 
     # ---- isolation level -------------------------------------------------------------
     def _choose_level(self, isolation: str) -> tuple[str, str, dict]:
-        """(mechanism, proven level, canary findings) of the first mechanism that runs."""
+        """(mechanism, proven level, canary findings): the first mechanism that proves its
+        own level, else the one that proved the most."""
         candidates = LEVELS if isolation == "auto" else (isolation,)
         findings: dict = {"unavailable": {}}
+        best = None
         for mechanism in candidates:
             if mechanism == "bwrap" and not self.bwrap:
                 findings["unavailable"]["bwrap"] = "bubblewrap (bwrap) is not installed"
@@ -532,8 +534,13 @@ class Sandbox:
                 findings["unavailable"][mechanism] = why
                 log.debug("sandbox level %s unavailable: %s", mechanism, why)
                 continue
-            findings.update(found)
-            return mechanism, proven_level(mechanism, found), findings
+            level = proven_level(mechanism, found)
+            if best is None or MODES[level] > MODES[best[1]]:
+                best = (mechanism, level, found)
+            if level == mechanism:
+                break
+        if best is not None:
+            return best[0], best[1], {**findings, **best[2]}
         raise RuntimeError(
             f"sandbox isolation '{isolation}' is not available on this machine: "
             + "; ".join(f"{k}: {v}" for k, v in findings["unavailable"].items())

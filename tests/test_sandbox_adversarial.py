@@ -86,7 +86,7 @@ for f in ancestors + ['/proc/{grader_pid}/cmdline'] + glob.glob('/proc/*/cmdline
         found(arg)
         if arg.startswith(b'/'):
             paths += [arg.decode(), os.path.dirname(arg.decode())]
-for p in paths + ['/tmp']:
+for p in ['/tmp'] + paths:  # temp folders first: where tables and artifacts lie
     for root, dirs, files in ([(os.path.dirname(p), [], [os.path.basename(p)])] if os.path.isfile(p) else os.walk(p)):
         for name in files[:200]:
             try:
@@ -130,7 +130,7 @@ print('nothing')
             False, {"runtime_error", "timeout", "ok"}),
         "sys_exit_before_print": ("import sys\nsys.exit(0)\nprint('x')\n", False, {"ok"}),
         "os_exit_before_print": ("import os\nos._exit(0)\n", False, {"ok"}),
-        "read_expected_outputs": (read_expected, False, {"ok"}),
+        "read_expected_outputs": (read_expected, False, {"ok", "timeout"}),  # a long search may time out
         "ignore_signals_patch_builtins": (
             "import signal, builtins\nfor s in (signal.SIGALRM, signal.SIGTERM, signal.SIGXCPU, signal.SIGINT, signal.SIGHUP):\n"
             "    signal.signal(s, signal.SIG_IGN)\nsignal.alarm(0)\nbuiltins.print = lambda *a, **k: None\n"

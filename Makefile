@@ -40,7 +40,7 @@ ifeq ($(HAS_CUDA),1)
 else
 	$(PIP) install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
 endif
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,qlora]'
 	touch $(STAMP)
 
 run: install

@@ -2,7 +2,7 @@
 # From the official vLLM image, pinned; the project is installed on top without
 # touching the image's torch/CUDA stack. Build from the repository root:
 #   docker build -f images/p3-vllm.Dockerfile -t ghcr.io/p3-kubeflow/p3-vllm:0.1.0 .
-FROM vllm/vllm-openai:v0.8.5
+FROM vllm/vllm-openai:v0.33.0
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -28,10 +28,10 @@ from typing import Iterable, Optional
 
 import pyarrow as pa
 
-from p3 import storage
+from p3 import checks, storage
 from p3.contracts import ContractError
 from p3.logs import get_logger, progress, step
-from p3.sandbox import LEVELS, Limits, Sandbox, sandbox_python, validate_limits
+from p3.sandbox import LEVELS, MIN_MEMORY_MB, Limits, Sandbox, sandbox_python
 from p3.verify import apps as vapps
 from p3.verify import math as vmath
 from p3.verify.answers import extract_answer
@@ -55,15 +55,16 @@ RESULTS = pa.schema(
 
 @dataclass
 class GradeConfig:
-    problems: str = field(metadata={"help": "problems table (Parquet, local path or URI)"})
-    completions: str = field(metadata={"help": "completions JSONL: one {id, sample, completion} per line"})
-    out: str = field(metadata={"help": "where to write results.parquet"})
-    timeout: float = field(default=4.0, metadata={"help": "wall-clock seconds per APPS test run"})
+    problems: str = field(metadata={"io": "in", "help": "problems table (Parquet, local path or URI)"})
+    completions: str = field(metadata={"io": "in", "help": "completions JSONL: one {id, sample, completion} per line"})
+    out: str = field(metadata={"io": "out", "help": "where to write results.parquet"})
+    timeout: float = field(default=4.0, metadata={"gt": 0.0, "help": "wall-clock seconds per APPS test run"})
     workers: int = field(default_factory=lambda: os.cpu_count() or 1,
-                         metadata={"help": "parallel sandbox runs / math-verify processes"})
-    math_timeout: float = field(default=10.0, metadata={"help": "seconds per MATH answer comparison"})
-    memory_mb: int = field(default=1024, metadata={"help": "address-space limit of a program run (MiB)"})
-    budget: float = field(default=30.0, metadata={
+                         metadata={"min": 1, "max": 1024, "help": "parallel sandbox runs / math-verify processes"})
+    math_timeout: float = field(default=10.0, metadata={"gt": 0.0, "help": "seconds per MATH answer comparison"})
+    memory_mb: int = field(default=1024, metadata={
+        "min": MIN_MEMORY_MB, "help": "address-space limit of a program run (MiB; the interpreter alone needs ~30)"})
+    budget: float = field(default=30.0, metadata={"gt": 0.0,
         "help": "wall-clock seconds for all test runs of one APPS completion; tests past it count as timeout"})
     all_tests: bool = field(default=False, metadata={
         "help": "run every test of an APPS completion (default: stop at the first failed test; the rest are not_run)"})
@@ -75,13 +76,8 @@ class GradeConfig:
     sandbox_python: str = field(default="", metadata={
         "help": "interpreter for untrusted programs (default $P3_SANDBOX_PYTHON, else the system python3)"})
 
-    def __post_init__(self):
-        validate_limits(self.timeout, self.memory_mb)
-        for name in ("budget", "math_timeout"):
-            if not 0 < getattr(self, name) < math.inf:
-                raise ValueError(f"{name} must be a finite number of seconds > 0, got {getattr(self, name)!r}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -217,6 +213,8 @@ def read_completions(path: str) -> list[dict]:
                 raise ContractError(path, "id", "missing or not a string", row=n)
             if not isinstance(obj.get("sample", 0), int) or isinstance(obj.get("sample"), bool):
                 raise ContractError(path, "sample", "must be an integer", row=n)
+            if not 0 <= obj.get("sample", 0) <= checks.INT64:  # the results table holds int64
+                raise ContractError(path, "sample", f"must be in 0..2^63-1, got {obj['sample']}", row=n)
             if not isinstance(obj.get("completion"), str):
                 raise ContractError(path, "completion", "missing or not a string", row=n)
             obj.setdefault("sample", 0)

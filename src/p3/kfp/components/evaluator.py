@@ -39,6 +39,9 @@ def evaluator(
         base_model: Model evaluated when no ``policy`` artifact is connected.
         policy: The policy to evaluate (this epoch's trained model).
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     from p3 import storage
     from p3.kfp.components._glue import model_ref
     from p3.configs import from_flat

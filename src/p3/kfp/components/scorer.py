@@ -43,6 +43,9 @@ def scorer(
         base_model: Model name/path/URI used when no ``policy`` artifact is connected (epoch 0).
         policy: The current policy (the previous epoch's trained model).
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     from p3.kfp.components._glue import empty_table_unless_written, model_ref
     from p3.contracts import ROLLOUTS
     from p3.configs import from_flat

@@ -12,7 +12,6 @@ nowhere, the grader still healthy.
 
 import json
 import os
-import re
 import secrets
 import shutil
 import stat

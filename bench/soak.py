@@ -276,15 +276,20 @@ class Soak:
         """The next run of every output: one clean invocation per place (what removes the
         files a killed run left beside it, its lease and its unfinished uploads)."""
         time.sleep(float(self.env["P3_S3_LEASE_SECONDS"]) + 0.5)  # killed runs' leases expire
-        for out, (verb, outs) in self.last_writes().items():
-            argv = {"synth": ["data", "synth", "--n", "20", "--out", out],
-                    "prepare": ["data", "prepare", "--task", "math", "--source", str(self.inputs / "source.jsonl"),
-                                "--limit", "5", "--out", out],
-                    "select": ["select", "--problems", str(self.inputs / "problems.parquet"), "--strategy", "random",
-                               "--budget", "3", "--out", out, "--report", outs.get("report", out + ".json")],
-                    "grade": ["grade", "--problems", str(self.inputs / "problems.parquet"), "--completions",
-                              str(self.inputs / "completions.jsonl"), "--workers", "1", "--out", out]}[verb]
-            subprocess.run([sys.executable, "-m", "p3.cli", *argv], env=self.env, capture_output=True, timeout=300)
+        with ThreadPoolExecutor(self.args.parallel) as ex:
+            list(ex.map(self._sweep_one, self.last_writes().items()))
+
+    def _sweep_one(self, item: tuple[str, tuple[str, dict]]) -> None:
+        out, (verb, outs) = item
+        inputs = self.inputs
+        argv = {"synth": ["data", "synth", "--n", "20", "--out", out],
+                "prepare": ["data", "prepare", "--task", "math", "--source", str(inputs / "source.jsonl"),
+                            "--limit", "5", "--out", out],
+                "select": ["select", "--problems", str(inputs / "problems.parquet"), "--strategy", "random",
+                           "--budget", "3", "--out", out, "--report", outs.get("report", out + ".json")],
+                "grade": ["grade", "--problems", str(inputs / "problems.parquet"), "--completions",
+                          str(inputs / "completions.jsonl"), "--workers", "1", "--out", out]}[verb]
+        subprocess.run([sys.executable, "-m", "p3.cli", *argv], env=self.env, capture_output=True, timeout=300)
 
     def run(self) -> dict:
         start = time.time()
@@ -330,6 +335,7 @@ def main() -> int:
     p.add_argument("--hang-after", type=float, default=120.0, help="seconds after which a run counts as hung")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
     args = p.parse_args()
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     soak = Soak(args, work)
     try:
@@ -350,6 +356,8 @@ def main() -> int:
         print(f"{verb}: {len(took)} runs, median {took[len(took) // 2]:.1f}s, max {took[-1]:.1f}s")
     print(f"wall {res['seconds']:.0f}s for {res['runs']} runs, {args.parallel} at a time; "
           f"leftovers before the sweep {len(res['leftovers_before_sweep'])} (killed runs' files, removed by the next run)")
+    print("load average (1, 5, 15 min) before {:.1f} {:.1f} {:.1f}, after {:.1f} {:.1f} {:.1f} on {} cores".format(
+        *load_before, *os.getloadavg(), os.cpu_count()))
     for line in res["lost"][:20] + res["leftovers"][:20]:
         print("  " + line)
     print(f"soak runs={res['runs']} lost={len(res['lost'])} leftovers={len(res['leftovers'])} hangs={res['hangs']}")

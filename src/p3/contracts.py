@@ -64,6 +64,7 @@ ROLLOUTS = pa.schema(
         ("completion", pa.string()),
         ("score", pa.float64()),
         ("status", pa.string()),
+        ("isolation", pa.string()),  # APPS: the sandbox level the program ran at; MATH: null
     ]
 )
 
@@ -73,7 +74,7 @@ def embeddings_schema(dim: int) -> pa.Schema:
 
 
 # Columns that may be null; every other column of a contract must be present on every row.
-NULLABLE = {"answer", "tests", "starter_code", "likelihood", "pass_rate"}
+NULLABLE = {"answer", "tests", "starter_code", "likelihood", "pass_rate", "isolation"}
 
 
 def validate(table: pa.Table, schema: pa.Schema, path: str, unique_id: bool = True) -> pa.Table:

@@ -17,10 +17,11 @@ import numpy as np
 from p3 import checks, outputs, prompts
 from p3.backends import opened
 from p3.data import load_problems, meta_by_id
-from p3.score import rollouts_table, sample_and_grade
+from p3.score import isolation_used, rollouts_table, sample_and_grade
 from p3.generation import GenerationConfig
 from p3.logs import get_logger, step
 from p3.report import natural_key
+from p3.sandbox import MODES
 from p3.verify.grade import mean_pass_at_k
 
 log = get_logger("evaluate")
@@ -62,6 +63,16 @@ def grouped(records: list[dict], metas: dict[str, dict], k: int) -> dict[str, di
             for key, vals in groups.items()}
 
 
+def isolation_record(levels: list) -> dict:
+    """``isolation`` (the level programs ran at) and, for the Metrics artifact, which takes
+    numbers only, ``sandbox_isolation``: 2 bwrap, 1 unshare, 0 none (the weakest used).
+    Nothing when no program ran (MATH)."""
+    used = isolation_used(levels)
+    if used is None:
+        return {}
+    return {"isolation": used, "sandbox_isolation": min(MODES[lv] for lv in used.split(","))}
+
+
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.problems``; write and return the results dict."""
     checks.validate(cfg)  # again: a config may have been changed since it was made
@@ -78,10 +89,12 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "model": cfg.model, "problems": cfg.problems, "epoch": cfg.epoch, "n": cfg.n, "k": cfg.k,
         "temperature": temperature, **summarize(records, cfg.k), **grouped(records, meta_by_id(problems), cfg.k),
         "seconds": round(time.perf_counter() - start, 2),
+        **isolation_record([r["isolation"] for r in records]),
     }
     with outputs.Commit() as commit:  # the graded samples first, the results (primary) last
         if cfg.completions_out:
             commit.table(rollouts_table(records), cfg.completions_out)
         commit.json(result, cfg.out)
-    log.info(f"accuracy={result['accuracy']:.4f} pass@{cfg.k}={result['pass_at_k']:.4f} on {len(rows)} problems")
+    log.info(f"accuracy={result['accuracy']:.4f} pass@{cfg.k}={result['pass_at_k']:.4f} on {len(rows)} problems"
+             + (f", programs graded at sandbox isolation {result['isolation']}" if "isolation" in result else ""))
     return result

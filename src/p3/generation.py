@@ -29,6 +29,9 @@ class GenerationConfig:
     seed: int = field(default=0, metadata={"min": 0, "help": "sampling seed"})
     grade_timeout: float = field(default=10.0, metadata={"gt": 0.0, "help": "seconds per graded completion"})
     grade_workers: int = field(default=0, metadata={"min": 0, "max": 1024, "help": "grading processes (0 = all cores, at most 8)"})
+    allow_weak_isolation: bool = field(default=False, metadata={
+        "help": "grade APPS programs even when the sandbox cannot prove full isolation (bwrap); the level used "
+                "is recorded in the rollouts table, the evaluation JSON and its metrics (default: refuse)"})
     tensor_parallel_size: int = field(default=1, metadata={"min": 1, "help": "vllm: GPUs one model is split over"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"gt": 0.0, "max": 1.0, "help": "vllm: fraction of GPU memory to use"})
 

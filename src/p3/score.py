@@ -116,22 +116,31 @@ def sample_and_grade(backend, problems: pa.Table, rows: list[dict], gen: Generat
                      temperature: float) -> list[dict]:
     """n completions per row, graded: one record (id, sample, completion, score, status,
     passed) per completion. Shared by rollout scoring and evaluation."""
-    from p3.verify.grade import grade_completions
+    from p3.verify.grade import grade_completions, shared_sandbox
 
+    if any(r["task"] == "apps" for r in rows):  # refuse weak isolation before generating, not after
+        shared_sandbox(gen.workers(), allow_weak_isolation=gen.allow_weak_isolation)
     texts = [prompts.prompt_text(r, gen.template, backend.tokenizer) for r in rows]
     samples = backend.generate(texts, n=n, temperature=temperature, max_new_tokens=gen.max_new_tokens,
                                seed=gen.seed, top_p=gen.top_p, add_special_tokens=prompts.add_special_tokens(gen.template))
     completions = [{"id": r["id"], "sample": j, "completion": c} for r, outs in zip(rows, samples) for j, c in enumerate(outs)]
-    graded = grade_completions(problems, completions, timeout=gen.grade_timeout,
-                               math_timeout=gen.grade_timeout, workers=gen.workers())
+    graded = grade_completions(problems, completions, timeout=gen.grade_timeout, math_timeout=gen.grade_timeout,
+                               workers=gen.workers(), allow_weak_isolation=gen.allow_weak_isolation)
     # grade_completions returns one row per completion, in order
-    return [{**c, "score": float(g["score"]), "status": g["status"], "passed": bool(g["passed"])}
-            for c, g in zip(completions, graded, strict=True)]
+    return [{**c, "score": float(g["score"]), "status": g["status"], "passed": bool(g["passed"]),
+             "isolation": g["isolation"]} for c, g in zip(completions, graded, strict=True)]
 
 
 def rollouts_table(records: list[dict]) -> pa.Table:
     """Graded samples as the rollouts (audit) table."""
     return pa.Table.from_pylist([{k: r[k] for k in contracts.ROLLOUTS.names} for r in records], schema=contracts.ROLLOUTS)
+
+
+def isolation_used(levels: list) -> Optional[str]:
+    """The sandbox level(s) graded programs ran at, for logs and metrics; None when no
+    program ran (MATH)."""
+    used = sorted({lv for lv in levels if lv})
+    return ",".join(used) if used else None
 
 
 def default_rollouts_path(out: str) -> str:
@@ -158,7 +167,8 @@ def score(cfg: ScoreConfig) -> None:
             with step(log, "rollouts") as counts:
                 pass_rate, rollout_table = rollouts(backend, problems, rows, cfg)
                 counts.update(problems=n, samples=rollout_table.num_rows,
-                              pass_rate=round(float(np.mean(pass_rate)), 4) if n else None)
+                              pass_rate=round(float(np.mean(pass_rate)), 4) if n else None,
+                              isolation=isolation_used(rollout_table.column("isolation").to_pylist()))
     if cfg.mode == "likelihood":
         diff = [1.0 - x for x in lik]
     elif cfg.mode == "rollout":

@@ -110,6 +110,7 @@ _FIELDS = {
     "max_len": of(TrainConfig, "max_len"),
     "eval_n": of(EvaluateConfig, "n"),
     "eval_k": of(EvaluateConfig, "k"),
+    "allow_weak_isolation": of(GenerationConfig, "allow_weak_isolation"),
     "seed": own(int, 0, "seed of sampling, selection and training", EVERY_STEP_SEED),
     "image_base": own(str, images.BASE, "image of the CPU steps"),
     "image_vllm": own(str, images.VLLM, "image of scoring, embedding and evaluation"),

@@ -10,8 +10,8 @@ that clash with an input. Afterwards it checks:
 - lost: an input changed; an output present that is unreadable, fails its contract, or
   disagrees with its sibling (a selection and its report); a clashing run that did not
   exit 2; a successful run whose outputs are missing although no later run touched them;
-- leftovers: temp files, staging folders, lock files, lock objects and unfinished
-  multipart uploads still there after one last clean run per output (the next run is
+- leftovers: temp files, staging folders, lock files, lock objects, unfinished multipart
+  uploads and processes still running on the soak's files after one last clean run per output (the next run is
   what removes a killed run's files; the count before that pass is printed too);
 - hangs: runs that had not ended ``--hang-after`` seconds after they started.
 
@@ -201,7 +201,7 @@ class Soak:
         verb, argv, outs = self.command(i, fault)
         start = time.time()
         proc = subprocess.Popen([sys.executable, "-m", "p3.cli", *argv], env=self.env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
         if fault in ("kill", "term"):
             time.sleep(self.rng.uniform(0.3, 4.0))
             with contextlib.suppress(ProcessLookupError):
@@ -218,7 +218,7 @@ class Soak:
             rc = proc.wait()
         err = proc.stderr.read()
         with self.lock:
-            self.log.append({"i": i, "verb": verb, "fault": fault, "rc": rc, "hung": hung, "outs": outs,
+            self.log.append({"i": i, "pid": proc.pid, "verb": verb, "fault": fault, "rc": rc, "hung": hung, "outs": outs,
                              "start": start, "end": time.time(), "err": err.strip().splitlines()[-1:] if err else [],
                              "traceback": "Traceback" in err})
 
@@ -260,9 +260,25 @@ class Soak:
     def leftovers(self) -> list[str]:
         found = [str(p) for root in [self.tmpdir, *self.dirs, *([self.full] if self.full else [])]
                  for p in Path(root).rglob("*") if p.name.endswith(TEMP_MARKS) or p.name.startswith("p3-")]
+        found += [f"process {pid}: {args}" for pid, args in self.processes()]
         found += [f"s3://{BUCKET}/{k}" for k in self.store.keys() if k.endswith(".p3-lock")]
         found += [f"s3://{BUCKET}/{k} (unfinished upload)" for k in self.store.uploads()]
         return found
+
+    def processes(self) -> list[tuple[int, str]]:
+        """Processes still running from the soak's runs (each run is its own session, so a
+        killed run's workers, e.g. grade's math-verify pool, still carry its session id)."""
+        sessions = {r["pid"] for r in self.log}
+        out = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                session = int(stat.rsplit(")", 1)[1].split()[3])  # fields after "(comm)": state ppid pgrp session
+                if session in sessions:
+                    out.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]))
+        return out
 
     def last_writes(self) -> dict[str, tuple[str, dict]]:
         """Each output place and the kind of step that writes it."""

@@ -66,7 +66,7 @@ def check_qlora(ctx) -> str:
 
 def _score(ctx, mode: str, backend: str, **extra) -> str:
     from p3 import contracts
-    from p3.difficulty import ScoreConfig, score
+    from p3.score import ScoreConfig, score
 
     if ctx.model is None:
         raise Skip("needs the qlora check's model")

@@ -5,8 +5,7 @@
 #   rollout     rollout scoring (sampled + graded), hf backend
 #   vllm        both scoring modes with the vllm backend (SKIP when vllm is not installed)
 #   dpp         DPP selection at N=1M, k=100k, d=384 on CUDA
-#   pipeline    the tiny pipeline, two epochs, through kfp.local (QLoRA is the trainer's
-#               `auto` choice on a GPU when bitsandbytes is installed)
+#   pipeline    the tiny pipeline, two epochs, through kfp.local, with qlora=on
 # Usage, after `make install` (or with PY=python of an environment that has p3-kubeflow[qlora]):
 #   bash bench/gpu_smoke.sh                 # all checks; exit 1 when one failed
 #   bash bench/gpu_smoke.sh --only dpp      # some of them

@@ -11,6 +11,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/cache/huggingface \
     P3_PROGRESS=0
 
+# bubblewrap: the APPS sandbox's full isolation (user, network, pid, mount namespaces);
+# grading refuses to run programs without it unless --allow-weak-isolation.
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /opt/p3
 COPY pyproject.toml README.md ./
 COPY src/ src/

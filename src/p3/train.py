@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from p3 import contracts, prompts, storage
+from p3 import checks, contracts, prompts, storage
 from p3.data import load_problems
 from p3.logs import get_logger, progress_enabled, step
 
@@ -36,34 +36,37 @@ log = get_logger("train")
 
 @dataclass
 class TrainConfig:
-    problems: str = field(metadata={"help": "problems table (the training pool)"})
-    selection: str = field(metadata={"help": "selection table: the ids to train on this epoch"})
-    model: str = field(metadata={"help": "model to start from: dir, adapter dir, hub name or s3:// URI"})
-    out: str = field(metadata={"help": "output model dir (local path or s3:// URI)"})
+    problems: str = field(metadata={"io": "in", "help": "problems table (the training pool)"})
+    selection: str = field(metadata={"io": "in", "help": "selection table: the ids to train on this epoch"})
+    model: str = field(metadata={"io": "in", "help": "model to start from: dir, adapter dir, hub name or s3:// URI"})
+    out: str = field(metadata={"io": "out", "help": "output model dir (local path or s3:// URI)"})
     lora: str = field(default="64,16,0.1", metadata={"help": "LoRA r,alpha,dropout"})
     full: bool = field(default=False, metadata={"help": "full fine-tuning instead of LoRA"})
     qlora: str = field(default="auto", metadata={"help": "4-bit base for LoRA: auto = on a GPU with bitsandbytes; on = "
                                                                  "wherever bitsandbytes quantizes (CPU too)",
                                                  "choices": ["auto", "on", "off"]})
     target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules (comma list or all-linear)"})
-    lr: float = field(default=4e-4, metadata={"help": "peak learning rate"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    lr: float = field(default=4e-4, metadata={"gt": 0.0, "help": "peak learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"min": 0.0, "help": "AdamW weight decay"})
     scheduler: str = field(default="cosine", metadata={"help": "learning-rate schedule (transformers name)"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
-    epochs_per_round: float = field(default=1.0, metadata={"help": "passes over the selection"})
-    max_len: int = field(default=2048, metadata={"help": "cutoff length in tokens (prefix + target)"})
-    batch_size: int = field(default=8, metadata={"help": "per-device batch size"})
-    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
-    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1 = full passes)"})
+    warmup_steps: int = field(default=0, metadata={"min": 0, "help": "linear warm-up steps"})
+    epochs_per_round: float = field(default=1.0, metadata={"gt": 0.0, "help": "passes over the selection"})
+    max_len: int = field(default=2048, metadata={"min": 1, "max": 1 << 20, "help": "cutoff length in tokens (prefix + target)"})
+    batch_size: int = field(default=8, metadata={"min": 1, "max": 1 << 16, "help": "per-device batch size"})
+    grad_accum: int = field(default=1, metadata={"min": 1, "help": "gradient accumulation steps"})
+    max_steps: int = field(default=-1, metadata={"min": -1, "help": "stop after this many optimizer steps (-1 = full passes)"})
     template: str = field(default="plain", metadata={"help": "prompt template", "choices": list(prompts.TEMPLATES)})
     merge: bool = field(default=True, metadata={"help": "save merged weights (+ adapter/); --no-merge saves the adapter only"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory on big models"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --checkpoint-dir"})
-    checkpoint_dir: Optional[str] = field(default=None, metadata={"help": "where checkpoints go (default <out>.ckpt, local)"})
-    save_steps: int = field(default=200, metadata={"help": "checkpoint every N optimizer steps"})
+    checkpoint_dir: Optional[str] = field(default=None, metadata={"io": "out", "help": "where checkpoints go (default <out>.ckpt, local)"})
+    save_steps: int = field(default=200, metadata={"min": 1, "help": "checkpoint every N optimizer steps"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoints after a successful run"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
-    seed: int = field(default=0, metadata={"help": "seed for init, dropout and data order"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "seed for init, dropout and data order"})
+
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
 
 def encode_sft(rows: list[dict], tok, template: str, max_len: int) -> list[Optional[dict]]:

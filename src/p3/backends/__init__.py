@@ -70,6 +70,8 @@ def resolve_device(device: str = "auto") -> str:
 
     if device in ("auto", "", None):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device}: no CUDA device is visible (use --device cpu or auto)")
     return device
 
 

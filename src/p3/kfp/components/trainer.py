@@ -41,6 +41,9 @@ def trainer(
         base_model: Model to start from when no ``policy`` artifact is connected (epoch 0).
         policy: The current policy (the previous epoch's trained model).
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     import subprocess
 
     from p3.kfp.components._glue import model_ref, torchrun_command

@@ -15,5 +15,11 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 P3_PROGRESS=0 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-# Each check has its own limit inside; this one bounds the whole run (10 minutes).
-timeout --kill-after=10 600 "$PY" bench/gpu_smoke.py "$@" 2> >(grep -E "^(Traceback|[A-Za-z]*Error)" >&2)
+# Each check has its own limit inside; this one bounds the whole run (10 minutes). The libraries'
+# own logging goes to a temp file, whose end is shown on stderr when a check failed.
+LOG=$(mktemp -t p3-gpu-smoke.XXXXXX.log)
+trap 'rm -f "$LOG"' EXIT
+timeout --kill-after=10 600 "$PY" bench/gpu_smoke.py "$@" 2>"$LOG"
+rc=$?
+if [ "$rc" != 0 ]; then echo "gpu_smoke: exit $rc; the end of the libraries' log:" >&2; tail -n 40 "$LOG" >&2; fi
+exit "$rc"

@@ -61,7 +61,9 @@ class ClusterSettings:
     model_cache_pvc: str = "p3-model-cache"  # mounted at /cache (HF_HOME=/cache/huggingface)
     s3_secret: str = "p3-s3"  # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, P3_S3_ENDPOINT_URL
     hf_secret: str = "p3-hf-token"  # HF_TOKEN (gated models)
-    sandbox_uid: int = 1000  # scorer/evaluator run model-written code: non-root, labelled for the NetworkPolicy
+    # scorer/evaluator run model-written code: non-root, labelled for the NetworkPolicy and for the
+    # sandbox-isolation component's admission policies (root in a user namespace of the pod's own)
+    sandbox_uid: int = 1000
 
 
 SANDBOX_LABEL = ("p3.kubeflow.org/sandbox", "true")

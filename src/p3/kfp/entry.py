@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import tempfile
 from typing import Any
 
+from p3 import checks, logs
 from p3.kfp.builder import BuildOptions, ClusterSettings, compile_pipeline, parse_gpus, preset_defaults
 from p3.kfp.params import PipelineParams
 
@@ -108,7 +110,8 @@ TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def parse_value(name: str, raw: str, f: dataclasses.Field) -> Any:
-    """``raw`` as the run parameter ``f`` takes it; SystemExit with one line naming it otherwise."""
+    """``raw`` as the run parameter ``f`` takes it, within its step setting's rules (p3.checks);
+    SystemExit with one line naming it otherwise."""
     tp = f.type
     if tp is bool:
         if raw.lower() not in TRUE + FALSE:
@@ -118,17 +121,10 @@ def parse_value(name: str, raw: str, f: dataclasses.Field) -> Any:
         value = tp(raw)
     except ValueError:
         raise SystemExit(f"--set {name}={raw}: {name} takes {'an integer' if tp is int else 'a number'}") from None
-    if isinstance(value, float) and value != value:
-        raise SystemExit(f"--set {name}={raw}: {name} must be a number, not NaN")
-    meta = f.metadata.get("setting", f).metadata  # a step setting: the config field's own rules
-    if meta.get("choices") and value not in meta["choices"]:
-        raise SystemExit(f"--set {name}={raw}: {name} is one of {', '.join(map(str, meta['choices']))}")
-    if "min" in meta and value < meta["min"]:
-        raise SystemExit(f"--set {name}={raw}: {name} must be ≥ {meta['min']}")
-    if "gt" in meta and value <= meta["gt"]:
-        raise SystemExit(f"--set {name}={raw}: {name} must be > {meta['gt']}")
-    if "max" in meta and value > meta["max"]:
-        raise SystemExit(f"--set {name}={raw}: {name} must be ≤ {meta['max']}")
+    setting = f.metadata.get("setting")
+    why = checks.problem_of(value, tp, setting.metadata if setting is not None else {})
+    if why:  # the rules of the step's config field, before anything is compiled or submitted
+        raise SystemExit(f"--set {name}={raw}: {name} {why}")
     return value
 
 
@@ -164,6 +160,7 @@ def parse_toleration(spec: str) -> dict[str, str]:
 
 def main(task: str, argv: list[str] | None = None) -> int:
     args = build_parser(task).parse_args(argv)
+    logs.configure()  # an entry point: modules configure no logging themselves
     preset = args.preset or ("tiny" if args.local else "full")
     # everything on the command line is checked here, before compiling, running or calling an API
     defaults, overrides = parse_params(task, preset, args.set, per_epoch=args.epoch_per_run)
@@ -233,15 +230,16 @@ def _build_fn(args: argparse.Namespace):
 
 def _local(args: argparse.Namespace, opts: BuildOptions, overrides: dict[str, Any]) -> int:
     if args.epoch_per_run:
-        from p3.kfp import epoch_state
         from p3.kfp.per_epoch import run_local
 
         run_dir = os.path.join(args.runs_dir, args.name or f"{opts.task}-{opts.preset}-per-epoch")
         params = {"state_uri": os.path.abspath(os.path.join(run_dir, "state")), **overrides}
         try:
             out = run_local(opts, params, run_dir)
-        except epoch_state.EpochConflict as e:
-            raise SystemExit(f"p3: {e}") from None
+        except Exception as exc:  # noqa: BLE001 - one line; the step's own error (EpochConflict, …) is in the log
+            print(f"p3_{opts.task}.py: error: {' '.join(str(exc).split())[:300] or type(exc).__name__} "
+                  f"(log: {os.path.join(run_dir, 'pipeline.log')})", file=sys.stderr)
+            return 1
         s = out["state"]
         print(f"training run {s.training_run!r}: {s.epoch} of {s.epochs} epochs done in {out['wall_s']:.0f}s"
               f"{' (finished)' if s.done else ''}; model: {s.policy or '-'}; log: {os.path.join(run_dir, 'pipeline.log')}")
@@ -253,6 +251,8 @@ def _local(args: argparse.Namespace, opts: BuildOptions, overrides: dict[str, An
                   verbose=args.verbose, export=args.export)
     except KeyboardInterrupt:
         return 130  # stopped: the same command resumes
-    except Exception:  # noqa: BLE001 - the summary (with the log's path) is already printed
+    except Exception as exc:  # noqa: BLE001 - one line: the run's summary, or this one when it never started
+        if not getattr(exc, "p3_summarised", False):
+            print(f"p3_{opts.task}.py: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
         return 1
     return 0

@@ -55,9 +55,12 @@ test-fast: install
 bench: install
 	$(PY) bench/dpp_scale.py --quick
 
+# The committed YAML for import from the KFP UI (tests/test_compiled.py checks it is current).
 compile: install
-	$(PY) pipelines/p3_math.py --compile
-	$(PY) pipelines/p3_apps.py --compile
+	$(PY) pipelines/p3_math.py --compile pipelines/compiled/p3_math.yaml
+	$(PY) pipelines/p3_apps.py --compile pipelines/compiled/p3_apps.yaml
+	$(PY) pipelines/p3_math.py --compile pipelines/compiled/p3_math_per_epoch.yaml --epoch-per-run
+	$(PY) pipelines/p3_apps.py --compile pipelines/compiled/p3_apps_per_epoch.yaml --epoch-per-run
 
 images:
 	DOCKER_BUILDKIT=1 docker build -f images/p3-base.Dockerfile  -t $(REGISTRY)/p3-base:$(IMAGE_TAG) .

@@ -1,5 +1,4 @@
-"""The pipelines: compiled YAML inspected; --submit/--schedule against a local HTTP
-server that speaks enough of the KFP v2beta1 API and records every call.
+"""The pipelines: compiled YAML inspected (--submit/--schedule: tests/test_kfp_remote.py).
 
 The local end-to-end runs (kfp.local) are at the end of this file.
 """
@@ -12,10 +11,7 @@ import os
 import re
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
@@ -238,6 +234,34 @@ def test_set_overrides_become_the_compiled_defaults(tmp_path):
         entry.main("math", ["--compile", str(out), "--set", "budget=many"])
 
 
+@pytest.mark.parametrize("argv,names", [
+    (["--set", "strategy=foo"], ["strategy", "p3"]),  # not one of the choices: compiled before
+    (["--set", "full_finetune=ture"], ["full_finetune", "true or false"]),  # silently False before
+    (["--set", "budget=-5"], ["budget", "≥ 1"]),  # failed after minutes, at 'epoch 0: select', before
+    (["--set", "pacing_start=nan"], ["pacing_start", "finite"]),
+    (["--set", "budget=many"], ["budget", "integer"]),
+    (["--epochs", "0"], ["--epochs 0"]),  # silently 5 epochs before
+    (["--gpus", "train=two"], ["--gpus", "train=two"]),  # a traceback before
+    (["--shards", "0"], ["--shards 0"]),
+    (["--set", "state_uri=s3://b/p"], ["state_uri", "--epoch-per-run"]),
+    (["--epoch-per-run", "--set", "training_run=../x"], ["training_run"]),
+])
+def test_bad_command_line_values_are_one_line_naming_the_parameter(argv, names, tmp_path):
+    out = tmp_path / "p.yaml"
+    with pytest.raises(SystemExit) as e:
+        entry.main("math", ["--compile", str(out), *argv])
+    msg = str(e.value)
+    assert "\n" not in msg and all(n in msg for n in names), msg
+    assert not out.exists()  # nothing compiled
+
+
+def test_local_run_refuses_bad_values_before_any_work(tmp_path):
+    """--local --set budget=-5 failed only at 'epoch 0: select' (minutes in); now before kfp.local starts."""
+    with pytest.raises(SystemExit, match="budget"):
+        entry.main("math", ["--local", "--runs-dir", str(tmp_path), "--set", "budget=-5"])
+    assert not any(tmp_path.iterdir())
+
+
 def test_cli_cluster_options():
     args = entry.build_parser("math").parse_args(
         ["--compile", "--gpus", "train=4", "--node-selector", "pool=gpu", "--toleration", "dedicated=p3:NoSchedule"])
@@ -249,153 +273,6 @@ def test_cli_cluster_options():
                                                                      "effect": "NoSchedule"}
     with pytest.raises(ValueError):
         builder.parse_gpus("gpu=2")
-
-
-# ----------------------------------------------------------------------------- KFP API
-
-
-class FakeKFP:
-    """Records every request; answers like the KFP v2beta1 REST API for the calls kfp.Client makes."""
-
-    def __init__(self):
-        self.calls: list[dict] = []
-        self.pipelines: dict[str, str] = {}  # name -> id
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _reply(self, obj, code=200):
-                body = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                self._handle("GET")
-
-            def do_POST(self):
-                self._handle("POST")
-
-            def _handle(self, method):
-                url = urlparse(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                call = {"method": method, "path": url.path, "query": parse_qs(url.query),
-                        "headers": {k.lower(): v for k, v in self.headers.items()}, "raw": raw}
-                if raw and self.headers.get("Content-Type", "").startswith("application/json"):
-                    call["json"] = json.loads(raw)
-                fake.calls.append(call)
-                self._reply(fake.answer(call))
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def answer(self, call: dict) -> dict:
-        p, q = call["path"], call["query"]
-        if p.endswith("/healthz"):
-            return {"multi_user": False}
-        if p == "/apis/v2beta1/pipelines" and call["method"] == "GET":
-            name = json.loads(q["filter"][0])["predicates"][0]["stringValue"] if "filter" in q else None
-            pid = self.pipelines.get(name)
-            return {"pipelines": [{"pipeline_id": pid, "display_name": name}]} if pid else {}
-        if p == "/apis/v2beta1/pipelines/upload":
-            name = q["name"][0]
-            self.pipelines[name] = f"pipeline-{len(self.pipelines) + 1}"
-            return {"pipeline_id": self.pipelines[name], "display_name": name}
-        if p == "/apis/v2beta1/pipelines/upload_version":
-            return {"pipeline_id": q["pipelineid"][0], "pipeline_version_id": f"version-{len(self.calls)}",
-                    "display_name": q["name"][0]}
-        if p == "/apis/v2beta1/experiments" and call["method"] == "GET":
-            return {}
-        if p == "/apis/v2beta1/experiments":
-            return {"experiment_id": "exp-1", **call["json"]}
-        if p == "/apis/v2beta1/runs":
-            return {"run_id": "run-1", **call["json"]}
-        if p == "/apis/v2beta1/recurringruns":
-            return {"recurring_run_id": "rr-1", **call["json"]}
-        return {}
-
-    def find(self, method: str, path: str) -> list[dict]:
-        return [c for c in self.calls if c["method"] == method and c["path"] == path]
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def kfp_api(monkeypatch, tmp_path):
-    # no kube config, no context file, no token from this machine leaks into the client
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-token"))
-    for name in ("KF_PIPELINES_ENDPOINT", "KF_PIPELINES_TOKEN", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    with FakeKFP() as fake:
-        yield fake
-
-
-def _uploaded_yaml(call: dict) -> dict:
-    """The pipeline YAML inside a multipart upload body."""
-    body = call["raw"].decode("utf-8", "replace")
-    start = body.index("# PIPELINE DEFINITION")
-    end = body.index("\r\n--", start)
-    return yaml.safe_load_all(body[start:end]).__next__()
-
-
-def test_submit_uploads_then_starts_a_run(kfp_api, capsys):
-    rc = entry.main("math", ["--submit", "--host", kfp_api.url, "--experiment", "p3-test", "--namespace", "team-a",
-                             "--epochs", "2", "--set", "budget=500", "--pipeline-root", "s3://bucket/root"])
-    assert rc == 0
-    assert "submitted run run-1" in capsys.readouterr().out
-    upload = kfp_api.find("POST", "/apis/v2beta1/pipelines/upload")
-    assert len(upload) == 1 and upload[0]["query"]["name"] == ["p3-math"]
-    assert upload[0]["query"]["namespace"] == ["team-a"]
-    spec = _uploaded_yaml(upload[0])
-    assert {f"epoch {e}: train" for e in (0, 1)} <= set(all_tasks(spec))
-    version = kfp_api.find("POST", "/apis/v2beta1/pipelines/upload_version")
-    assert version[0]["query"]["pipelineid"] == ["pipeline-1"]
-    exp = kfp_api.find("POST", "/apis/v2beta1/experiments")[0]["json"]
-    assert exp["display_name"] == "p3-test" and exp["namespace"] == "team-a"
-    run = kfp_api.find("POST", "/apis/v2beta1/runs")[0]["json"]
-    assert run["experiment_id"] == "exp-1"
-    ref = run["pipeline_version_reference"]
-    assert ref["pipeline_id"] == "pipeline-1" and ref["pipeline_version_id"].startswith("version-")
-    assert run["runtime_config"]["parameters"] == {"budget": 500}
-    assert run["runtime_config"]["pipeline_root"] == "s3://bucket/root"
-
-
-def test_schedule_creates_a_recurring_run_and_reuses_the_pipeline(kfp_api, monkeypatch, capsys):
-    monkeypatch.setenv("KF_PIPELINES_TOKEN", "secret-token")
-    kfp_api.pipelines["p3-apps"] = "pipeline-7"  # uploaded before: only a new version
-    rc = entry.main("apps", ["--schedule", "0 3 * * 1", "--host", kfp_api.url, "--epochs", "1"])
-    assert rc == 0
-    assert "scheduled recurring run rr-1" in capsys.readouterr().out
-    assert not kfp_api.find("POST", "/apis/v2beta1/pipelines/upload")
-    assert kfp_api.find("POST", "/apis/v2beta1/pipelines/upload_version")[0]["query"]["pipelineid"] == ["pipeline-7"]
-    job = kfp_api.find("POST", "/apis/v2beta1/recurringruns")[0]
-    body = job["json"]
-    assert body["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * 1"  # KFP's 6-field cron
-    assert body["mode"] == "ENABLE" and int(body["max_concurrency"]) == 1 and body["no_catchup"] is True
-    assert body["pipeline_version_reference"]["pipeline_id"] == "pipeline-7"
-    assert body["display_name"] == "p3-apps (recurring)"
-    # the token the kfp way: a bearer header on every call
-    assert all(c["headers"].get("authorization") == "Bearer secret-token" for c in kfp_api.calls)
-
-
-def test_bad_cron_is_refused_before_any_call(kfp_api):
-    with pytest.raises(ValueError, match="cron"):
-        entry.main("math", ["--schedule", "every monday", "--host", kfp_api.url])
-    assert not kfp_api.find("POST", "/apis/v2beta1/recurringruns")
 
 
 def test_each_task_builds_a_kfp_pipeline():

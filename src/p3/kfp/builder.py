@@ -139,78 +139,116 @@ def _docstring(opts: BuildOptions) -> str:
 
 def _wire(opts: BuildOptions, p: Any, epoch_of_task: dict[str, int], display_names: dict[str, str]):
     """Create the tasks. ``p`` is a PipelineParams of pipeline channels."""
+    setup = task_setup(opts, p, epoch_of_task, display_names)
+    pool, test, policy = prepare_tasks(opts, p, setup)
+    previous, selections = None, []
+    for e in range(opts.epochs):
+        out = epoch_tasks(opts, p, setup, pool, test, e, policy, previous)
+        policy, previous = out.policy, Previous(out.selection, out.difficulty, out.run)
+        selections.append(out.selection)
+    outputs = _outputs_type(opts.epochs)
+    return outputs(out.report.outputs["run_html"], out.report.outputs["run_markdown"], policy, *selections)
 
-    def setup(task, kind: str, epoch: int, what: str, image: str):
-        """Name, image, env, caching and cluster settings of one task."""
-        epoch_of_task[task.name] = epoch
-        display_names[task.name] = f"epoch {epoch}: {what}" if epoch >= 0 else what
+
+class Previous(NamedTuple):
+    """What epoch e >= 1 takes from epoch e-1 besides the model."""
+
+    selection: Any
+    difficulty: Any
+    run: Any
+
+
+class EpochOutputs(NamedTuple):
+    policy: Any  # the trained model
+    selection: Any
+    difficulty: Any
+    run: Any  # the report folder (every epoch so far)
+    report: Any  # the report task
+
+
+def task_setup(opts: BuildOptions, p: Any, epoch_of_task: dict[str, int], display_names: dict[str, str]):
+    """``setup(task, kind, epoch, what, image)``: name, image, env, caching and cluster settings of a task.
+
+    ``epoch`` is -1 before the epochs, or a pipeline channel when the epoch is only known at run
+    time (the per-epoch pipeline: shown as ``epoch k``)."""
+
+    def setup(task, kind: str, epoch: Any, what: str, image: str, cache: bool | None = None):
+        known = isinstance(epoch, int)
+        epoch_of_task[task.name] = epoch if known else -2
+        display_names[task.name] = what if known and epoch < 0 else f"epoch {epoch if known else 'k'}: {what}"
         task.set_display_name(display_names[task.name])
         task.set_container_image(getattr(p, image))
-        task.set_env_variable("P3_EPOCH", str(epoch) if epoch >= 0 else "")
-        task.set_caching_options(enable_caching=opts.cache_everything or kind in DETERMINISTIC)
+        task.set_env_variable("P3_EPOCH", str(epoch) if known and epoch >= 0 else "")
+        task.set_caching_options(enable_caching=(opts.cache_everything or kind in DETERMINISTIC) if cache is None
+                                 else cache)
         if opts.cluster is not None:
             _apply_cluster(task, kind, opts.cluster)
         return task
 
+    return setup
+
+
+def prepare_tasks(opts: BuildOptions, p: Any, setup) -> tuple[Any, Any, Any]:
+    """(pool, test set, starting policy: the bootstrapped tiny model, or None = base_model by name)."""
     prep = setup(prepare_data(task=opts.task, **step_arguments(p, "prepare")), "prepare", -1, "prepare train",
                  "image_base")
     pool = prep.outputs["problems"]
     test = setup(prepare_data(task=opts.task, **step_arguments(p, "prepare_test")),
                  "prepare", -1, "prepare test", "image_base").outputs["problems"]
-    policy = None  # the previous epoch's trained model; None = base_model by name
+    policy = None
     if opts.bootstrap_tiny:
         boot = setup(bootstrap_tiny_model(problems=pool, **step_arguments(p, "bootstrap")),
                      "bootstrap", -1, "bootstrap tiny model", "image_base")
         policy = boot.outputs["model"]
+    return pool, test, policy
+
+
+def epoch_tasks(opts: BuildOptions, p: Any, setup, pool, test, e: Any, policy,
+                previous: Previous | None = None) -> EpochOutputs:
+    """One epoch: score -> embed -> select -> train -> evaluate -> report, from ``policy``
+    (None = base_model by name) and, from epoch 1 on, what the previous epoch left."""
 
     def with_policy(**kw):
         return dict(kw, policy=policy) if policy is not None else dict(kw, base_model=p.base_model)
 
-    previous_selection = previous_difficulty = previous_run = None
-    selections = []
-    for e in range(opts.epochs):
-        score_kw = dict(epoch=e, tensor_parallel_size=_gpus(opts, "score"), **step_arguments(p, "score"))
-        embed_kw = step_arguments(p, "embed")
-        if opts.shards == 1:
-            difficulty = setup(scorer(problems=pool, **with_policy(**score_kw)),
-                               "score", e, "score", "image_vllm").outputs["difficulty"]
-            embeddings = setup(embedder(problems=pool, **with_policy(**embed_kw)),
-                               "embed", e, "embed", "image_vllm").outputs["embeddings"]
-        else:
-            with dsl.ParallelFor(items=list(range(opts.shards)), name=f"epoch-{e}-shards") as i:
-                part = setup(shard_split(problems=pool, index=i, count=opts.shards),
-                             "shard", e, "shard", "image_base").outputs["shard"]
-                d_part = setup(scorer(problems=part, **with_policy(**score_kw)),
-                               "score", e, "score shard", "image_vllm")
-                x_part = setup(embedder(problems=part, **with_policy(**embed_kw)),
-                               "embed", e, "embed shard", "image_vllm")
-            difficulty = setup(shard_merge(parts=dsl.Collected(d_part.outputs["difficulty"]), problems=pool),
-                               "merge", e, "merge difficulty", "image_base").outputs["merged"]
-            embeddings = setup(shard_merge(parts=dsl.Collected(x_part.outputs["embeddings"]), problems=pool),
-                               "merge", e, "merge embeddings", "image_base").outputs["merged"]
-        sel_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings, epoch=e, epochs=opts.epochs,
-                      **step_arguments(p, "select"))
-        if previous_selection is not None:
-            sel_kw.update(previous=previous_selection, previous_difficulty=previous_difficulty)
-        select = setup(selector(**sel_kw), "select", e, "select", "image_base")
-        train = setup(trainer(problems=pool, selection=select.outputs["selection"],
-                              **with_policy(**step_arguments(p, "train"))),
-                      "train", e, "train", "image_train")
-        policy = train.outputs["model"]
-        evaluation = setup(evaluator(problems=test, policy=policy, epoch=e, tensor_parallel_size=_gpus(opts, "evaluate"),
-                                     **step_arguments(p, "evaluate")),
-                           "evaluate", e, "evaluate", "image_vllm")
-        rep_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings,
-                      selection=select.outputs["selection"], selection_report=select.outputs["report"],
-                      evaluation=evaluation.outputs["results"], epoch=e, **step_arguments(p, "report"))
-        if previous_run is not None:
-            rep_kw["previous_run"] = previous_run
-        report = setup(epoch_report(**rep_kw), "report", e, "report", "image_base")
-        previous_selection, previous_difficulty = select.outputs["selection"], difficulty
-        previous_run = report.outputs["run"]
-        selections.append(select.outputs["selection"])
-    outputs = _outputs_type(opts.epochs)
-    return outputs(report.outputs["run_html"], report.outputs["run_markdown"], policy, *selections)
+    score_kw = dict(epoch=e, tensor_parallel_size=_gpus(opts, "score"), **step_arguments(p, "score"))
+    embed_kw = step_arguments(p, "embed")
+    if opts.shards == 1:
+        difficulty = setup(scorer(problems=pool, **with_policy(**score_kw)),
+                           "score", e, "score", "image_vllm").outputs["difficulty"]
+        embeddings = setup(embedder(problems=pool, **with_policy(**embed_kw)),
+                           "embed", e, "embed", "image_vllm").outputs["embeddings"]
+    else:
+        with dsl.ParallelFor(items=list(range(opts.shards)), name=f"epoch-{e if isinstance(e, int) else 'k'}-shards") as i:
+            part = setup(shard_split(problems=pool, index=i, count=opts.shards),
+                         "shard", e, "shard", "image_base").outputs["shard"]
+            d_part = setup(scorer(problems=part, **with_policy(**score_kw)),
+                           "score", e, "score shard", "image_vllm")
+            x_part = setup(embedder(problems=part, **with_policy(**embed_kw)),
+                           "embed", e, "embed shard", "image_vllm")
+        difficulty = setup(shard_merge(parts=dsl.Collected(d_part.outputs["difficulty"]), problems=pool),
+                           "merge", e, "merge difficulty", "image_base").outputs["merged"]
+        embeddings = setup(shard_merge(parts=dsl.Collected(x_part.outputs["embeddings"]), problems=pool),
+                           "merge", e, "merge embeddings", "image_base").outputs["merged"]
+    sel_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings, epoch=e, epochs=opts.epochs,
+                  **step_arguments(p, "select"))
+    if previous is not None:
+        sel_kw.update(previous=previous.selection, previous_difficulty=previous.difficulty)
+    select = setup(selector(**sel_kw), "select", e, "select", "image_base")
+    train = setup(trainer(problems=pool, selection=select.outputs["selection"],
+                          **with_policy(**step_arguments(p, "train"))),
+                  "train", e, "train", "image_train")
+    model = train.outputs["model"]
+    evaluation = setup(evaluator(problems=test, policy=model, epoch=e, tensor_parallel_size=_gpus(opts, "evaluate"),
+                                 **step_arguments(p, "evaluate")),
+                       "evaluate", e, "evaluate", "image_vllm")
+    rep_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings,
+                  selection=select.outputs["selection"], selection_report=select.outputs["report"],
+                  evaluation=evaluation.outputs["results"], epoch=e, **step_arguments(p, "report"))
+    if previous is not None:
+        rep_kw["previous_run"] = previous.run
+    report = setup(epoch_report(**rep_kw), "report", e, "report", "image_base")
+    return EpochOutputs(model, select.outputs["selection"], difficulty, report.outputs["run"], report)
 
 
 def _gpus(opts: BuildOptions, kind: str) -> int:
@@ -252,11 +290,11 @@ def _apply_cluster(task, kind: str, c: ClusterSettings) -> None:
                                         run_as_non_root=True)
 
 
-def compile_pipeline(opts: BuildOptions, path: str, defaults: dict[str, Any] | None = None) -> str:
-    """Compile to a pipeline YAML at ``path``; return the path."""
+def compile_pipeline(opts: BuildOptions, path: str, defaults: dict[str, Any] | None = None, build_fn=None) -> str:
+    """Compile the pipeline ``build_fn`` builds (default :func:`build`) to YAML at ``path``; return the path."""
     from kfp import compiler
 
-    built = build(opts, defaults)
+    built = (build_fn or build)(opts, defaults)
     compiler.Compiler().compile(built.pipeline, package_path=path)
     return path
 

@@ -1,0 +1,89 @@
+"""One epoch per pipeline run vs `make run`: is a per-epoch run at most 1.5x one epoch of `make run`?
+
+1. `make run`'s command (pipelines/p3_math.py --local: tiny preset, 3 epochs, mini-MATH) from a
+   fresh run folder; one epoch's time = from the end of the previous epoch (epoch 0: the end of
+   the tiny model's bootstrap) to the end of the epoch's report, read from kfp.local's log.
+2. Three runs of the per-epoch pipeline (p3.kfp.per_epoch, same preset and settings, E=3, state in
+   a temp folder), each a fresh process as a scheduler would start it; the time is the process's
+   whole wall time (interpreter, compile, cache lookups, load and store of the state included).
+   The first run also prepares the data and bootstraps the tiny model, which `make run` does once
+   before its epochs too; it is reported but the ratio is over runs 2 and 3.
+3. The final models of both are compared (max abs difference of the weights).
+
+    .venv/bin/python bench/per_epoch_time.py          # ~10 min on 2 idle cores
+
+The last line is ``per-epoch run / make-run epoch: ratio=X.XXx (runs 2-3, max)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "P3_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+RUN = ("import sys\n"
+       "from p3.kfp.builder import BuildOptions\n"
+       "from p3.kfp.per_epoch import run_local\n"
+       "run_local(BuildOptions(task='math', epochs=3, preset='tiny', bootstrap_tiny=True),\n"
+       "          {'state_uri': sys.argv[2], 'training_run': 'bench'}, sys.argv[1])\n")
+STAMP = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - '([^']+)' finished with status SUCCESS")
+
+
+def epoch_spans(log: str) -> list[float]:
+    """Seconds per epoch from kfp.local's 'finished' lines."""
+    done = {}
+    for line in log.splitlines():
+        m = STAMP.match(line)
+        if m:
+            done[m.group(2)] = datetime.strptime(m.group(1), "%H:%M:%S.%f")
+    marks = [done["bootstrap tiny model"]] + [done[f"epoch {e}: report"] for e in range(3)]
+    return [(b - a).total_seconds() % 86400 for a, b in zip(marks, marks[1:])]
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="p3-bench-") as tmp:
+        t = time.perf_counter()
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "pipelines", "p3_math.py"), "--local",
+                              "--runs-dir", tmp, "--name", "unrolled"], capture_output=True, text=True, env=ENV)
+        make_run_s = time.perf_counter() - t
+        if out.returncode != 0:
+            sys.exit(out.stdout[-3000:])
+        spans = epoch_spans(out.stdout)
+        runs = []
+        for _ in range(3):
+            t = time.perf_counter()
+            pe = subprocess.run([sys.executable, "-c", RUN, os.path.join(tmp, "per-epoch"), os.path.join(tmp, "state")],
+                                capture_output=True, text=True, env=ENV)
+            runs.append(time.perf_counter() - t)
+            if pe.returncode != 0:
+                sys.exit(pe.stderr[-3000:])
+        from safetensors.torch import load_file
+
+        from p3.kfp import epoch_state
+
+        state = epoch_state.read(os.path.join(tmp, "state"), "bench", 3)
+        a = load_file(os.path.join(tmp, "unrolled", "model", "model.safetensors"))
+        b = load_file(os.path.join(state.policy, "model.safetensors"))
+        diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    epoch = statistics.median(spans)
+    result = {"make_run_s": round(make_run_s, 1), "make_run_epoch_s": [round(s, 1) for s in spans],
+              "per_epoch_run_s": [round(s, 1) for s in runs], "final_model_max_abs_diff": diff,
+              "load": os.getloadavg()}
+    os.makedirs(os.path.join(ROOT, "bench", "out"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench", "out", "per_epoch_time.json"), "w") as fh:
+        json.dump(result, fh, indent=1)
+    print(json.dumps(result))
+    print(f"first per-epoch run (prepares and bootstraps too): {runs[0] / epoch:.2f}x")
+    print(f"per-epoch run / make-run epoch: ratio={max(runs[1:]) / epoch:.2f}x (runs 2-3, max)")
+
+
+if __name__ == "__main__":
+    main()

@@ -64,30 +64,33 @@ log = get_logger("bench")
 
 LEVELS = (1, 2, 3, 4, 5)
 POOL_SHARES = (1, 2, 2, 2, 2)  # level 1 has few distinct problems (100 sums × 8 wordings)
-WARM_LEVELS, WARM_SHARES = "1-3", (1, 3, 3)
+WARM_LEVELS, WARM_SHARES = "1-4", (1, 3, 3, 0.25)  # a little of level 4: the frontier is partly known
 FRONTIER = 4
+TEST_LEVELS, TEST_SHARES = "4-5", (1, 1)  # what fine-tuning has to teach (see docs/evidence.md)
 
 # Each arm: how its pool is scored (p3 score settings; None = not scored) and selected
 # (p3 select settings). "oracle" selects by level in this file.
 PAPER_SCORE = {"mode": "likelihood", "difficulty_span": "solution"}
+ANSWER_SCORE = {"mode": "likelihood", "difficulty_span": "answer"}
 ARM_SETTINGS: dict[str, tuple[dict | None, dict]] = {
     "random": (None, {"strategy": "random"}),
     "oracle": (None, {"strategy": "random"}),
     "p3-paper": (PAPER_SCORE, {"strategy": "p3"}),
-    "p3": ({"mode": "likelihood", "difficulty_span": "answer"},
-           {"strategy": "p3", "quality": "learnability", "pacing_mode": "band", "reserve": 0.1}),
+    "p3": (ANSWER_SCORE,
+           {"strategy": "p3", "quality": "learnability", "pacing_start": 80.0, "pacing_end": 100.0, "reserve": 0.1}),
     "spl": (PAPER_SCORE, {"strategy": "spl"}),
     "dpp": (PAPER_SCORE, {"strategy": "dpp"}),
 }
 # Candidates for the recommended configuration, compared on the tuning seeds only.
+ANSWER = ANSWER_SCORE
 CANDIDATES: dict[str, tuple[dict | None, dict]] = {
-    "p3-answer": ({"mode": "likelihood", "difficulty_span": "answer"}, {"strategy": "p3"}),
-    "p3-learn": ({"mode": "likelihood", "difficulty_span": "answer"}, {"strategy": "p3", "quality": "learnability"}),
-    "p3-band": ({"mode": "likelihood", "difficulty_span": "answer"},
-                {"strategy": "p3", "quality": "learnability", "pacing_mode": "band"}),
-    "p3-reserve": ({"mode": "likelihood", "difficulty_span": "answer"},
-                   {"strategy": "p3", "quality": "learnability", "reserve": 0.1}),
-    "dpp-learn": ({"mode": "likelihood", "difficulty_span": "answer"}, {"strategy": "dpp", "quality": "learnability"}),
+    "p3-answer": (ANSWER, {"strategy": "p3"}),
+    "p3-learn": (ANSWER, {"strategy": "p3", "quality": "learnability"}),
+    "p3-band": (ANSWER, {"strategy": "p3", "quality": "learnability", "pacing_mode": "band"}),
+    "p3-wide": (ANSWER, {"strategy": "p3", "quality": "learnability", "pacing_start": 80.0, "pacing_end": 100.0}),
+    "p3-wide-reserve": (ANSWER, {"strategy": "p3", "quality": "learnability", "pacing_start": 80.0,
+                                 "pacing_end": 100.0, "reserve": 0.1}),
+    "dpp-learn": (ANSWER, {"strategy": "dpp", "quality": "learnability"}),
 }
 ALL_ARMS = {**ARM_SETTINGS, **CANDIDATES}
 ARMS = tuple(ARM_SETTINGS)
@@ -103,8 +106,10 @@ class Settings:
     ft_seeds: list[int] = field(default_factory=lambda: [0, 1])
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     control: bool = True
+    control_ft_seeds: list[int] = field(default_factory=lambda: [0])
     perturb: int = 2
-    epochs: int = 4
+    epochs: int = 3
+    eval_each_epoch: bool = False
     pool: int = 2000
     budget: int = 400
     test: int = 1000
@@ -112,10 +117,10 @@ class Settings:
     warmup_problems: int = 3000
     warmup_steps: int = 1000
     warmup_batch: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-4
     lr_warmup_steps: int = 5
     batch_size: int = 8
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64
     data_seed: int = 0
     jobs: int = 2
 
@@ -131,14 +136,15 @@ def make_data(s: Settings, work: Path) -> dict[str, str]:
     """Warm-up set (levels 1–3), the pool and test split (levels 1–5), and the control's (level 4)."""
     from p3.compmath import comp_problems
 
-    paths = {n: str(work / "data" / f"{n}.parquet") for n in ("warmup", "pool", "test", "greedy", "control_pool",
-                                                              "control_test")}
+    paths = {n: str(work / "data" / f"{n}.parquet") for n in ("warmup", "pool", "test", "greedy", "all_test",
+                                                              "control_pool", "control_test")}
     with step(log, "data"):
         storage.write_table(comp_problems(s.warmup_problems, WARM_LEVELS, s.data_seed + 1000, "train", list(WARM_SHARES)),
                             paths["warmup"])
         storage.write_table(comp_problems(s.pool, "1-5", s.data_seed, "train", list(POOL_SHARES)), paths["pool"])
-        test = comp_problems(s.test, "1-5", s.data_seed, "test", list(POOL_SHARES))
+        test = comp_problems(s.test, TEST_LEVELS, s.data_seed, "test", list(TEST_SHARES))
         storage.write_table(test, paths["test"])
+        storage.write_table(comp_problems(s.test, "1-5", s.data_seed, "test", list(POOL_SHARES)), paths["all_test"])
         storage.write_table(test.slice(0, s.greedy_test), paths["greedy"])
         storage.write_table(comp_problems(s.pool, str(FRONTIER), s.data_seed + 1, "train"), paths["control_pool"])
         storage.write_table(comp_problems(s.test, str(FRONTIER), s.data_seed + 1, "test"), paths["control_test"])
@@ -198,6 +204,11 @@ def answer_likelihood(model: str, problems: str, out: str) -> dict[str, float]:
     for lv in np.unique(levels):
         row[f"answer_lik_L{lv}"] = float(lik[levels == lv].mean())
     return row
+
+
+def all_levels(model: str, paths: dict[str, str], d: Path) -> dict[str, float]:
+    """The answer likelihood on a test split of every level (as mixed as the pool): shows forgetting."""
+    return {"all_" + k: v for k, v in answer_likelihood(model, paths["all_test"], str(d / "all_test_scores.parquet")).items()}
 
 
 def greedy_accuracy(s: Settings, model: str, problems: str, out: str) -> float:
@@ -291,12 +302,16 @@ def run_cell(s: Settings, cell: Cell, paths: dict[str, str], emb: dict[str, str]
                 secs = run_epoch(e, policy, files, previous, score_cfg, select_cfg, train_cfg,
                                  **({"selector": selector} if selector else {}))
                 t = time.perf_counter()
-                metrics = answer_likelihood(files.model, paths[test_key], str(Path(files.dir) / "test_scores.parquet"))
-                if e == s.epochs - 1 and cell.pool == "main":
+                last = e == s.epochs - 1
+                metrics = (answer_likelihood(files.model, paths[test_key], str(Path(files.dir) / "test_scores.parquet"))
+                           if last or s.eval_each_epoch else {})
+                if last and cell.pool == "main":
                     metrics["accuracy"] = greedy_accuracy(s, files.model, paths["greedy"],
                                                           str(Path(files.dir) / "greedy.json"))
+                    metrics.update(all_levels(files.model, paths, Path(files.dir)))
                 secs["eval_s"] = time.perf_counter() - t
-                c.update(answer_lik=round(metrics["answer_lik"], 4), **{k: round(v, 1) for k, v in secs.items()})
+                c.update(answer_lik=round(metrics.get("answer_lik", float("nan")), 4),
+                         **{k: round(v, 1) for k, v in secs.items()})
             rows.append({**asdict(cell), "epoch": e + 1, **_round(metrics), **selection_mix(files, paths[pool_key]),
                          "steps": storage.read_json(Path(files.model) / "trainer_state.json")["global_step"],
                          **{k: round(v, 2) for k, v in secs.items()}})
@@ -332,6 +347,7 @@ def warm_rows(s: Settings, seed: int, paths: dict[str, str], warm: str, work: Pa
             m = answer_likelihood(warm, paths[test_key], str(d / "warm_test_scores.parquet"))
             if pool == "main":
                 m["accuracy"] = greedy_accuracy(s, warm, paths["greedy"], str(d / "warm_greedy.json"))
+                m.update(all_levels(warm, paths, d))
             rows.append({"arm": "warm", "pool": pool, "seed": seed, "epoch": 0, **_round(m)})
     return rows
 
@@ -434,7 +450,8 @@ def result_table(rows: list[dict], s: Settings, pool: str, arms: list[str]) -> s
     warm = [r for r in rows if r["arm"] == "warm" and r["pool"] == pool]
     lv_keys = sorted({k for r in warm for k in r if k.startswith("answer_lik_L")})
     head = ["arm", *[f"ans. lik. e{i}" for i in range(e + 1)], *[k.removeprefix("answer_lik_") for k in lv_keys],
-            "Δ vs random [95 % CI]", "SEs", "greedy acc." if pool == "main" else None, "L4 share", "score s",
+            "Δ vs random [95 % CI]", "SEs", "greedy acc." if pool == "main" else None,
+            "all levels e0 → e" + str(e) if pool == "main" else None, "L4 share", "score s",
             "select s", "train s"]
     head = [h for h in head if h]
     body = []
@@ -443,13 +460,14 @@ def result_table(rows: list[dict], s: Settings, pool: str, arms: list[str]) -> s
         if not mine:
             continue
         cells = [arm, _ms([r["answer_lik"] for r in warm])]
-        cells += [_ms([r["answer_lik"] for r in mine if r["epoch"] == i]) for i in range(1, e + 1)]
+        cells += [_ms([r.get("answer_lik") for r in mine if r["epoch"] == i]) for i in range(1, e + 1)]
         last = [r for r in mine if r["epoch"] == e]
         cells += [f"{np.mean([r.get(k, np.nan) for r in last]):.3f}" for k in lv_keys]
         d = paired(rows, arm, "random", pool, e) if arm != "random" else None
         cells += [f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d else "-", f"{d['z']:.1f}" if d else "-"]
         if pool == "main":
             cells.append(_ms([r.get("accuracy") for r in last]))
+            cells.append(f"{np.mean([r['all_answer_lik'] for r in warm]):.3f} → {_ms([r.get('all_answer_lik') for r in last])}")
         cells.append(f"{np.mean([r['sel_L4'] for r in mine]):.2f}")
         for k in ("score_s", "select_s", "train_s"):
             cells.append(f"{np.median([sum(x[k] for x in mine if x['seed'] == r['seed'] and x['ft_seed'] == r['ft_seed']) for r in last]):.1f}")
@@ -504,18 +522,19 @@ def write_markdown(rows: list[dict], s: Settings, path: Path, command: str, took
     text = "\n".join([
         "# Learning efficiency on comp-MATH (measured)\n",
         f"Command: `{command}`  ",
-        f"Wall time {took / 60:.1f} min on {stamp['cpus']} CPU core(s) ({stamp['machine']}), load average at start "
+        f"Wall time {took / 60:.1f} min (nan: a partial report) on {stamp['cpus']} CPU core(s) ({stamp['machine']}), load average at start "
         f"{stamp['load_start']}, at end {stamp['load_end']}; {s.jobs} worker processes × 1 torch thread.  ",
         f"Setup: pool {s.pool} comp-MATH problems, levels 1–5 in shares {':'.join(map(str, POOL_SHARES))}; "
-        f"warm model: {s.warmup_steps} steps (batch {s.warmup_batch}) on {s.warmup_problems} level 1–3 problems; "
+        f"warm model: {s.warmup_steps} steps (batch {s.warmup_batch}) on {s.warmup_problems} problems of levels 1–4 (shares {':'.join(map(str, WARM_SHARES))}); "
         f"{s.epochs} epochs × {s.steps_per_epoch} optimiser steps (budget {s.budget}, batch {s.batch_size}, lr "
         f"{s.lr} cosine after {s.lr_warmup_steps} warm-up steps, a fresh AdamW each epoch) for every arm; test "
         f"{s.test} held-out problems (greedy accuracy on the first {s.greedy_test}); warm-up seeds {s.seeds} × "
-        f"fine-tune seeds {s.ft_seeds}.\n",
-        "ans. lik.: the primary metric, the test split's mean answer-token probability given the correct prefix "
+        f"fine-tune seeds {s.ft_seeds} (negative control: {s.control_ft_seeds}).\n",
+        "ans. lik.: the primary metric, the test split's (levels 4–5, the levels the warm model has not mastered) mean answer-token probability given the correct prefix "
         "(mean ± sd over seed cells; e0 = the warm model). L1–L5: per level after the last epoch. Δ vs random: "
         "paired by seed cell, 95 % t interval; SEs: Δ / its standard error. greedy acc.: exact final answer "
-        "after the last epoch. L4 share: the frontier level's share of the selections. Seconds: median per cell, "
+        "after the last epoch (test split). all levels: the answer likelihood on a held-out split of every level, mixed as "
+        "the pool is (levels 1–3 falling = forgetting). L4 share: the frontier level's share of the selections. Seconds: median per cell, "
         "summed over epochs.\n",
         "## Main pool\n", result_table(rows, s, "main", main_arms),
         "## Negative control (pool and test of level 4 only)\n" if s.control else "",
@@ -544,8 +563,10 @@ def plot(rows: list[dict], s: Settings, path: Path) -> None:
             if not mine:
                 continue
             warm = [r["answer_lik"] for r in rows if r["arm"] == "warm" and r["pool"] == pool]
-            ys = [warm] + [[r["answer_lik"] for r in mine if r["epoch"] == e] for e in range(1, s.epochs + 1)]
-            x = np.arange(s.epochs + 1)
+            ys = [warm] + [[r["answer_lik"] for r in mine if r["epoch"] == e and r.get("answer_lik") is not None]
+                           for e in range(1, s.epochs + 1)]
+            x = np.asarray([e for e, y in enumerate(ys) if y])
+            ys = [y for y in ys if y]
             ax.plot(x, [np.mean(y) for y in ys], "o-", color=colors(i), label=arm)
             ax.fill_between(x, [min(y) for y in ys], [max(y) for y in ys], color=colors(i), alpha=0.12)
     axes[0].set_title("main pool (levels 1–5): test answer likelihood")
@@ -598,7 +619,7 @@ def cells(s: Settings) -> list[Cell]:
     """Every trajectory of the run: arms × pools × seeds × fine-tune seeds, plus the perturbations."""
     out = [Cell(a, "main", sd, ft, ft) for sd in s.seeds for ft in s.ft_seeds for a in s.arms]
     if s.control:
-        out += [Cell(a, "control", sd, ft, ft) for sd in s.seeds for ft in s.ft_seeds for a in CONTROL_ARMS]
+        out += [Cell(a, "control", sd, ft, ft) for sd in s.seeds for ft in s.control_ft_seeds for a in CONTROL_ARMS]
     for a in ("random", "p3"):
         if a in s.arms:
             out += [Cell(a, "main", s.seeds[0], s.ft_seeds[0], 1000 + k) for k in range(s.perturb)]
@@ -617,8 +638,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     p.add_argument("--quick-tiny", action="store_true", help="a seconds-long run of every code path (tests)")
     p.add_argument("--seeds", type=int, nargs="+", help="warm-up seeds (default 0 1 2)")
     p.add_argument("--ft-seeds", type=int, nargs="+", help="fine-tune seeds (selection and training order; default 0 1)")
+    p.add_argument("--control-ft-seeds", type=int, nargs="+", help="fine-tune seeds of the negative control (default 0)")
     p.add_argument("--arms", nargs="+", choices=list(ALL_ARMS), help="arms (default: " + " ".join(ARMS) + ")")
     p.add_argument("--no-control", action="store_true", help="skip the negative control")
+    p.add_argument("--eval-each-epoch", action="store_true", default=None,
+                   help="measure the primary metric after every epoch (default: the warm and the final model)")
     d = Settings()
     for name in ("perturb", "epochs", "pool", "budget", "test", "greedy_test", "warmup_problems", "warmup_steps",
                  "warmup_batch", "lr", "lr_warmup_steps", "batch_size", "max_new_tokens", "data_seed", "jobs"):
@@ -626,12 +650,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     p.add_argument("--out", default="docs/results", help="results folder")
     p.add_argument("--work", default="bench/out/learning_efficiency", help="work folder (models, tables)")
     p.add_argument("--cache", default="bench/out/warm_models", help="warm models, cached per seed and settings")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the tables and plot from --work's partial.csv (a run stopped early) without training")
     args = p.parse_args(argv)
     s = Settings()
     if args.quick:
         s = Settings(seeds=[0], ft_seeds=[0, 1], arms=list(QUICK_ARMS), control=False, perturb=0)
     if args.quick_tiny:
-        s = Settings(seeds=[0], ft_seeds=[0, 1], arms=["random", "oracle", "p3-paper", "p3"], control=True,
+        s = Settings(seeds=[0], ft_seeds=[0, 1], control_ft_seeds=[0, 1], arms=["random", "oracle", "p3-paper", "p3"], control=True,
                      perturb=0, epochs=2, pool=60, budget=16, test=30, greedy_test=10, warmup_problems=60,
                      warmup_steps=6, warmup_batch=8, max_new_tokens=24, jobs=1)
     for name in asdict(s):
@@ -650,6 +676,8 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     command = " ".join(["python bench/learning_efficiency.py", *(sys.argv[1:] if argv is None else argv)])
     out, work, cache = Path(args.out), Path(args.work), Path(args.cache)
+    if args.report_only:
+        return report_partial(s, out, work, command)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     cache.mkdir(parents=True, exist_ok=True)
@@ -671,13 +699,48 @@ def main(argv: list[str] | None = None) -> dict:
         for f in futs:
             rows += f.result()
             write_csv(_order(rows), work / "partial.csv")  # a long run can be inspected while it goes
-    rows = _order(rows)
-    took = time.perf_counter() - start
     stamp["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return write_results(_order(rows), s, out, command, time.perf_counter() - start, stamp, warm_s)
+
+
+def report_partial(s: Settings, out: Path, work: Path, command: str) -> dict:
+    """Tables and plot of the cells a stopped run finished (its partial.csv), marked as partial."""
+    with open(work / "partial.csv") as fh:
+        rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    rows = [{k: v for k, v in r.items() if v is not None} for r in rows]
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    stamp = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "load_start": "?",
+             "load_end": load, "partial": True}
+    return write_results(rows, s, out, command + "  (report of the finished cells only: --report-only)",
+                         float("nan"), stamp, {})
+
+
+def _number(v: str):
+    if v == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _finite(x):
+    """JSON has no NaN or infinity: they are written as null."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def write_results(rows: list[dict], s: Settings, out: Path, command: str, took: float, stamp: dict,
+                  warm_s: dict) -> dict:
     v, spread = verdicts(rows, s), perturbation_spread(rows, s)
     out.mkdir(parents=True, exist_ok=True)
-    storage.write_json({"settings": asdict(s), "command": command, "seconds": round(took, 1),
-                        "warm_up_seconds": warm_s, "verdicts": v, "perturbation": spread, **stamp},
+    storage.write_json(_finite({"settings": asdict(s), "command": command, "seconds": round(took, 1),
+                                "warm_up_seconds": warm_s, "verdicts": v, "perturbation": spread, **stamp}),
                        out / "learning_efficiency.json")
     write_csv(rows, out / "learning_efficiency.csv")
     plot(rows, s, out / "learning_efficiency.png")

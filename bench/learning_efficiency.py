@@ -169,11 +169,15 @@ def warm_key(s: Settings, seed: int) -> str:
 
 
 def _source_digest() -> str:
-    """The generator and the warm-up code are part of the cache key."""
+    """The generator and the warm-up code (model, tokenizer, training loop) are part of the cache key."""
+    import inspect
+
     import p3.compmath
     import p3.tiny
 
-    return hashlib.sha1(b"".join(Path(m.__file__).read_bytes() for m in (p3.compmath, p3.tiny))).hexdigest()[:12]
+    code = [Path(p3.compmath.__file__).read_text()] + [inspect.getsource(f) for f in (
+        p3.tiny.build_tokenizer, p3.tiny.build_model, p3.tiny.warm_up, p3.tiny.build_tiny_model)]
+    return hashlib.sha1("".join(code).encode()).hexdigest()[:12]
 
 
 def warm_model(s: Settings, paths: dict[str, str], seed: int, cache: Path) -> tuple[str, float]:
@@ -192,12 +196,18 @@ def warm_model(s: Settings, paths: dict[str, str], seed: int, cache: Path) -> tu
 # ----------------------------------------------------------------------------- measuring
 
 
+def _cpu():
+    from p3.generation import GenerationConfig
+
+    return GenerationConfig(device="cpu", dtype="float32", max_len=128)
+
+
 def answer_likelihood(model: str, problems: str, out: str) -> dict[str, float]:
     """Primary metric: mean answer-token probability given the correct prefix, overall and per level."""
-    from p3.difficulty import ScoreConfig, score
+    from p3.score import ScoreConfig, score
 
     score(ScoreConfig(problems=problems, model=model, out=out, mode="likelihood", difficulty_span="answer",
-                      batch_size=64, device="cpu", dtype="float32", max_len=128))
+                      batch_size=64, generation=_cpu()))
     lik = contracts.read(out, contracts.DIFFICULTY).column("likelihood").to_numpy(zero_copy_only=False)
     levels = np.asarray([m["level"] for m in _meta(problems)])
     row = {"answer_lik": float(lik.mean())}
@@ -213,9 +223,12 @@ def all_levels(model: str, paths: dict[str, str], d: Path) -> dict[str, float]:
 
 def greedy_accuracy(s: Settings, model: str, problems: str, out: str) -> float:
     from p3.evaluate import EvaluateConfig, evaluate
+    from p3.generation import GenerationConfig
 
-    return float(evaluate(EvaluateConfig(problems=problems, model=model, out=out, max_new_tokens=s.max_new_tokens,
-                                         batch_size=100, device="cpu", dtype="float32", grade_workers=1))["accuracy"])
+    gen = GenerationConfig(max_new_tokens=s.max_new_tokens, device="cpu", dtype="float32", max_len=128,
+                           grade_workers=1)
+    return float(evaluate(EvaluateConfig(problems=problems, model=model, out=out, batch_size=100,
+                                         generation=gen))["accuracy"])
 
 
 _META: dict[str, list[dict]] = {}
@@ -274,8 +287,8 @@ class Cell:
 def run_cell(s: Settings, cell: Cell, paths: dict[str, str], emb: dict[str, str], warm: str, work: Path) -> list[dict]:
     """E epochs of one cell; a row per epoch (epoch 0 = the warm model, measured once per pool and seed)."""
     from p3.backends import cpu_threads
-    from p3.difficulty import ScoreConfig
     from p3.epoch import epoch_files, run_epoch
+    from p3.score import ScoreConfig
     from p3.selection import SelectConfig
     from p3.train import TrainConfig
 
@@ -285,8 +298,7 @@ def run_cell(s: Settings, cell: Cell, paths: dict[str, str], emb: dict[str, str]
     run_dir = work / cell.pool / f"seed{cell.seed}" / f"ft{cell.ft_seed}-order{cell.order_seed}" / cell.arm
     shutil.rmtree(run_dir, ignore_errors=True)
     score_cfg = None if score_over is None else ScoreConfig(
-        problems=paths[pool_key], model=warm, out="", batch_size=64, device="cpu", dtype="float32", max_len=128,
-        **score_over)
+        problems=paths[pool_key], model=warm, out="", batch_size=64, generation=_cpu(), **score_over)
     select_cfg = SelectConfig(problems=paths[pool_key], embeddings=emb[pool_key], epochs=s.epochs, budget=s.budget,
                               seed=cell.ft_seed, **select_over)
     train_cfg = TrainConfig(problems=paths[pool_key], selection="", model=warm, out="", full=True, lr=s.lr,

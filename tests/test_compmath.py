@@ -7,7 +7,8 @@ import pytest
 
 from p3 import prompts
 from p3.compmath import comp_problems, expression_and_steps
-from p3.data import check_problems, last_boxed, mini_split
+from p3.data import check_problems, mini_split
+from p3.verify.answers import last_boxed
 
 
 def _value(expr: str) -> int:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
-from p3.difficulty import ScoreConfig, score
+from p3.score import ScoreConfig, score
 from p3.selection import SelectConfig, select
 from p3.train import TrainConfig, train
 

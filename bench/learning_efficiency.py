@@ -76,8 +76,12 @@ ARM_SETTINGS: dict[str, tuple[dict | None, dict]] = {
     "random": (None, {"strategy": "random"}),
     "oracle": (None, {"strategy": "random"}),
     "p3-paper": (PAPER_SCORE, {"strategy": "p3"}),
+    # chosen on tuning seed 10 (docs/evidence.md): answer-span difficulty, a band of the
+    # pool between its 50th and 80th difficulty percentiles (neither mastered nor out of
+    # reach), learnability quality, 10 % of the budget at random
     "p3": (ANSWER_SCORE,
-           {"strategy": "p3", "quality": "learnability", "pacing_start": 80.0, "pacing_end": 100.0, "reserve": 0.1}),
+           {"strategy": "p3", "quality": "learnability", "pacing_mode": "band", "pacing_lower_start": 50.0,
+            "pacing_lower_end": 50.0, "pacing_start": 80.0, "pacing_end": 80.0, "reserve": 0.1}),
     "spl": (PAPER_SCORE, {"strategy": "spl"}),
     "dpp": (PAPER_SCORE, {"strategy": "dpp"}),
 }
@@ -110,10 +114,11 @@ class Settings:
     perturb: int = 2
     epochs: int = 3
     eval_each_epoch: bool = False
-    pool: int = 2000
-    budget: int = 400
-    test: int = 1000
+    pool: int = 1000
+    budget: int = 200
+    test: int = 500
     greedy_test: int = 1000
+    greedy_ft_seeds: list[int] = field(default_factory=lambda: [0])
     warmup_problems: int = 3000
     warmup_steps: int = 1000
     warmup_batch: int = 32
@@ -144,7 +149,7 @@ def make_data(s: Settings, work: Path) -> dict[str, str]:
         storage.write_table(comp_problems(s.pool, "1-5", s.data_seed, "train", list(POOL_SHARES)), paths["pool"])
         test = comp_problems(s.test, TEST_LEVELS, s.data_seed, "test", list(TEST_SHARES))
         storage.write_table(test, paths["test"])
-        storage.write_table(comp_problems(s.test, "1-5", s.data_seed, "test", list(POOL_SHARES)), paths["all_test"])
+        storage.write_table(comp_problems(s.test, "1-5", s.data_seed + 3, "test", list(POOL_SHARES)), paths["all_test"])
         storage.write_table(test.slice(0, s.greedy_test), paths["greedy"])
         storage.write_table(comp_problems(s.pool, str(FRONTIER), s.data_seed + 1, "train"), paths["control_pool"])
         storage.write_table(comp_problems(s.test, str(FRONTIER), s.data_seed + 1, "test"), paths["control_test"])
@@ -318,8 +323,9 @@ def run_cell(s: Settings, cell: Cell, paths: dict[str, str], emb: dict[str, str]
                 metrics = (answer_likelihood(files.model, paths[test_key], str(Path(files.dir) / "test_scores.parquet"))
                            if last or s.eval_each_epoch else {})
                 if last and cell.pool == "main":
-                    metrics["accuracy"] = greedy_accuracy(s, files.model, paths["greedy"],
-                                                          str(Path(files.dir) / "greedy.json"))
+                    if cell.ft_seed in s.greedy_ft_seeds and cell.order_seed == cell.ft_seed:
+                        metrics["accuracy"] = greedy_accuracy(s, files.model, paths["greedy"],
+                                                              str(Path(files.dir) / "greedy.json"))
                     metrics.update(all_levels(files.model, paths, Path(files.dir)))
                 secs["eval_s"] = time.perf_counter() - t
                 c.update(answer_lik=round(metrics.get("answer_lik", float("nan")), 4),
@@ -540,7 +546,8 @@ def write_markdown(rows: list[dict], s: Settings, path: Path, command: str, took
         f"warm model: {s.warmup_steps} steps (batch {s.warmup_batch}) on {s.warmup_problems} problems of levels 1–4 (shares {':'.join(map(str, WARM_SHARES))}); "
         f"{s.epochs} epochs × {s.steps_per_epoch} optimiser steps (budget {s.budget}, batch {s.batch_size}, lr "
         f"{s.lr} cosine after {s.lr_warmup_steps} warm-up steps, a fresh AdamW each epoch) for every arm; test "
-        f"{s.test} held-out problems (greedy accuracy on the first {s.greedy_test}); warm-up seeds {s.seeds} × "
+        f"{s.test} held-out problems (greedy accuracy: {s.greedy_test} other held-out problems of the same levels, "
+        f"fine-tune seeds {s.greedy_ft_seeds}); warm-up seeds {s.seeds} × "
         f"fine-tune seeds {s.ft_seeds} (negative control: {s.control_ft_seeds}).\n",
         "ans. lik.: the primary metric, the test split's (levels 4–5, the levels the warm model has not mastered) mean answer-token probability given the correct prefix "
         "(mean ± sd over seed cells; e0 = the warm model). L1–L5: per level after the last epoch. Δ vs random: "
@@ -628,10 +635,14 @@ class _Inline:
 
 
 def cells(s: Settings) -> list[Cell]:
-    """Every trajectory of the run: arms × pools × seeds × fine-tune seeds, plus the perturbations."""
-    out = [Cell(a, "main", sd, ft, ft) for sd in s.seeds for ft in s.ft_seeds for a in s.arms]
-    if s.control:
-        out += [Cell(a, "control", sd, ft, ft) for sd in s.seeds for ft in s.control_ft_seeds for a in CONTROL_ARMS]
+    """Every trajectory of the run, in an order whose every prefix is a usable result:
+    each fine-tune seed's complete sets of arms over the warm-up seeds, the negative
+    control after the first fine-tune seed, and the perturbation runs last."""
+    main = {ft: [Cell(a, "main", sd, ft, ft) for sd in s.seeds for a in s.arms] for ft in s.ft_seeds}
+    control = [Cell(a, "control", sd, ft, ft) for ft in s.control_ft_seeds for sd in s.seeds for a in CONTROL_ARMS]
+    out = main[s.ft_seeds[0]] + (control if s.control else [])
+    for ft in s.ft_seeds[1:]:
+        out += main[ft]
     for a in ("random", "p3"):
         if a in s.arms:
             out += [Cell(a, "main", s.seeds[0], s.ft_seeds[0], 1000 + k) for k in range(s.perturb)]

@@ -46,7 +46,10 @@ def test_bench_tiny_run_has_fair_arms_paired_stats_and_the_control(tmp_path):
     # the primary metric of the warm and the final model (--eval-each-epoch: every epoch)
     assert all(0.0 < float(r["answer_lik"]) < 1.0 for r in rows if r["epoch"] in ("0", "2"))
     assert all(r["answer_lik"] == "" for r in rows if r["epoch"] == "1")
-    assert all(r["accuracy"] != "" for r in rows if r["pool"] == "main" and r["epoch"] in ("0", "2"))
+    # greedy accuracy of the warm model and of the final models of the greedy fine-tune seeds (default: 0)
+    assert all(r["accuracy"] != "" for r in rows if r["pool"] == "main" and r["epoch"] in ("0", "2")
+               and r.get("ft_seed") in ("0", "", None))
+    assert all(r["accuracy"] == "" for r in rows if r.get("ft_seed") == "1")
     v = got["verdicts"]
     assert {"resolution", "p3", "p3-paper", "control p3", "control p3-paper"} <= set(v)
     assert v["p3"]["lo"] <= v["p3"]["mean"] <= v["p3"]["hi"] and v["p3"]["n"] == 2

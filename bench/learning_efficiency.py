@@ -58,7 +58,7 @@ import numpy as np
 import pyarrow as pa
 
 from p3 import contracts, storage
-from p3.logs import get_logger, step
+from p3.logs import configure, get_logger, step
 
 log = get_logger("bench")
 
@@ -291,6 +291,7 @@ class Cell:
 
 def run_cell(s: Settings, cell: Cell, paths: dict[str, str], emb: dict[str, str], warm: str, work: Path) -> list[dict]:
     """E epochs of one cell; a row per epoch (epoch 0 = the warm model, measured once per pool and seed)."""
+    configure()  # a worker process is an entry point of its own: its log lines reach the console
     from p3.backends import cpu_threads
     from p3.epoch import epoch_files, run_epoch
     from p3.score import ScoreConfig
@@ -354,6 +355,7 @@ def selection_mix(files, pool: str) -> dict:
 
 def warm_rows(s: Settings, seed: int, paths: dict[str, str], warm: str, work: Path, pools: list[str]) -> list[dict]:
     """Epoch 0 of every cell of this seed: the warm model's metrics (the same start for every arm)."""
+    configure()
     from p3.backends import cpu_threads
 
     rows = []
@@ -675,6 +677,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     p.add_argument("--cache", default="bench/out/warm_models", help="warm models, cached per seed and settings")
     p.add_argument("--report-only", action="store_true",
                    help="write the tables and plot from --work's partial.csv (a run stopped early) without training")
+    p.add_argument("--also-work", nargs="*", default=[],
+                   help="--report-only: also the partial.csv of these work folders (runs of other seeds, same settings)")
     args = p.parse_args(argv)
     s = Settings()
     if args.quick:
@@ -696,11 +700,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
 
 def main(argv: list[str] | None = None) -> dict:
     s, args = parse_args(argv)
+    configure()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     command = " ".join(["python bench/learning_efficiency.py", *(sys.argv[1:] if argv is None else argv)])
     out, work, cache = Path(args.out), Path(args.work), Path(args.cache)
     if args.report_only:
-        return report_partial(s, out, work, command)
+        return report_partial(s, out, [work, *map(Path, args.also_work)], command)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     cache.mkdir(parents=True, exist_ok=True)
@@ -726,11 +731,23 @@ def main(argv: list[str] | None = None) -> dict:
     return write_results(_order(rows), s, out, command, time.perf_counter() - start, stamp, warm_s)
 
 
-def report_partial(s: Settings, out: Path, work: Path, command: str) -> dict:
-    """Tables and plot of the cells a stopped run finished (its partial.csv), marked as partial."""
-    with open(work / "partial.csv") as fh:
-        rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
-    rows = [{k: v for k, v in r.items() if v is not None} for r in rows]
+def report_partial(s: Settings, out: Path, works: list[Path], command: str) -> dict:
+    """Tables and plot of the cells that runs finished (their partial.csv), marked as partial.
+
+    Rows of the same cell and epoch from several runs must agree (the warm model's rows
+    appear in every run of its seed); the first is kept.
+    """
+    seen: dict[tuple, dict] = {}
+    for work in works:
+        with open(work / "partial.csv") as fh:
+            for r in csv.DictReader(fh):
+                row = {k: _number(v) for k, v in r.items() if v != ""}
+                key = tuple(row.get(k) for k in ("arm", "pool", "seed", "ft_seed", "order_seed", "epoch"))
+                metrics = {k: v for k, v in row.items() if not k.endswith("_s")}
+                if key in seen and {k: v for k, v in seen[key].items() if not k.endswith("_s")} != metrics:
+                    raise ValueError(f"{work}: cell {key} differs from the same cell of an earlier run")
+                seen.setdefault(key, row)
+    rows = _order(list(seen.values()))
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     stamp = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "load_start": "?",
              "load_end": load, "partial": True}

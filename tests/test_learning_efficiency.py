@@ -58,6 +58,11 @@ def test_bench_tiny_run_has_fair_arms_paired_stats_and_the_control(tmp_path):
     assert (out / "learning_efficiency.png").read_bytes().startswith(b"\x89PNG")
     settings = json.loads((out / "learning_efficiency.json").read_text())["settings"]
     assert settings["budget"] == 16 and settings["seeds"] == [0]
+    # a report from work files alone (a stopped run, or runs of other seeds merged) gives the same verdicts
+    again = bench.main(["--quick-tiny", "--report-only", "--work", str(tmp_path / "w"), "--also-work",
+                        str(tmp_path / "w"), "--out", str(tmp_path / "again")])
+    assert again["verdicts"] == got["verdicts"]
+    assert "report of the finished cells only" in (tmp_path / "again" / "learning_efficiency.md").read_text()
 
 
 @pytest.mark.slow

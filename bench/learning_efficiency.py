@@ -112,6 +112,7 @@ class Settings:
     control: bool = True
     control_ft_seeds: list[int] = field(default_factory=lambda: [0])
     perturb: int = 2
+    perturb_only: bool = False
     epochs: int = 3
     eval_each_epoch: bool = False
     pool: int = 1000
@@ -431,13 +432,14 @@ def verdicts(rows: list[dict], s: Settings) -> dict:
 
 
 def perturbation_spread(rows: list[dict], s: Settings) -> dict:
-    """Std of the final primary metric across training-order perturbations of one cell, per arm."""
+    """Std of the final primary metric over training orders of one seed cell, per arm (the
+    cell's own order and the perturbed ones, 1000, 1001, …)."""
     out = {}
-    for arm in {r["arm"] for r in rows if r["arm"] != "warm" and r["order_seed"] != r["ft_seed"]}:
-        vals = [r["answer_lik"] for r in rows if r["arm"] == arm and r["pool"] == "main" and r["epoch"] == s.epochs
-                and r["seed"] == s.seeds[0] and r["ft_seed"] == s.ft_seeds[0]]
+    final = [r for r in rows if r["arm"] != "warm" and r["pool"] == "main" and r["epoch"] == s.epochs]
+    for arm, seed, ft in sorted({(r["arm"], r["seed"], r["ft_seed"]) for r in final if r["order_seed"] != r["ft_seed"]}):
+        vals = [r["answer_lik"] for r in final if (r["arm"], r["seed"], r["ft_seed"]) == (arm, seed, ft)]
         if len(vals) >= 2:
-            out[arm] = {"sd": float(np.std(vals, ddof=1)), "n": len(vals), "values": vals}
+            out[arm] = {"sd": float(np.std(vals, ddof=1)), "n": len(vals), "values": vals, "cell": f"{seed}/{ft}"}
     return out
 
 
@@ -531,7 +533,7 @@ def verdict_text(v: dict, spread: dict) -> str:
                          f"[{d['lo']:+.4f}, {d['hi']:+.4f}]: beats random: {d['ci_above_zero']} "
                          f"(expected: False).")
     for arm, sp in sorted(spread.items()):
-        lines.append(f"- Perturbation spread, `{arm}` (seed cell 0/0, {sp['n']} training orders): sd "
+        lines.append(f"- Perturbation spread, `{arm}` (seed cell {sp['cell']}, {sp['n']} training orders): sd "
                      f"{sp['sd']:.4f} of the final primary metric.")
     return "\n".join(lines) + "\n"
 
@@ -554,7 +556,8 @@ def write_markdown(rows: list[dict], s: Settings, path: Path, command: str, took
         "ans. lik.: the primary metric, the test split's (levels 4–5, the levels the warm model has not mastered) mean answer-token probability given the correct prefix "
         "(mean ± sd over seed cells; e0 = the warm model). L1–L5: per level after the last epoch. Δ vs random: "
         "paired by seed cell, 95 % t interval; SEs: Δ / its standard error. greedy acc.: exact final answer "
-        "after the last epoch (test split). all levels: the answer likelihood on a held-out split of every level, mixed as "
+        "after the last epoch, on the greedy split (other held-out problems of levels 4–5; fine-tune seeds "
+        f"{s.greedy_ft_seeds}). all levels: the answer likelihood on a held-out split of every level, mixed as "
         "the pool is (levels 1–3 falling = forgetting). L4 share: the frontier level's share of the selections. Seconds: median per cell, "
         "summed over epochs.\n",
         "## Main pool\n", result_table(rows, s, "main", main_arms),
@@ -642,8 +645,8 @@ def cells(s: Settings) -> list[Cell]:
     control after the first fine-tune seed, and the perturbation runs last."""
     main = {ft: [Cell(a, "main", sd, ft, ft) for sd in s.seeds for a in s.arms] for ft in s.ft_seeds}
     control = [Cell(a, "control", sd, ft, ft) for ft in s.control_ft_seeds for sd in s.seeds for a in CONTROL_ARMS]
-    out = main[s.ft_seeds[0]] + (control if s.control else [])
-    for ft in s.ft_seeds[1:]:
+    out = [] if s.perturb_only else main[s.ft_seeds[0]] + (control if s.control else [])
+    for ft in [] if s.perturb_only else s.ft_seeds[1:]:
         out += main[ft]
     for a in ("random", "p3"):
         if a in s.arms:
@@ -666,6 +669,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     p.add_argument("--control-ft-seeds", type=int, nargs="+", help="fine-tune seeds of the negative control (default 0)")
     p.add_argument("--arms", nargs="+", choices=list(ALL_ARMS), help="arms (default: " + " ".join(ARMS) + ")")
     p.add_argument("--no-control", action="store_true", help="skip the negative control")
+    p.add_argument("--perturb-only", action="store_true", default=None,
+                   help="only the perturbation runs (training orders 1000, 1001, … of the first seed cell)")
     p.add_argument("--eval-each-epoch", action="store_true", default=None,
                    help="measure the primary metric after every epoch (default: the warm and the final model)")
     d = Settings()

@@ -544,7 +544,8 @@ def write_markdown(rows: list[dict], s: Settings, path: Path, command: str, took
     text = "\n".join([
         "# Learning efficiency on comp-MATH (measured)\n",
         f"Command: `{command}`  ",
-        f"Wall time {took / 60:.1f} min (nan: a partial report) on {stamp['cpus']} CPU core(s) ({stamp['machine']}), load average at start "
+        (f"Wall time {took / 60:.1f} min" if math.isfinite(took) else "Wall time: not one run (a report of finished cells)")
+        + f" on {stamp['cpus']} CPU core(s) ({stamp['machine']}), load average at start "
         f"{stamp['load_start']}, at end {stamp['load_end']}; {s.jobs} worker processes × 1 torch thread.  ",
         f"Setup: pool {s.pool} comp-MATH problems, levels 1–5 in shares {':'.join(map(str, POOL_SHARES))}; "
         f"warm model: {s.warmup_steps} steps (batch {s.warmup_batch}) on {s.warmup_problems} problems of levels 1–4 (shares {':'.join(map(str, WARM_SHARES))}); "

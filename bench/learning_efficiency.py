@@ -1,254 +1,446 @@
-"""Learning efficiency on mini-MATH: P3 vs random, full, static, SPL-only, DPP-only.
+"""Learning efficiency on comp-MATH: does P3 pick the problems a model learns most from?
 
-Every arm starts from the same warmed-up tiny model (built once per seed, then copied),
-trains for E epochs with the same optimiser settings, and — except ``full`` — on the
-same number of problems per epoch (``--budget`` × pool). Before every epoch the arms
-that need difficulty re-score the whole pool with *their own* current model
-(likelihood difficulty: one forward pass per problem), exactly as the pipeline does.
-After every epoch the model is evaluated greedily on a held-out test split.
+The regime P3 is for: a model that already has the prerequisite skills, fine-tuned on a
+pool that mixes problems it has mastered, problems at its frontier and problems out of
+its reach. comp-MATH (:mod:`p3.compmath`, mini-MATH's format) has levels that compose
+the levels below; a tiny model is warmed up on levels 1–3 (cached per seed), so level 4
+is its frontier and level 5 out of reach. The pool holds levels 1–5 (shares 1:2:2:2:2);
+the held-out test split is drawn the same way.
 
-Arms (``p3 select --strategy``): random · full (the whole pool every epoch) · static
-(a curriculum on the dataset's own level labels, the same pacing schedule: static
-difficulty instead of the policy's) · spl (policy-difficulty pacing only, random among
-the eligible) · dpp (diversity only, over the whole pool) · p3 (pacing + DPP).
+Fair arms. Every arm starts from the same warm model, trains the same number of
+optimiser steps per epoch (``--budget`` problems / ``--batch-size``; a smaller
+selection is cycled), with the same optimiser, schedule and training seed, through
+:func:`p3.epoch.run_epoch` (score → select → train, the steps the pipeline runs). Arms:
 
-Writes to ``--out`` (default docs/results/): learning_efficiency.csv (one row per
-seed × arm × epoch), learning_efficiency.md (the summary table, the command, and what
-each arm selected), learning_efficiency.png (accuracy vs epoch, mean and seed range),
-learning_efficiency_selection.png (what each arm trained on) and the p3 arm's
-per-epoch report (seed 0). Work files go to ``--work`` (default bench/out/).
+- ``random``    ``p3 select --strategy random``
+- ``oracle``    the upper reference: picks the frontier level (4) by its known label
+                (then level 5 if short), at random within it
+- ``p3-paper``  the paper's P3: likelihood difficulty over the whole solution, linear
+                45 → 95 percentile pacing, DPP with quality = difficulty
+- ``p3``        the configuration the project recommends (chosen on the tuning seeds;
+                see :data:`ARM_SETTINGS` and docs/evidence.md)
+- ``spl``, ``dpp``  pacing only / DPP only, with the paper's settings
+
+Metric. Primary: the test split's *answer likelihood* — the mean probability of each
+step's result tokens given the correct prefix (``p3 score --difficulty-span answer`` on
+the test split: 1 − its difficulty), smooth, and it moves with learning. Secondary:
+greedy exact-answer accuracy (``p3 evaluate``) of the warm and the final model.
+Differences to ``random`` are paired by (warm-up seed, fine-tune seed), with 95 % t
+intervals. A negative control (``--control``) reruns random and the P3 arms on a pool
+and test of the frontier level alone, where selection has nothing to find.
 
     python bench/learning_efficiency.py            # the full benchmark (≤ 30 min, 2 cores)
-    python bench/learning_efficiency.py --quick    # one seed, random vs p3 (≤ 5 min)
+    python bench/learning_efficiency.py --quick    # random, oracle, p3 on one seed (≤ 5 min)
 
-Every number is seeded: the same command on the same versions reproduces the table.
+Writes ``--out`` (default docs/results/): learning_efficiency.csv (one row per arm ×
+pool × seed × fine-tune seed × epoch), .json (settings, timings, the verdicts),
+.md (the tables) and .png (plots). Work files go to ``--work``; warm models are cached
+in ``--cache``. Everything is seeded: the same command gives the same rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
+import math
 import os
 import platform
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
-from p3 import contracts, data, report, storage
-from p3.logs import get_logger, progress, step
+from p3 import contracts, storage
+from p3.logs import configure, get_logger, step
 
 log = get_logger("bench")
 
-ARMS = ("random", "full", "static", "spl", "dpp", "p3")
-QUICK_ARMS = ("random", "p3")
-# Arms whose selection reads this epoch's policy difficulty (static paces on level labels).
-SCORED = {"spl", "dpp", "p3"}
+LEVELS = (1, 2, 3, 4, 5)
+POOL_SHARES = (1, 2, 2, 2, 2)  # level 1 has few distinct problems (100 sums × 8 wordings)
+WARM_LEVELS, WARM_SHARES = "1-4", (1, 3, 3, 0.25)  # a little of level 4: the frontier is partly known
+FRONTIER = 4
+TEST_LEVELS, TEST_SHARES = "4-5", (1, 1)  # what fine-tuning has to teach (see docs/evidence.md)
+
+# Each arm: how its pool is scored (p3 score settings; None = not scored) and selected
+# (p3 select settings). "oracle" selects by level in this file.
+PAPER_SCORE = {"mode": "likelihood", "difficulty_span": "solution"}
+ANSWER_SCORE = {"mode": "likelihood", "difficulty_span": "answer"}
+ARM_SETTINGS: dict[str, tuple[dict | None, dict]] = {
+    "random": (None, {"strategy": "random"}),
+    "oracle": (None, {"strategy": "random"}),
+    "p3-paper": (PAPER_SCORE, {"strategy": "p3"}),
+    # chosen on tuning seed 10 (docs/evidence.md): answer-span difficulty, a band of the
+    # pool between its 50th and 80th difficulty percentiles (neither mastered nor out of
+    # reach), learnability quality, 10 % of the budget at random
+    "p3": (ANSWER_SCORE,
+           {"strategy": "p3", "quality": "learnability", "pacing_mode": "band", "pacing_lower_start": 50.0,
+            "pacing_lower_end": 50.0, "pacing_start": 80.0, "pacing_end": 80.0, "reserve": 0.1}),
+    "spl": (PAPER_SCORE, {"strategy": "spl"}),
+    "dpp": (PAPER_SCORE, {"strategy": "dpp"}),
+}
+# Candidates for the recommended configuration, compared on the tuning seeds only.
+ANSWER = ANSWER_SCORE
+CANDIDATES: dict[str, tuple[dict | None, dict]] = {
+    "p3-answer": (ANSWER, {"strategy": "p3"}),
+    "p3-learn": (ANSWER, {"strategy": "p3", "quality": "learnability"}),
+    "p3-band": (ANSWER, {"strategy": "p3", "quality": "learnability", "pacing_mode": "band"}),
+    "p3-wide": (ANSWER, {"strategy": "p3", "quality": "learnability", "pacing_start": 80.0, "pacing_end": 100.0}),
+    "p3-wide-reserve": (ANSWER, {"strategy": "p3", "quality": "learnability", "pacing_start": 80.0,
+                                 "pacing_end": 100.0, "reserve": 0.1}),
+    "dpp-learn": (ANSWER, {"strategy": "dpp", "quality": "learnability"}),
+}
+ALL_ARMS = {**ARM_SETTINGS, **CANDIDATES}
+ARMS = tuple(ARM_SETTINGS)
+CONTROL_ARMS = ("random", "p3-paper", "p3")
+QUICK_ARMS = ("random", "oracle", "p3")
 
 
 @dataclass
 class Settings:
-    """Sizes and training settings of one benchmark run (all recorded with the results)."""
+    """Sizes and training settings of one run (recorded with the results)."""
 
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    ft_seeds: list[int] = field(default_factory=lambda: [0, 1])
     arms: list[str] = field(default_factory=lambda: list(ARMS))
-    epochs: int = 4
-    pool: int = 2000
-    test: int = 1000
-    warmup_problems: int = 1000
-    warmup_steps: int = 100
-    budget: float = 0.3
-    lr: float = 2e-3
-    lr_warmup_steps: int = 10
-    scheduler: str = "cosine"
+    control: bool = True
+    control_ft_seeds: list[int] = field(default_factory=lambda: [0])
+    perturb: int = 2
+    perturb_only: bool = False
+    epochs: int = 3
+    eval_each_epoch: bool = False
+    pool: int = 1000
+    budget: int = 200
+    test: int = 500
+    greedy_test: int = 1000
+    greedy_ft_seeds: list[int] = field(default_factory=lambda: [0])
+    warmup_problems: int = 3000
+    warmup_steps: int = 1000
+    warmup_batch: int = 32
+    lr: float = 3e-4
+    lr_warmup_steps: int = 5
     batch_size: int = 8
-    passes: float = 1.0
-    max_new_tokens: int = 96
+    max_new_tokens: int = 64
     data_seed: int = 0
-    threads: int = 1
     jobs: int = 2
 
     @property
-    def k(self) -> int:
-        return max(1, round(self.budget * self.pool))
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.budget / self.batch_size)
 
 
-# ----------------------------------------------------------------------------- steps
+# ----------------------------------------------------------------------------- data and warm-up
 
 
 def make_data(s: Settings, work: Path) -> dict[str, str]:
-    """Warm-up set, training pool (disjoint from it) and the held-out test split."""
-    paths = {name: str(work / "data" / f"{name}.parquet") for name in ("warmup", "pool", "test")}
-    with step(log, "data") as counts:
-        train = data.synth_problems(s.warmup_problems + s.pool, levels="1-5", seed=s.data_seed, split="train")
-        storage.write_table(train.slice(0, s.warmup_problems), paths["warmup"])
-        storage.write_table(train.slice(s.warmup_problems), paths["pool"])
-        storage.write_table(data.synth_problems(s.test, levels="1-5", seed=s.data_seed, split="test"), paths["test"])
-        counts.update(warmup=s.warmup_problems, pool=s.pool, test=s.test)
+    """Warm-up set (levels 1–3), the pool and test split (levels 1–5), and the control's (level 4)."""
+    from p3.compmath import comp_problems
+
+    paths = {n: str(work / "data" / f"{n}.parquet") for n in ("warmup", "pool", "test", "greedy", "all_test",
+                                                              "control_pool", "control_test")}
+    with step(log, "data"):
+        storage.write_table(comp_problems(s.warmup_problems, WARM_LEVELS, s.data_seed + 1000, "train", list(WARM_SHARES)),
+                            paths["warmup"])
+        storage.write_table(comp_problems(s.pool, "1-5", s.data_seed, "train", list(POOL_SHARES)), paths["pool"])
+        test = comp_problems(s.test, TEST_LEVELS, s.data_seed, "test", list(TEST_SHARES))
+        storage.write_table(test, paths["test"])
+        storage.write_table(comp_problems(s.test, "1-5", s.data_seed + 3, "test", list(POOL_SHARES)), paths["all_test"])
+        storage.write_table(test.slice(0, s.greedy_test), paths["greedy"])
+        storage.write_table(comp_problems(s.pool, str(FRONTIER), s.data_seed + 1, "train"), paths["control_pool"])
+        storage.write_table(comp_problems(s.test, str(FRONTIER), s.data_seed + 1, "test"), paths["control_test"])
     return paths
 
 
-def embed_pool(paths: dict[str, str], work: Path) -> str:
-    """Embeddings of the pool (bundled MiniLM): computed once, shared by every arm."""
+def embed_pools(paths: dict[str, str], work: Path, control: bool) -> dict[str, str]:
+    """MiniLM embeddings of each pool, once, shared by every arm (the DPP's features)."""
     from p3.embed import EmbedConfig, embed
 
-    out = str(work / "data" / "embeddings.parquet")
-    embed(EmbedConfig(problems=paths["pool"], out=out, device="cpu"))
+    out = {}
+    for pool in ("pool", "control_pool") if control else ("pool",):
+        out[pool] = str(work / "data" / f"{pool}.embeddings.parquet")
+        embed(EmbedConfig(problems=paths[pool], out=out[pool], device="cpu"))
     return out
 
 
-def warm_model(s: Settings, paths: dict[str, str], seed: int, work: Path) -> str:
-    """The tiny model warmed up on the warm-up set: the one start point of every arm."""
+def warm_key(s: Settings, seed: int) -> str:
+    spec = json.dumps([s.warmup_problems, s.warmup_steps, s.warmup_batch, s.data_seed, seed, WARM_LEVELS,
+                       WARM_SHARES, _source_digest()])
+    return hashlib.sha1(spec.encode()).hexdigest()[:12]
+
+
+def _source_digest() -> str:
+    """The generator and the warm-up code (model, tokenizer, training loop) are part of the cache key."""
+    import inspect
+
+    import p3.compmath
+    import p3.tiny
+
+    code = [Path(p3.compmath.__file__).read_text()] + [inspect.getsource(f) for f in (
+        p3.tiny.build_tokenizer, p3.tiny.build_model, p3.tiny.warm_up, p3.tiny.build_tiny_model)]
+    return hashlib.sha1("".join(code).encode()).hexdigest()[:12]
+
+
+def warm_model(s: Settings, paths: dict[str, str], seed: int, cache: Path) -> tuple[str, float]:
+    """The tiny model warmed up on levels 1–3 (cached per seed and settings); (dir, seconds spent)."""
     from p3.tiny import TinyConfig, build_tiny_model
 
-    out = str(work / f"seed{seed}" / "warm")
-    build_tiny_model(TinyConfig(out=out, train_on=paths["warmup"], steps=s.warmup_steps, seed=seed,
-                                threads=s.threads, max_len=256))
-    return out
+    out = cache / f"warm-seed{seed}-{warm_key(s, seed)}"
+    if out.exists():
+        return str(out), 0.0
+    t = time.perf_counter()
+    build_tiny_model(TinyConfig(out=str(out), train_on=paths["warmup"], steps=s.warmup_steps, seed=seed, threads=1,
+                                max_len=128, batch_size=s.warmup_batch))
+    return str(out), time.perf_counter() - t
 
 
-def score_pool(paths: dict[str, str], model: str, out: str, epoch: int, split: str = "pool") -> None:
-    from p3.score import ScoreConfig, score
+# ----------------------------------------------------------------------------- measuring
+
+
+def _cpu():
     from p3.generation import GenerationConfig
 
-    score(ScoreConfig(problems=paths[split], model=model, out=out, mode="likelihood", epoch=epoch, batch_size=64,
-                      generation=GenerationConfig(device="cpu", dtype="float32", max_len=256)))
+    return GenerationConfig(device="cpu", dtype="float32", max_len=128)
 
 
-def select_arm(s: Settings, arm: str, paths: dict[str, str], emb: str, difficulty: str | None,
-               epoch: int, seed: int, edir: Path, previous: str | None) -> None:
-    from p3.selection import SelectConfig, select
+def answer_likelihood(model: str, problems: str, out: str) -> dict[str, float]:
+    """Primary metric: mean answer-token probability given the correct prefix, overall and per level."""
+    from p3.score import ScoreConfig, score
 
-    select(SelectConfig(problems=paths["pool"], difficulty=difficulty, embeddings=emb, strategy=arm, epoch=epoch,
-                        epochs=s.epochs, budget=s.pool if arm == "full" else s.k,
-                        out=str(edir / "selection.parquet"), report=str(edir / "selection_report.json"),
-                        previous=previous, seed=seed))
-
-
-def train_epoch(s: Settings, paths: dict[str, str], selection: str, model: str, out: str, seed: int) -> dict:
-    """One pass over the selection (full fine-tuning: the tiny model is too small for LoRA)."""
-    from p3.train import TrainConfig, train
-
-    # Each epoch is a fresh Trainer (as in the pipeline; p3 train keeps no optimiser state
-    # between runs): a fresh AdamW whose first steps move every weight by ~lr, so a short
-    # linear warm-up keeps epoch starts gentle, and the cosine decay to 0 within the epoch
-    # makes the evaluated model an annealed one (with a constant 2e-3 the test accuracy of
-    # the last iterate swung by ±2 points from epoch to epoch).
-    train(TrainConfig(problems=paths["pool"], selection=selection, model=model, out=out, full=True, lr=s.lr,
-                      scheduler=s.scheduler, warmup_steps=s.lr_warmup_steps, batch_size=s.batch_size,
-                      epochs_per_round=s.passes, max_len=256, seed=seed, device="cpu", save_steps=10**9, merge=False))
-    state = storage.read_json(os.path.join(out, "trainer_state.json"))
-    return {"steps": state.get("global_step")}
+    score(ScoreConfig(problems=problems, model=model, out=out, mode="likelihood", difficulty_span="answer",
+                      batch_size=64, generation=_cpu()))
+    lik = contracts.read(out, contracts.DIFFICULTY).column("likelihood").to_numpy(zero_copy_only=False)
+    levels = np.asarray([m["level"] for m in _meta(problems)])
+    row = {"answer_lik": float(lik.mean())}
+    for lv in np.unique(levels):
+        row[f"answer_lik_L{lv}"] = float(lik[levels == lv].mean())
+    return row
 
 
-def evaluate_model(s: Settings, paths: dict[str, str], model: str, out: str, epoch: int) -> dict:
-    """Greedy accuracy on the test split, plus the test solutions' mean step probability.
+def all_levels(model: str, paths: dict[str, str], d: Path) -> dict[str, float]:
+    """The answer likelihood on a test split of every level (as mixed as the pool): shows forgetting."""
+    return {"all_" + k: v for k, v in answer_likelihood(model, paths["all_test"], str(d / "all_test_scores.parquet")).items()}
 
-    Exact-answer accuracy of a tiny model moves in steps of 1/test; the likelihood the
-    model gives the reference solutions (1 − likelihood difficulty) is a smooth second
-    measure of the same learning.
-    """
+
+def greedy_accuracy(s: Settings, model: str, problems: str, out: str) -> float:
     from p3.evaluate import EvaluateConfig, evaluate
     from p3.generation import GenerationConfig
 
-    gen = GenerationConfig(max_new_tokens=s.max_new_tokens, device="cpu", dtype="float32", grade_workers=1)
-    metrics = evaluate(EvaluateConfig(problems=paths["test"], model=model, out=out, batch_size=100, epoch=epoch,
-                                      generation=gen))
-    scored = out.removesuffix(".json") + ".test_difficulty.parquet"
-    score_pool(paths, model, scored, max(epoch, 0), split="test")
-    metrics["test_likelihood"] = float(np.mean(contracts.read(scored, contracts.DIFFICULTY).column("likelihood")
-                                               .to_numpy(zero_copy_only=False)))
-    return metrics
+    gen = GenerationConfig(max_new_tokens=s.max_new_tokens, device="cpu", dtype="float32", max_len=128,
+                           grade_workers=1)
+    return float(evaluate(EvaluateConfig(problems=problems, model=model, out=out, batch_size=100,
+                                         generation=gen))["accuracy"])
 
 
-def by_level(metrics: dict) -> dict[str, float]:
-    return {str(k): float(v["accuracy"]) for k, v in metrics.get("by_level", {}).items()}
+_META: dict[str, list[dict]] = {}
 
 
-def run_arm(s: Settings, arm: str, seed: int, paths: dict[str, str], emb: str, warm: str, warm_eval: dict,
-            work: Path) -> list[dict]:
-    """E epochs of one arm from the warm model; one result row per epoch (epoch 0 = warm model).
-
-    Every arm's pool is re-scored each epoch by its own current model: spl/dpp/p3 select
-    with it, and for the others it is a diagnostic (what the policy finds hard). Scoring
-    time is counted in ``wall_s`` only for the arms that need it.
-    """
-    import torch
-
-    torch.set_num_threads(s.threads)
-    rows = [result_row(arm, seed, 0, warm_eval, examples=0, seconds=0.0, score_s=0.0, train_s=0.0, sel=None)]
-    model, previous = warm, None
-    total_examples, total_s = 0, 0.0
-    for e in range(s.epochs):
-        edir = work / f"seed{seed}" / arm / f"epoch_{e}"
-        edir.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        with step(log, f"seed {seed} {arm} epoch {e}") as counts:
-            difficulty = str(edir / "difficulty.parquet")
-            score_pool(paths, model, difficulty, e)
-            score_s = time.perf_counter() - start
-            select_arm(s, arm, paths, emb, difficulty, e, seed, edir, previous)
-            sel_path = str(edir / "selection.parquet")
-            t0 = time.perf_counter()
-            new_model = str(edir / "model")
-            train_epoch(s, paths, sel_path, model, new_model, seed)
-            train_s = time.perf_counter() - t0
-            metrics = evaluate_model(s, paths, new_model, str(edir / "metrics.json"), e)
-            if model != warm:
-                shutil.rmtree(model, ignore_errors=True)  # keep disk use flat: only the newest model
-            model, previous = new_model, sel_path
-            n_sel = contracts.read(sel_path, contracts.SELECTION).num_rows
-            total_examples += n_sel
-            seconds = time.perf_counter() - start - (0.0 if arm in SCORED else score_s)
-            total_s += seconds
-            counts.update(selected=n_sel, accuracy=round(metrics["accuracy"], 4), score_s=round(score_s, 1),
-                          train_s=round(train_s, 1))
-        sel_report = storage.read_json(edir / "selection_report.json")
-        summary = selection_summary(sel_path, paths, sel_report)
-        summary["pool_difficulty"] = float(np.mean(contracts.read(difficulty, contracts.DIFFICULTY)
-                                                   .column("difficulty").to_numpy()))
-        rows.append(result_row(arm, seed, e + 1, metrics, examples=total_examples, seconds=total_s,
-                               score_s=score_s, train_s=train_s, sel=summary))
-    shutil.rmtree(model, ignore_errors=True)
-    return rows
-
-
-def selection_summary(sel_path: str, paths: dict[str, str], sel_report: dict) -> dict:
-    """What an epoch trained on: mean difficulty and the level mix of the selection."""
-    sel = contracts.read(sel_path, contracts.SELECTION)
-    meta = _pool_meta(paths["pool"])
-    levels = [meta[i].get("level") for i in sel.column("id").to_pylist()]
-    mix = {str(lv): levels.count(lv) / max(1, len(levels)) for lv in range(1, 6)}
-    diffs = np.asarray(sel.column("difficulty").to_pylist(), dtype=float)
-    return {"sel_difficulty": float(np.nanmean(diffs)) if len(diffs) else float("nan"),
-            "threshold": sel_report.get("threshold"), "eligible": sel_report.get("eligible"),
-            **{f"sel_level_{k}": v for k, v in mix.items()}}
-
-
-_META: dict[str, dict] = {}
-
-
-def _pool_meta(path: str) -> dict:
+def _meta(path: str) -> list[dict]:
     if path not in _META:
-        _META[path] = report.load_meta(path)
+        from p3.data import load_problems, problem_meta
+
+        _META[path] = problem_meta(load_problems(path))
     return _META[path]
 
 
-def result_row(arm: str, seed: int, epoch: int, metrics: dict, examples: int, seconds: float, score_s: float,
-               train_s: float, sel: dict | None) -> dict:
-    row = {"arm": arm, "seed": seed, "epoch": epoch, "accuracy": round(float(metrics["accuracy"]), 4),
-           "test_likelihood": round(float(metrics["test_likelihood"]), 4),
-           **{f"acc_level_{k}": round(v, 4) for k, v in by_level(metrics).items()},
-           "examples_trained": examples, "wall_s": round(seconds, 1), "score_s": round(score_s, 1),
-           "train_s": round(train_s, 1)}
-    for k, v in (sel or {}).items():
-        row[k] = round(v, 4) if isinstance(v, float) else v
+def oracle_selector(pool: str):
+    """Select the frontier level by its label (then the next levels), at random within it."""
+    from p3.data import load_problems
+
+    table = load_problems(pool)
+    ids, levels = table.column("id").to_pylist(), [m["level"] for m in _meta(pool)]
+
+    def select(cfg) -> dict:
+        rng = np.random.default_rng([cfg.seed, cfg.epoch])
+        order = sorted(range(len(ids)), key=lambda i: (levels[i] < FRONTIER, levels[i]))  # 4, 5, then 1–3
+        ranked: list[int] = []
+        for lv in dict.fromkeys(levels[i] for i in order):
+            ranked += list(rng.permutation([i for i in order if levels[i] == lv]))
+        chosen = ranked[: cfg.budget]
+        storage.write_table(pa.table({"id": pa.array([ids[i] for i in chosen], pa.string()),
+                                      "rank": pa.array(range(len(chosen)), pa.int64()),
+                                      "round": pa.array([0] * len(chosen), pa.int64()),
+                                      "difficulty": pa.array([float("nan")] * len(chosen), pa.float64()),
+                                      "epoch": pa.array([cfg.epoch] * len(chosen), pa.int64())},
+                                     schema=contracts.SELECTION), cfg.out)
+        report = {"strategy": "oracle", "epoch": cfg.epoch, "pool": len(ids), "eligible": len(ids),
+                  "selected": len(chosen), "threshold": None}
+        storage.write_json(report, cfg.report)
+        return report
+
+    return select
+
+
+# ----------------------------------------------------------------------------- one arm
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trained trajectory: an arm on a pool from one warm model with one fine-tune seed."""
+
+    arm: str
+    pool: str  # "main" or "control"
+    seed: int
+    ft_seed: int
+    order_seed: int  # training data order; = ft_seed except in the perturbation runs
+
+
+def run_cell(s: Settings, cell: Cell, paths: dict[str, str], emb: dict[str, str], warm: str, work: Path) -> list[dict]:
+    """E epochs of one cell; a row per epoch (epoch 0 = the warm model, measured once per pool and seed)."""
+    configure()  # a worker process is an entry point of its own: its log lines reach the console
+    from p3.backends import cpu_threads
+    from p3.epoch import epoch_files, run_epoch
+    from p3.score import ScoreConfig
+    from p3.selection import SelectConfig
+    from p3.train import TrainConfig
+
+    pool_key = "pool" if cell.pool == "main" else "control_pool"
+    test_key = "test" if cell.pool == "main" else "control_test"
+    score_over, select_over = ALL_ARMS[cell.arm]
+    run_dir = work / cell.pool / f"seed{cell.seed}" / f"ft{cell.ft_seed}-order{cell.order_seed}" / cell.arm
+    shutil.rmtree(run_dir, ignore_errors=True)
+    score_cfg = None if score_over is None else ScoreConfig(
+        problems=paths[pool_key], model=warm, out="", batch_size=64, generation=_cpu(), **score_over)
+    select_cfg = SelectConfig(problems=paths[pool_key], embeddings=emb[pool_key], epochs=s.epochs, budget=s.budget,
+                              seed=cell.ft_seed, **select_over)
+    train_cfg = TrainConfig(problems=paths[pool_key], selection="", model=warm, out="", full=True, lr=s.lr,
+                            scheduler="cosine", warmup_steps=s.lr_warmup_steps, batch_size=s.batch_size,
+                            max_steps=s.steps_per_epoch, epochs_per_round=1.0, max_len=128, seed=cell.order_seed,
+                            device="cpu", save_steps=10**9, merge=False)
+    selector = oracle_selector(paths[pool_key]) if cell.arm == "oracle" else None
+    rows, policy, previous = [], warm, None
+    with cpu_threads(threads=1):
+        for e in range(s.epochs):
+            files = epoch_files(str(run_dir), e)
+            with step(log, f"{cell.pool} seed {cell.seed}/{cell.ft_seed}/{cell.order_seed} {cell.arm} epoch {e}") as c:
+                secs = run_epoch(e, policy, files, previous, score_cfg, select_cfg, train_cfg,
+                                 **({"selector": selector} if selector else {}))
+                t = time.perf_counter()
+                last = e == s.epochs - 1
+                metrics = (answer_likelihood(files.model, paths[test_key], str(Path(files.dir) / "test_scores.parquet"))
+                           if last or s.eval_each_epoch else {})
+                if last and cell.pool == "main":
+                    if cell.ft_seed in s.greedy_ft_seeds and cell.order_seed == cell.ft_seed:
+                        metrics["accuracy"] = greedy_accuracy(s, files.model, paths["greedy"],
+                                                              str(Path(files.dir) / "greedy.json"))
+                    metrics.update(all_levels(files.model, paths, Path(files.dir)))
+                secs["eval_s"] = time.perf_counter() - t
+                c.update(answer_lik=round(metrics.get("answer_lik", float("nan")), 4),
+                         **{k: round(v, 1) for k, v in secs.items()})
+            rows.append({**asdict(cell), "epoch": e + 1, **_round(metrics), **selection_mix(files, paths[pool_key]),
+                         "steps": storage.read_json(Path(files.model) / "trainer_state.json")["global_step"],
+                         **{k: round(v, 2) for k, v in secs.items()}})
+            if previous is not None:
+                shutil.rmtree(previous.model, ignore_errors=True)  # only the newest model is kept
+            policy, previous = files.model, files
+    return rows
+
+
+def selection_mix(files, pool: str) -> dict:
+    """The level mix of an epoch's selection, its size, and the pacing's eligible count."""
+    from p3.data import load_problems
+
+    level_of = dict(zip(load_problems(pool).column("id").to_pylist(), (m["level"] for m in _meta(pool))))
+    ids = contracts.read(files.selection, contracts.SELECTION).column("id").to_pylist()
+    rep = storage.read_json(files.report)
+    row = {"selected": len(ids), "eligible": rep.get("eligible")}
+    for lv in LEVELS:
+        row[f"sel_L{lv}"] = round(sum(level_of[i] == lv for i in ids) / max(1, len(ids)), 4)
     return row
+
+
+def warm_rows(s: Settings, seed: int, paths: dict[str, str], warm: str, work: Path, pools: list[str]) -> list[dict]:
+    """Epoch 0 of every cell of this seed: the warm model's metrics (the same start for every arm)."""
+    configure()
+    from p3.backends import cpu_threads
+
+    rows = []
+    with cpu_threads(threads=1):
+        for pool in pools:
+            test_key = "test" if pool == "main" else "control_test"
+            d = work / pool / f"seed{seed}"
+            d.mkdir(parents=True, exist_ok=True)
+            m = answer_likelihood(warm, paths[test_key], str(d / "warm_test_scores.parquet"))
+            if pool == "main":
+                m["accuracy"] = greedy_accuracy(s, warm, paths["greedy"], str(d / "warm_greedy.json"))
+                m.update(all_levels(warm, paths, d))
+            rows.append({"arm": "warm", "pool": pool, "seed": seed, "epoch": 0, **_round(m)})
+    return rows
+
+
+def _round(d: dict) -> dict:
+    return {k: round(v, 5) if isinstance(v, float) else v for k, v in d.items()}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 29: 2.045}
+
+
+def t975(df: int) -> float:
+    """The 97.5 % quantile of Student's t (a 95 % two-sided interval)."""
+    if df in T975:
+        return T975[df]
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, df))
+
+
+def paired(rows: list[dict], arm: str, base: str, pool: str, epoch: int, key: str = "answer_lik") -> dict | None:
+    """``arm`` − ``base`` paired by (seed, ft_seed): mean, standard error, 95 % t interval, n."""
+    def values(a):
+        return {(r["seed"], r["ft_seed"]): r[key] for r in rows
+                if r["arm"] == a and r["pool"] == pool and r["epoch"] == epoch and r["order_seed"] == r["ft_seed"]
+                and r.get(key) is not None}
+
+    x, y = values(arm), values(base)
+    keys = sorted(set(x) & set(y))
+    if len(keys) < 2:
+        return None
+    d = np.asarray([x[k] - y[k] for k in keys])
+    se = float(d.std(ddof=1) / math.sqrt(len(d)))
+    half = t975(len(d) - 1) * se
+    return {"mean": float(d.mean()), "se": se, "lo": float(d.mean() - half), "hi": float(d.mean() + half),
+            "n": len(d), "z": float(d.mean() / se) if se > 0 else float("inf")}
+
+
+def verdicts(rows: list[dict], s: Settings) -> dict:
+    """The pre-registered success rule (docs/evidence.md) for p3 and p3-paper, and the control."""
+    out: dict = {}
+    e = s.epochs
+    head = paired(rows, "oracle", "random", "main", e)
+    out["resolution"] = head
+    for arm in ("p3", "p3-paper"):
+        d = paired(rows, arm, "random", "main", e)
+        if d is None or head is None:
+            continue
+        capture = d["mean"] / head["mean"] if head["mean"] > 0 else float("nan")
+        out[arm] = {**d, "capture": capture, "ci_above_zero": d["lo"] > 0, "captures_third": capture >= 1 / 3,
+                    "success": bool(d["lo"] > 0 and capture >= 1 / 3)}
+    for arm in CONTROL_ARMS[1:]:
+        d = paired(rows, arm, "random", "control", e)
+        if d is not None:
+            out[f"control {arm}"] = {**d, "ci_above_zero": d["lo"] > 0, "success": bool(d["lo"] > 0)}
+    return out
+
+
+def perturbation_spread(rows: list[dict], s: Settings) -> dict:
+    """Std of the final primary metric over training orders of one seed cell, per arm (the
+    cell's own order and the perturbed ones, 1000, 1001, …)."""
+    out = {}
+    final = [r for r in rows if r["arm"] != "warm" and r["pool"] == "main" and r["epoch"] == s.epochs]
+    for arm, seed, ft in sorted({(r["arm"], r["seed"], r["ft_seed"]) for r in final if r["order_seed"] != r["ft_seed"]}):
+        vals = [r["answer_lik"] for r in final if (r["arm"], r["seed"], r["ft_seed"]) == (arm, seed, ft)]
+        if len(vals) >= 2:
+            out[arm] = {"sd": float(np.std(vals, ddof=1)), "n": len(vals), "values": vals, "cell": f"{seed}/{ft}"}
+    return out
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -262,273 +454,183 @@ def write_csv(rows: list[dict], path: Path) -> None:
         w.writerows(rows)
 
 
-def summary_table(rows: list[dict], s: Settings) -> tuple[list[str], list[list[str]]]:
-    """Per arm: accuracy per epoch (mean ± std over seeds), final per-level, data, time."""
-    head = ["arm", *[f"acc e{e}" for e in range(s.epochs + 1)], *[f"L{lv}" for lv in range(1, 6)],
-            "test lik.", "examples", "% of full", "wall s"]
-    out = []
-    full_examples = s.pool * s.epochs
-    for arm in s.arms:
-        cells = [arm]
-        for e in range(s.epochs + 1):
-            accs = [r["accuracy"] for r in rows if r["arm"] == arm and r["epoch"] == e]
-            cells.append(_mean_std(accs))
-        last = [r for r in rows if r["arm"] == arm and r["epoch"] == s.epochs]
-        for lv in range(1, 6):
-            cells.append(f"{np.mean([r.get(f'acc_level_{lv}', np.nan) for r in last]):.3f}")
-        ex = int(np.mean([r["examples_trained"] for r in last]))
-        cells.append(_mean_std([r["test_likelihood"] for r in last]))
-        cells += [str(ex), f"{100 * ex / full_examples:.0f}%", f"{np.median([r['wall_s'] for r in last]):.0f}"]
-        out.append(cells)
-    return head, out
+def _md(head: list[str], body: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                      *["| " + " | ".join(r) + " |" for r in body]]) + "\n"
 
 
-def selection_table(rows: list[dict], s: Settings) -> tuple[list[str], list[list[str]]]:
-    """What each arm trained on per epoch (mean over seeds): difficulty and level mix."""
-    head = ["arm", "epoch", "eligible", "threshold", "sel. difficulty", *[f"L{lv}" for lv in range(1, 6)]]
-    out = []
-    for arm in s.arms:
-        for e in range(1, s.epochs + 1):
-            rs = [r for r in rows if r["arm"] == arm and r["epoch"] == e]
-            thr = [r["threshold"] for r in rs if isinstance(r.get("threshold"), (int, float))]
-            elig = [r["eligible"] for r in rs if isinstance(r.get("eligible"), (int, float))]
-            out.append([arm, str(e - 1), f"{np.mean(elig):.0f}" if elig else "-", f"{np.mean(thr):.3f}" if thr else "-",
-                        f"{np.mean([r['sel_difficulty'] for r in rs]):.3f}" if rs and "sel_difficulty" in rs[0] else "-",
-                        *[f"{np.mean([r.get(f'sel_level_{lv}', 0) for r in rs]):.2f}" for lv in range(1, 6)]])
-    return head, out
-
-
-def _mean_std(xs: list[float]) -> str:
+def _ms(xs: list[float], d: int = 3) -> str:
+    xs = [x for x in xs if x is not None]
     if not xs:
         return "-"
-    return f"{np.mean(xs):.3f} ± {np.std(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+    return f"{np.mean(xs):.{d}f} ± {np.std(xs, ddof=1):.{d}f}" if len(xs) > 1 else f"{xs[0]:.{d}f}"
 
 
-def plot_accuracy(rows: list[dict], s: Settings, path: Path) -> None:
-    """Accuracy vs epoch per arm: mean over seeds, shaded min–max seed range."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    colors = {"random": "#7f7f7f", "full": "#000000", "static": "#8c564b", "spl": "#1f77b4", "dpp": "#9467bd",
-              "p3": "#d62728"}
-    xs = list(range(s.epochs + 1))
-
-    def grid(arm: str, key: str) -> np.ndarray:  # seeds × epochs
-        return np.array([[next(r[key] for r in rows if r["arm"] == arm and r["seed"] == sd and r["epoch"] == e)
-                          for e in xs] for sd in s.seeds], dtype=float)
-
-    for arm in s.arms:
-        acc, lik, ex = grid(arm, "accuracy"), grid(arm, "test_likelihood"), grid(arm, "examples_trained").mean(axis=0)
-        c = colors.get(arm)
-        for ax, x, y in ((axes[0], xs, acc), (axes[1], ex, acc), (axes[2], xs, lik)):
-            ax.plot(x, y.mean(axis=0), marker="o", color=c, label=arm, linewidth=2.2 if arm == "p3" else 1.4)
-            if len(s.seeds) > 1:
-                ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=c, alpha=0.12)
-    axes[0].set_xlabel("epoch (0 = warm-up model)")
-    axes[1].set_xlabel("problems trained on (cumulative)")
-    axes[2].set_xlabel("epoch (0 = warm-up model)")
-    for ax in (axes[0], axes[2]):
-        ax.set_xticks(xs)
-    axes[0].set_ylabel("test accuracy (greedy, exact answer)")
-    axes[1].set_ylabel("test accuracy (greedy, exact answer)")
-    axes[2].set_ylabel("test solutions: mean step probability")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"mini-MATH, tiny model: pool {s.pool}, budget {s.k}/epoch ({100 * s.budget:.0f}%), "
-                 f"test {s.test}, {len(s.seeds)} seed(s); shaded = seed range")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def result_table(rows: list[dict], s: Settings, pool: str, arms: list[str]) -> str:
+    """Per arm: primary metric per epoch and per level, greedy accuracy, paired Δ vs random, time."""
+    e = s.epochs
+    warm = [r for r in rows if r["arm"] == "warm" and r["pool"] == pool]
+    lv_keys = sorted({k for r in warm for k in r if k.startswith("answer_lik_L")})
+    head = ["arm", *[f"ans. lik. e{i}" for i in range(e + 1)], *[k.removeprefix("answer_lik_") for k in lv_keys],
+            "Δ vs random [95 % CI]", "SEs", "greedy acc." if pool == "main" else None,
+            "all levels e0 → e" + str(e) if pool == "main" else None, "L4 share", "score s",
+            "select s", "train s"]
+    head = [h for h in head if h]
+    body = []
+    for arm in arms:
+        mine = [r for r in rows if r["arm"] == arm and r["pool"] == pool and r["order_seed"] == r["ft_seed"]]
+        if not mine:
+            continue
+        cells = [arm, _ms([r["answer_lik"] for r in warm])]
+        cells += [_ms([r.get("answer_lik") for r in mine if r["epoch"] == i]) for i in range(1, e + 1)]
+        last = [r for r in mine if r["epoch"] == e]
+        cells += [f"{np.mean([r.get(k, np.nan) for r in last]):.3f}" for k in lv_keys]
+        d = paired(rows, arm, "random", pool, e) if arm != "random" else None
+        cells += [f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d else "-", f"{d['z']:.1f}" if d else "-"]
+        if pool == "main":
+            cells.append(_ms([r.get("accuracy") for r in last]))
+            cells.append(f"{np.mean([r['all_answer_lik'] for r in warm]):.3f} → {_ms([r.get('all_answer_lik') for r in last])}")
+        cells.append(f"{np.mean([r['sel_L4'] for r in mine]):.2f}")
+        for k in ("score_s", "select_s", "train_s"):
+            cells.append(f"{np.median([sum(x[k] for x in mine if x['seed'] == r['seed'] and x['ft_seed'] == r['ft_seed']) for r in last]):.1f}")
+        body.append(cells)
+    return _md(head, body)
 
 
-def plot_selection(rows: list[dict], s: Settings, path: Path) -> None:
-    """Level mix of each arm's selection per epoch (mean over seeds), plus mean difficulty."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    arms = [a for a in s.arms if a != "full"]
-    fig, axes = plt.subplots(1, len(arms), figsize=(2.6 * len(arms) + 1, 3.4), sharey=True, squeeze=False)
-    cmap = plt.get_cmap("viridis")
-    for ax, arm in zip(axes[0], arms):
-        bottom = np.zeros(s.epochs)
-        for lv in range(1, 6):
-            share = np.array([np.mean([r.get(f"sel_level_{lv}", 0) for r in rows if r["arm"] == arm and r["epoch"] == e])
-                              for e in range(1, s.epochs + 1)])
-            ax.bar(range(s.epochs), share, bottom=bottom, color=cmap((lv - 1) / 4), label=f"L{lv}")
-            bottom += share
-        ax.set_title(arm)
-        ax.set_xlabel("epoch")
-        ax.set_xticks(range(s.epochs))
-    axes[0][0].set_ylabel("share of the selection")
-    axes[0][-1].legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.45, 1))
-    fig.suptitle("What each arm trained on: level mix per epoch (mean over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+def selection_table(rows: list[dict], s: Settings, arms: list[str]) -> str:
+    head = ["arm", "epoch", "eligible", *[f"L{lv}" for lv in LEVELS]]
+    body = []
+    for arm in arms:
+        for e in range(1, s.epochs + 1):
+            rs = [r for r in rows if r["arm"] == arm and r["pool"] == "main" and r["epoch"] == e
+                  and r["order_seed"] == r["ft_seed"]]
+            if rs:
+                elig = [r["eligible"] for r in rs if isinstance(r.get("eligible"), (int, float))]
+                body.append([arm, str(e - 1), f"{np.mean(elig):.0f}" if elig else "-",
+                             *[f"{np.mean([r[f'sel_L{lv}'] for r in rs]):.2f}" for lv in LEVELS]])
+    return _md(head, body)
 
 
-def arm_report(s: Settings, arm: str, seed: int, paths: dict[str, str], emb: str, work: Path) -> str:
-    """The per-epoch selection report of one arm's run (the same renderer as the pipeline)."""
-    meta, embeddings = _pool_meta(paths["pool"]), contracts.read_embeddings(emb)
-    epochs = []
-    for e in range(s.epochs):
-        d = _epoch_data(work, seed, arm, e)
-        d.meta, d.embeddings = meta, embeddings
-        epochs.append(d)
-    page, _ = report.render_run(epochs, title=f"Learning-efficiency bench: arm {arm}, seed {seed}", seed=seed)
-    return page
-
-
-def diagnostics(s: Settings, paths: dict[str, str], emb: str, work: Path) -> list[dict]:
-    """Why the arms differ, per arm (mean over seeds and epochs), from the run's work files.
-
-    - ``d_trained`` / ``d_untrained``: mean change of likelihood difficulty from one epoch
-      to the next for the problems trained on in between vs the rest (negative = easier);
-    - type mix of the selections;
-    - diversity of the selection vs random same-size draws from the whole pool
-      (log det(I + S), mean cosine: the report's measures).
-    """
-    meta = _pool_meta(paths["pool"])
-    embeddings = contracts.read_embeddings(emb)
-    out = []
-    for arm in s.arms:
-        acc: dict[str, list[float]] = {}
-        for seed in s.seeds:
-            for e in range(s.epochs):
-                d = _epoch_data(work, seed, arm, e)
-                d.embeddings, d.meta = embeddings, meta
-                change = report.difficulty_change(d)
-                if change is not None and "mean_delta_trained" in change:
-                    acc.setdefault("d_trained", []).append(change["mean_delta_trained"])
-                    acc.setdefault("d_untrained", []).append(change["mean_delta_untrained"])
-                mix = report.coverage(meta, d.selected, "type")
-                for t in data.MINI_TYPES:
-                    acc.setdefault(f"type_{t}", []).append(mix.get(t, 0) / max(1, len(d.selected)))
-                div = report.diversity_vs_random(d, seed=seed)
-                if div is not None:
-                    for who in ("selected", "random"):
-                        for key in ("logdet", "mean_cosine"):
-                            acc.setdefault(f"{key}_{who}", []).append(div[who][key])
-        out.append({"arm": arm, **{k: _nanmean(v) for k, v in acc.items()}})
-    return out
-
-
-def _nanmean(values: list[float]) -> float:
-    """Mean of the finite values (full trains on everything: no untrained problems)."""
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
-def _epoch_data(work: Path, seed: int, arm: str, e: int) -> report.EpochData:
-    edir = work / f"seed{seed}" / arm / f"epoch_{e}"
-    prev = work / f"seed{seed}" / arm / f"epoch_{e - 1}" if e else None
-    return report.load_epoch(
-        e, selection_report=str(edir / "selection_report.json"), difficulty=str(edir / "difficulty.parquet"),
-        selection=str(edir / "selection.parquet"), metrics=str(edir / "metrics.json"),
-        previous_difficulty=str(prev / "difficulty.parquet") if prev else None,
-        previous_selection=str(prev / "selection.parquet") if prev else None)
-
-
-def diagnostics_table(diag: list[dict]) -> tuple[list[str], list[list[str]]]:
-    head = ["arm", "Δ difficulty, trained", "Δ difficulty, not trained",
-            *[f"{t} share" for t in data.MINI_TYPES], "log det sel. / random", "mean cos sel. / random"]
-    rows = []
-    for r in diag:
-        f = lambda k, d=3: "-" if np.isnan(r.get(k, np.nan)) else f"{r[k]:+.{d}f}"  # noqa: E731
-        g = lambda k: "-" if np.isnan(r.get(k, np.nan)) else f"{r[k]:.2f}"  # noqa: E731
-        rows.append([r["arm"], f("d_trained", 4), f("d_untrained", 4), *[g(f"type_{t}") for t in data.MINI_TYPES],
-                     f"{r.get('logdet_selected', np.nan):.1f} / {r.get('logdet_random', np.nan):.1f}",
-                     f"{r.get('mean_cosine_selected', np.nan):.4f} / {r.get('mean_cosine_random', np.nan):.4f}"])
-    return head, rows
+def verdict_text(v: dict, spread: dict) -> str:
+    lines = []
+    r = v.get("resolution")
+    if r:
+        lines.append(f"- Resolution: oracle − random = {r['mean']:+.4f} (95 % CI [{r['lo']:+.4f}, {r['hi']:+.4f}], "
+                     f"{r['z']:.1f} paired standard errors, n = {r['n']}); must reach ≥ 5: "
+                     f"{'met' if r['z'] >= 5 else 'NOT met'}.")
+    for arm in ("p3", "p3-paper"):
+        if arm in v:
+            d = v[arm]
+            lines.append(f"- `{arm}` − random = {d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}], captures "
+                         f"{100 * d['capture']:.0f} % of the oracle − random headroom: "
+                         f"**{'SUCCESS' if d['success'] else 'FAIL'}** (CI above zero: {d['ci_above_zero']}, "
+                         f"≥ 1/3 of headroom: {d['captures_third']}).")
+    for arm in CONTROL_ARMS[1:]:
+        key = f"control {arm}"
+        if key in v:
+            d = v[key]
+            lines.append(f"- Negative control, `{arm}` − random on the level-4-only pool = {d['mean']:+.4f} "
+                         f"[{d['lo']:+.4f}, {d['hi']:+.4f}]: beats random: {d['ci_above_zero']} "
+                         f"(expected: False).")
+    for arm, sp in sorted(spread.items()):
+        lines.append(f"- Perturbation spread, `{arm}` (seed cell {sp['cell']}, {sp['n']} training orders): sd "
+                     f"{sp['sd']:.4f} of the final primary metric.")
+    return "\n".join(lines) + "\n"
 
 
 def write_markdown(rows: list[dict], s: Settings, path: Path, command: str, took: float, stamp: dict,
-                   diag: list[dict] | None = None) -> str:
-    head, body = summary_table(rows, s)
-    shead, sbody = selection_table(rows, s)
-    final = {arm: np.mean([r["accuracy"] for r in rows if r["arm"] == arm and r["epoch"] == s.epochs]) for arm in s.arms}
-    lines = [
-        "# Learning efficiency on mini-MATH (measured)\n",
+                   v: dict, spread: dict) -> str:
+    main_arms = [a for a in s.arms]
+    text = "\n".join([
+        "# Learning efficiency on comp-MATH (measured)\n",
         f"Command: `{command}`  ",
-        f"Total wall time: {took / 60:.1f} min on {stamp['cpus']} CPU core(s) ({stamp['machine']}); "
-        f"{s.jobs} worker processes × {s.threads} torch thread(s).  ",
-        f"Setup: pool {s.pool} mini-MATH problems (levels 1–5), budget {s.k} problems/epoch "
-        f"({100 * s.budget:.0f}% of the pool; `full` trains on all {s.pool}), {s.epochs} epochs, test split "
-        f"{s.test} (held out, greedy), seeds {s.seeds}. Every arm starts from the same warm-up model "
-        f"({s.warmup_steps} steps on {s.warmup_problems} separate problems), full fine-tuning, lr {s.lr} "
-        f"({s.scheduler} schedule within each epoch after {s.lr_warmup_steps} linear warm-up steps), "
-        f"batch {s.batch_size}, {_passes(s.passes)} over the selection per epoch (a fresh optimiser each epoch, as in "
-        "the pipeline: p3 train keeps no optimiser state between epochs); difficulty = likelihood, re-scored "
-        f"each epoch by the arm's own model.\n",
-        "Accuracy: exact final answer, greedy, mean ± std over seeds; epoch 0 is the warm-up model. L1–L5: "
-        "accuracy per level after the last epoch. test lik.: mean step probability of the test split's reference "
-        "solutions after the last epoch (higher = better; smooth where accuracy moves in steps). examples: "
-        "problems trained on over all epochs; wall s: median seconds per arm (scoring counted only for the arms "
-        "that select with it).\n",
-        _md(head, body),
-    ]
-    if "p3" in final:
-        others = ", ".join(f"{a} {final[a]:.3f}" for a in s.arms if a != "p3")
-        lines.append(f"\nFinal accuracy: p3 {final['p3']:.3f} vs {others}.\n")
-    lines += ["\n## What each arm selected\n",
-              "Mean over seeds, per epoch: eligible pool after pacing, pacing threshold, mean difficulty of the "
-              "selection (by the arm's own model), and the level mix of the selection.\n", _md(shead, sbody)]
-    if diag:
-        dhead, dbody = diagnostics_table(diag)
-        lines += ["\n## Why: what training on each selection did\n",
-                  "Mean over seeds and epochs. Δ difficulty: change of a problem's likelihood difficulty from one "
-                  "epoch's scoring to the next, for the problems trained on in between vs the rest of the pool "
-                  "(negative = the model finds them easier). Type share: the selection's mix of mini-MATH types "
-                  "(the pool is ≈ 0.25 each). Diversity: the selection vs random draws of the same size from the "
-                  "whole pool (log det(I + S), higher = more spread; mean pairwise cosine, lower = more spread).\n",
-                  _md(dhead, dbody)]
-    lines += ["\n![accuracy](learning_efficiency.png)\n", "![selection](learning_efficiency_selection.png)\n"]
-    text = "\n".join(lines)
+        (f"Wall time {took / 60:.1f} min" if math.isfinite(took) else "Wall time: not one run (a report of finished cells)")
+        + f" on {stamp['cpus']} CPU core(s) ({stamp['machine']}), load average at start "
+        f"{stamp['load_start']}, at end {stamp['load_end']}; {s.jobs} worker processes × 1 torch thread.  ",
+        f"Setup: pool {s.pool} comp-MATH problems, levels 1–5 in shares {':'.join(map(str, POOL_SHARES))}; "
+        f"warm model: {s.warmup_steps} steps (batch {s.warmup_batch}) on {s.warmup_problems} problems of levels 1–4 (shares {':'.join(map(str, WARM_SHARES))}); "
+        f"{s.epochs} epochs × {s.steps_per_epoch} optimiser steps (budget {s.budget}, batch {s.batch_size}, lr "
+        f"{s.lr} cosine after {s.lr_warmup_steps} warm-up steps, a fresh AdamW each epoch) for every arm; test "
+        f"{s.test} held-out problems (greedy accuracy: {s.greedy_test} other held-out problems of the same levels, "
+        f"fine-tune seeds {s.greedy_ft_seeds}); warm-up seeds {s.seeds} × "
+        f"fine-tune seeds {s.ft_seeds} (negative control: {s.control_ft_seeds}).\n",
+        "ans. lik.: the primary metric, the test split's (levels 4–5, the levels the warm model has not mastered) mean answer-token probability given the correct prefix "
+        "(mean ± sd over seed cells; e0 = the warm model). L1–L5: per level after the last epoch. Δ vs random: "
+        "paired by seed cell, 95 % t interval; SEs: Δ / its standard error. greedy acc.: exact final answer "
+        "after the last epoch, on the greedy split (other held-out problems of levels 4–5; fine-tune seeds "
+        f"{s.greedy_ft_seeds}). all levels: the answer likelihood on a held-out split of every level, mixed as "
+        "the pool is (levels 1–3 falling = forgetting). L4 share: the frontier level's share of the selections. Seconds: median per cell, "
+        "summed over epochs.\n",
+        "## Main pool\n", result_table(rows, s, "main", main_arms),
+        "## Negative control (pool and test of level 4 only)\n" if s.control else "",
+        result_table(rows, s, "control", list(CONTROL_ARMS)) if s.control else "",
+        "## Verdicts (pre-registered rule, docs/evidence.md)\n", verdict_text(v, spread),
+        "## What each arm selected (main pool, mean over seed cells)\n", selection_table(rows, s, main_arms),
+        "\n![primary metric per epoch](learning_efficiency.png)\n",
+    ])
     storage.write_text(text, path)
     return text
 
 
-def _passes(n: float) -> str:
-    return "one pass" if n == 1 else f"{n:g} passes"
+def plot(rows: list[dict], s: Settings, path: Path) -> None:
+    """Primary metric per epoch (mean, seed range) and each arm's level mix per epoch."""
+    import matplotlib
 
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
 
-def _md(head: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-                      *["| " + " | ".join(r) + " |" for r in rows]]) + "\n"
+    arms = list(s.arms)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.3))
+    colors = plt.get_cmap("tab10")
+    for i, arm in enumerate(arms):
+        for ax, pool in ((axes[0], "main"), (axes[1], "control")):
+            mine = [r for r in rows if r["arm"] == arm and r["pool"] == pool and r["order_seed"] == r["ft_seed"]]
+            if not mine:
+                continue
+            warm = [r["answer_lik"] for r in rows if r["arm"] == "warm" and r["pool"] == pool]
+            ys = [warm] + [[r["answer_lik"] for r in mine if r["epoch"] == e and r.get("answer_lik") is not None]
+                           for e in range(1, s.epochs + 1)]
+            x = np.asarray([e for e, y in enumerate(ys) if y])
+            ys = [y for y in ys if y]
+            ax.plot(x, [np.mean(y) for y in ys], "o-", color=colors(i), label=arm)
+            ax.fill_between(x, [min(y) for y in ys], [max(y) for y in ys], color=colors(i), alpha=0.12)
+    axes[0].set_title("main pool (levels 1–5): test answer likelihood")
+    axes[1].set_title("negative control (level 4 only)")
+    for ax in axes[:2]:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    width = 0.8 / len(arms)
+    for i, arm in enumerate(arms):
+        mine = [r for r in rows if r["arm"] == arm and r["pool"] == "main" and r["order_seed"] == r["ft_seed"]]
+        shares = [np.mean([r[f"sel_L{lv}"] for r in mine]) for lv in LEVELS]
+        axes[2].bar(np.arange(len(LEVELS)) + i * width, shares, width, color=colors(i), label=arm)
+    axes[2].set_xticks(np.arange(len(LEVELS)) + 0.4 - width / 2, [f"L{lv}" for lv in LEVELS])
+    axes[2].set_title("what each arm trained on (share per level)")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def warm_and_eval(s: Settings, paths: dict[str, str], seed: int, work: Path) -> tuple[str, dict]:
-    """Warm-up model of one seed and its test accuracy (epoch 0 of every arm)."""
-    import torch
+def _pool(jobs: int):
+    import multiprocessing
 
-    torch.set_num_threads(s.threads)
-    with step(log, f"seed {seed} warm-up model") as counts:
-        w = warm_model(s, paths, seed, work)
-        ev = evaluate_model(s, paths, w, str(work / f"seed{seed}" / "warm_metrics.json"), -1)
-        counts.update(accuracy=round(ev["accuracy"], 4))
-    return w, ev
+    if jobs <= 1:
+        return _Inline()
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
 
 
 class _Inline:
-    """The executor interface, run in this process (``--jobs 1``: tests, debugging)."""
+    """The executor interface in this process (``--jobs 1``)."""
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         return False
-
-    def map(self, fn, *iterables):
-        return [fn(*args) for args in zip(*iterables)]
 
     def submit(self, fn, *args):
         from concurrent.futures import Future
@@ -538,123 +640,162 @@ class _Inline:
         return fut
 
 
-def _pool(s: Settings):
-    import multiprocessing
+def cells(s: Settings) -> list[Cell]:
+    """Every trajectory of the run, in an order whose every prefix is a usable result:
+    each fine-tune seed's complete sets of arms over the warm-up seeds, the negative
+    control after the first fine-tune seed, and the perturbation runs last."""
+    main = {ft: [Cell(a, "main", sd, ft, ft) for sd in s.seeds for a in s.arms] for ft in s.ft_seeds}
+    control = [Cell(a, "control", sd, ft, ft) for ft in s.control_ft_seeds for sd in s.seeds for a in CONTROL_ARMS]
+    out = [] if s.perturb_only else main[s.ft_seeds[0]] + (control if s.control else [])
+    for ft in [] if s.perturb_only else s.ft_seeds[1:]:
+        out += main[ft]
+    for a in ("random", "p3"):
+        if a in s.arms:
+            out += [Cell(a, "main", s.seeds[0], s.ft_seeds[0], 1000 + k) for k in range(s.perturb)]
+    return out
 
-    if s.jobs <= 1:
-        return _Inline()
-    return ProcessPoolExecutor(max_workers=s.jobs, mp_context=multiprocessing.get_context("spawn"))
 
-
-def _sorted(rows: list[dict]) -> list[dict]:
-    order = {a: i for i, a in enumerate(ARMS)}
-    return sorted(rows, key=lambda r: (order[r["arm"]], r["seed"], r["epoch"]))
+def _order(rows: list[dict]) -> list[dict]:
+    arms = {a: i for i, a in enumerate(["warm", *ALL_ARMS])}
+    return sorted(rows, key=lambda r: (r["pool"] != "main", arms[r["arm"]], r["seed"], r.get("ft_seed", -1),
+                                       r.get("order_seed", -1), r["epoch"]))
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="one seed, random vs p3 (≤ 5 min)")
-    p.add_argument("--seeds", type=int, nargs="*", help="seeds (default 0 1 2; --quick: 0)")
-    p.add_argument("--arms", nargs="*", choices=ARMS, help="arms (default all; --quick: random p3)")
+    p.add_argument("--quick", action="store_true", help="random, oracle, p3 on one warm-up seed, no control (≤ 5 min)")
+    p.add_argument("--quick-tiny", action="store_true", help="a seconds-long run of every code path (tests)")
+    p.add_argument("--seeds", type=int, nargs="+", help="warm-up seeds (default 0 1 2)")
+    p.add_argument("--ft-seeds", type=int, nargs="+", help="fine-tune seeds (selection and training order; default 0 1)")
+    p.add_argument("--control-ft-seeds", type=int, nargs="+", help="fine-tune seeds of the negative control (default 0)")
+    p.add_argument("--arms", nargs="+", choices=list(ALL_ARMS), help="arms (default: " + " ".join(ARMS) + ")")
+    p.add_argument("--no-control", action="store_true", help="skip the negative control")
+    p.add_argument("--perturb-only", action="store_true", default=None,
+                   help="only the perturbation runs (training orders 1000, 1001, … of the first seed cell)")
+    p.add_argument("--eval-each-epoch", action="store_true", default=None,
+                   help="measure the primary metric after every epoch (default: the warm and the final model)")
     d = Settings()
-    for name in ("epochs", "pool", "test", "warmup_problems", "warmup_steps", "budget", "lr", "lr_warmup_steps", "scheduler", "batch_size",
-                 "passes", "max_new_tokens", "data_seed", "threads", "jobs"):
+    for name in ("perturb", "epochs", "pool", "budget", "test", "greedy_test", "warmup_problems", "warmup_steps",
+                 "warmup_batch", "lr", "lr_warmup_steps", "batch_size", "max_new_tokens", "data_seed", "jobs"):
         p.add_argument("--" + name.replace("_", "-"), type=type(getattr(d, name)), default=None)
-    p.add_argument("--out", default="docs/results", help="results folder (table, plots)")
+    p.add_argument("--out", default="docs/results", help="results folder")
     p.add_argument("--work", default="bench/out/learning_efficiency", help="work folder (models, tables)")
-    p.add_argument("--replot", action="store_true",
-                   help="only rebuild tables, plots and report from a finished run's --out and --work files")
+    p.add_argument("--cache", default="bench/out/warm_models", help="warm models, cached per seed and settings")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the tables and plot from --work's partial.csv (a run stopped early) without training")
+    p.add_argument("--also-work", nargs="*", default=[],
+                   help="--report-only: also the partial.csv of these work folders (runs of other seeds, same settings)")
     args = p.parse_args(argv)
     s = Settings()
     if args.quick:
-        s = Settings(seeds=[0], arms=list(QUICK_ARMS), pool=400, test=100, epochs=4, warmup_steps=100)
+        s = Settings(seeds=[0], ft_seeds=[0, 1], arms=list(QUICK_ARMS), control=False, perturb=0)
+    if args.quick_tiny:
+        s = Settings(seeds=[0], ft_seeds=[0, 1], control_ft_seeds=[0, 1], arms=["random", "oracle", "p3-paper", "p3"], control=True,
+                     perturb=0, epochs=2, pool=60, budget=16, test=30, greedy_test=10, warmup_problems=60,
+                     warmup_steps=6, warmup_batch=8, max_new_tokens=24, jobs=1)
     for name in asdict(s):
         v = getattr(args, name, None)
         if v is not None:
             setattr(s, name, list(v) if isinstance(v, list) else v)
-    unknown = set(s.arms) - set(ARMS)
-    if unknown:
-        p.error(f"unknown arms {sorted(unknown)}")
+    if args.no_control:
+        s.control = False
+    if "random" not in s.arms:
+        p.error("the random arm is the baseline every difference is taken against: include it")
     return s, args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import torch
-
     s, args = parse_args(argv)
-    torch.set_num_threads(s.threads)
+    configure()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     command = " ".join(["python bench/learning_efficiency.py", *(sys.argv[1:] if argv is None else argv)])
-    out, work = Path(args.out), Path(args.work)
-    if args.replot:
-        return replot(out, work)
+    out, work, cache = Path(args.out), Path(args.work), Path(args.cache)
+    if args.report_only:
+        return report_partial(s, out, [work, *map(Path, args.also_work)], command)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    stamp = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+             "load_start": " ".join(f"{x:.1f}" for x in os.getloadavg())}
     start = time.perf_counter()
     log.info(f"settings: {json.dumps(asdict(s))}")
     paths = make_data(s, work)
-    emb = embed_pool(paths, work)
+    emb = embed_pools(paths, work, s.control)
+    pools = ["main", "control"] if s.control else ["main"]
     rows: list[dict] = []
-    # Tiny models use one core badly with two threads; two single-thread processes use
-    # both cores fully. Warm-ups first (one per seed), then every (seed, arm), longest first.
-    with _pool(s) as ex:
-        warm = dict(zip(s.seeds, ex.map(warm_and_eval, [s] * len(s.seeds), [paths] * len(s.seeds), s.seeds,
-                                        [work] * len(s.seeds))))
-        cells = sorted(((seed, arm) for seed in s.seeds for arm in s.arms), key=lambda c: (c[1] != "full", c))
-        futures = [ex.submit(run_arm, s, arm, seed, paths, emb, *warm[seed], work) for seed, arm in cells]
-        for fut in progress(as_completed(futures), "bench", total=len(futures), unit="arm"):
-            rows += fut.result()
-            write_csv(_sorted(rows), work / "partial.csv")  # a long run can be inspected while it goes
-    rows = _sorted(rows)
-    took = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}
-    storage.write_json({"settings": asdict(s), "command": command, "seconds": round(took, 1), **stamp},
-                       out / "learning_efficiency.json")
-    write_csv(rows, out / "learning_efficiency.csv")
-    return write_outputs(rows, s, out, work, paths, emb, command, took, stamp)
+    warm_s: dict[int, float] = {}
+    with _pool(s.jobs) as ex:
+        warm_futs = {sd: ex.submit(warm_model, s, paths, sd, cache) for sd in s.seeds}
+        warm = {sd: f.result()[0] for sd, f in warm_futs.items()}
+        warm_s = {sd: round(f.result()[1], 1) for sd, f in warm_futs.items()}
+        futs = [ex.submit(warm_rows, s, sd, paths, warm[sd], work, pools) for sd in s.seeds]
+        futs += [ex.submit(run_cell, s, c, paths, emb, warm[c.seed], work) for c in cells(s)]
+        for f in futs:
+            rows += f.result()
+            write_csv(_order(rows), work / "partial.csv")  # a long run can be inspected while it goes
+    stamp["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return write_results(_order(rows), s, out, command, time.perf_counter() - start, stamp, warm_s)
 
 
-def write_outputs(rows: list[dict], s: Settings, out: Path, work: Path, paths: dict[str, str], emb: str,
-                  command: str, took: float, stamp: dict) -> dict:
-    """Plots, the Markdown table with diagnostics, and the p3 arm's report, from the rows and work files."""
-    plot_accuracy(rows, s, out / "learning_efficiency.png")
-    plot_selection(rows, s, out / "learning_efficiency_selection.png")
-    diag = diagnostics(s, paths, emb, work)
-    text = write_markdown(rows, s, out / "learning_efficiency.md", command, took, stamp, diag)
-    if "p3" in s.arms:
-        storage.write_text(arm_report(s, "p3", s.seeds[0], paths, emb, work),
-                           out / f"learning_efficiency_p3_seed{s.seeds[0]}_report.html")
-    print(text)
-    final = {arm: float(np.mean([r["accuracy"] for r in rows if r["arm"] == arm and r["epoch"] == s.epochs]))
-             for arm in s.arms}
-    if "p3" in final and "random" in final and final["random"] > 0:
-        print(f"p3 / random final accuracy: {final['p3'] / final['random']:.2f}x")
-    return {"rows": rows, "final": final, "seconds": took, "diagnostics": diag}
+def report_partial(s: Settings, out: Path, works: list[Path], command: str) -> dict:
+    """Tables and plot of the cells that runs finished (their partial.csv), marked as partial.
 
-
-def replot(out: Path, work: Path) -> dict:
-    """Rebuild the tables, plots and report of a finished run from its CSV, JSON and work files."""
-    meta = storage.read_json(out / "learning_efficiency.json")
-    s = Settings(**meta["settings"])
-    with open(out / "learning_efficiency.csv") as fh:
-        rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
-    paths = {name: str(work / "data" / f"{name}.parquet") for name in ("warmup", "pool", "test")}
-    stamp = {"cpus": meta["cpus"], "machine": meta["machine"]}
-    return write_outputs(rows, s, out, work, paths, str(work / "data" / "embeddings.parquet"), meta["command"],
-                         meta["seconds"], stamp)
+    Rows of the same cell and epoch from several runs must agree (the warm model's rows
+    appear in every run of its seed); the first is kept.
+    """
+    seen: dict[tuple, dict] = {}
+    for work in works:
+        with open(work / "partial.csv") as fh:
+            for r in csv.DictReader(fh):
+                row = {k: _number(v) for k, v in r.items() if v != ""}
+                key = tuple(row.get(k) for k in ("arm", "pool", "seed", "ft_seed", "order_seed", "epoch"))
+                metrics = {k: v for k, v in row.items() if not k.endswith("_s")}
+                if key in seen and {k: v for k, v in seen[key].items() if not k.endswith("_s")} != metrics:
+                    raise ValueError(f"{work}: cell {key} differs from the same cell of an earlier run")
+                seen.setdefault(key, row)
+    rows = _order(list(seen.values()))
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    stamp = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "load_start": "?",
+             "load_end": load, "partial": True}
+    return write_results(rows, s, out, command + "  (report of the finished cells only: --report-only)",
+                         float("nan"), stamp, {})
 
 
 def _number(v: str):
     if v == "":
-        return None  # as written: a value the row does not have (e.g. no pacing threshold)
-    try:
-        return int(v)
-    except ValueError:
+        return None
+    for cast in (int, float):
         try:
-            return float(v)
+            return cast(v)
         except ValueError:
-            return v
+            pass
+    return v
+
+
+def _finite(x):
+    """JSON has no NaN or infinity: they are written as null."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def write_results(rows: list[dict], s: Settings, out: Path, command: str, took: float, stamp: dict,
+                  warm_s: dict) -> dict:
+    v, spread = verdicts(rows, s), perturbation_spread(rows, s)
+    out.mkdir(parents=True, exist_ok=True)
+    storage.write_json(_finite({"settings": asdict(s), "command": command, "seconds": round(took, 1),
+                                "warm_up_seconds": warm_s, "verdicts": v, "perturbation": spread, **stamp}),
+                       out / "learning_efficiency.json")
+    write_csv(rows, out / "learning_efficiency.csv")
+    plot(rows, s, out / "learning_efficiency.png")
+    text = write_markdown(rows, s, out / "learning_efficiency.md", command, took, stamp, v, spread)
+    print(text)
+    r = v.get("resolution")
+    if r and "p3" in v:
+        print(f"p3 − random / oracle − random (headroom captured): {v['p3']['capture']:.2f}")
+    return {"rows": rows, "verdicts": v, "perturbation": spread, "seconds": took}
 
 
 if __name__ == "__main__":

@@ -125,3 +125,37 @@ def test_steps_beyond_max_len_are_left_out(tiny_model_dir):
         assert likelihoods(b, [row], "plain") == [step_probabilities(scores, spans)[0]]
     with opened("hf", tiny_model_dir, device="cpu", max_len=5) as b, pytest.raises(ValueError, match="--max-len"):
         likelihoods(b, [row], "plain")
+
+
+def test_answer_spans_are_the_results_after_each_equals_sign_unboxed():
+    from p3.score import answer_spans
+
+    row = {"prompt": "What is 6 * 7 + 15?", "solution": "6 * 7 = 42\n42 + 10 = 52\n52 + 5 = \\boxed{57}"}
+    text, spans = prompts.scored_text(row, "plain")
+    assert [text[s:e] for s, e in answer_spans(text, spans)] == ["42", "52", "57"]
+    # a step without "=" has no result; with none at all, the final boxed answer stands alone
+    text, spans = prompts.scored_text(ROW, "plain")
+    assert [text[s:e] for s, e in answer_spans(text, spans)] == ["5"]
+    text, spans = prompts.scored_text({"prompt": "Q", "solution": "We get it.\nSo \\boxed{x+1}."}, "plain")
+    assert [text[s:e] for s, e in answer_spans(text, spans)] == ["x+1"]
+    assert answer_spans(*prompts.scored_text({"prompt": "Q", "solution": "no answer"}, "plain")) == []
+
+
+def test_answer_span_likelihood_scores_only_the_results(tiny_model_dir, mini_math, tmp_path):
+    """--difficulty-span answer: step_probabilities over the result spans, from the same forward pass."""
+    from p3.backends import opened
+    from p3.score import answer_spans, likelihoods, step_probabilities
+
+    rows = contracts.read(mini_math["train"], contracts.PROBLEMS).to_pylist()[:12]
+    with opened("hf", tiny_model_dir, device="cpu", batch_size=5) as backend:
+        got = likelihoods(backend, rows, "plain", span="answer")
+        texts = [prompts.scored_text(r, "plain") for r in rows]
+        scores = backend.token_logprobs([t for t, _ in texts])
+        want = [float(np.mean(step_probabilities(sc, answer_spans(t, sp)))) for sc, (t, sp) in zip(scores, texts)]
+        whole = likelihoods(backend, rows, "plain")
+    assert np.allclose(got, want, atol=1e-6)
+    assert not np.allclose(got, whole, atol=1e-3)  # a different measure than the whole solution's
+    bad = {**rows[0], "solution": "no result here"}
+    with pytest.raises(contracts.ContractError, match="difficulty-span answer"):
+        with opened("hf", tiny_model_dir, device="cpu") as backend:
+            likelihoods(backend, [bad], "plain", span="answer")

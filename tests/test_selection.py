@@ -202,3 +202,35 @@ def test_strategy_needing_embeddings_says_so(files, tmp_path):
     cfg = SelectConfig(problems=files["problems"], difficulty=files["difficulty"], out=str(tmp_path / "o.parquet"), strategy="dpp")
     with pytest.raises(ValueError, match="needs --embeddings"):
         select(cfg)
+
+
+def test_learnability_quality_peaks_at_the_middle():
+    from p3.selection import _quality
+
+    q = _quality(np.array([0.0, 0.1, 0.5, 0.9, 1.0]), "learnability")
+    assert q == pytest.approx([0.0, 0.36, 1.0, 0.36, 0.0])
+
+
+def test_learnability_dpp_prefers_frontier_items_over_mastered_and_out_of_reach():
+    ids, _, emb, _, _ = _arrays()
+    diff = np.array([0.02, 0.5, 0.98] * (N // 3))  # mastered, frontier, out of reach, interleaved
+    sel = select_ids(ids, diff, emb, SelectConfig(strategy="dpp", budget=30, quality="learnability"))
+    picked = np.array([diff[ids.index(i)] for i in sel.ids])
+    assert (picked == 0.5).mean() > 0.9
+    paper = select_ids(ids, diff, emb, SelectConfig(strategy="dpp", budget=30, quality="difficulty"))
+    assert (np.array([diff[ids.index(i)] for i in paper.ids]) == 0.98).mean() > 0.9  # the paper's q favours the hardest
+
+
+def test_uniform_reserve_takes_its_share_of_the_budget_at_random_outside_the_picks():
+    ids, diff, emb, levels, types = _arrays()
+    cfg = SelectConfig(strategy="p3", budget=40, reserve=0.25, epochs=4)
+    sel = select_ids(ids, diff, emb, cfg, levels=levels, types=types)
+    plain = select_ids(ids, diff, emb, dataclasses.replace(cfg, reserve=0.0), levels=levels, types=types)
+    assert len(sel.ids) == 40 == len(set(sel.ids)) and sel.report["reserve"] == 10
+    assert sel.ids[:30] == plain.ids[:30]  # the strategy's picks first, in its order
+    threshold = sel.report["threshold"]
+    extra = np.array([diff[ids.index(i)] for i in sel.ids[30:]])
+    assert (extra > threshold).any()  # the reserve reaches beyond the pacing's eligible set
+    assert select_ids(ids, diff, emb, cfg, levels=levels, types=types).ids == sel.ids  # seeded
+    with pytest.raises(ValueError, match="reserve"):
+        select_ids(ids, diff, emb, dataclasses.replace(cfg, reserve=0.95))

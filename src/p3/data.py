@@ -615,9 +615,26 @@ def synth_problems(n: int, levels: "str | list[int]" = "1-5", seed: int = 0, spl
     levels = parse_levels(levels)
     rng = random.Random(seed)
     quotas = [n // len(levels) + (i < n % len(levels)) for i in range(len(levels))]
+
+    def draw(level: int) -> Optional[tuple[str, list[str], str]]:
+        kind = rng.choice(MINI_TYPES)
+        made = MINI_GENERATORS[kind](level, rng)
+        return None if made is None else (*made, kind)
+
+    return distinct_problems(zip(levels, quotas), draw, rng, split, seed, "mini-math", "mini-")
+
+
+def distinct_problems(quotas, draw: Callable, rng: random.Random, split: str, seed: int, source: str,
+                      prefix: str) -> pa.Table:
+    """A synthetic MATH-format table: ``quota`` distinct problems of ``split`` per level.
+
+    ``draw(level)`` gives (prompt, solution lines, type) or None (no valid problem this
+    try); the last line's final value is boxed as the answer. Rows are shuffled, so
+    that any prefix of the table is a fair sample of its levels.
+    """
     seen: set[str] = set()
     rows = []
-    for level, quota in zip(levels, quotas):
+    for level, quota in quotas:
         made, attempts = 0, 0
         while made < quota:
             attempts += 1
@@ -625,19 +642,18 @@ def synth_problems(n: int, levels: "str | list[int]" = "1-5", seed: int = 0, spl
                 raise ValueError(
                     f"level {level}: found only {made} distinct {split} problems of {quota} wanted; lower --n"
                 )
-            kind = rng.choice(MINI_TYPES)
-            made_problem = MINI_GENERATORS[kind](level, rng)
-            if made_problem is None:
+            drawn = draw(level)
+            if drawn is None:
                 continue
-            prompt, steps = made_problem
+            prompt, steps, kind = drawn
             if prompt in seen or mini_split(prompt) != split:
                 continue
             seen.add(prompt)
             steps, answer = _boxed_last(steps)
-            meta = {"level": level, "type": kind, "source": "mini-math", "split": split, "seed": seed,
+            meta = {"level": level, "type": kind, "source": source, "split": split, "seed": seed,
                     "steps": len(steps)}
             rows.append({
-                "id": "mini-" + hashlib.sha1(prompt.encode()).hexdigest()[:12],
+                "id": prefix + hashlib.sha1(prompt.encode()).hexdigest()[:12],
                 "task": "math",
                 "prompt": prompt,
                 "solution": "\n".join(steps),

@@ -25,10 +25,12 @@ from p3 import checks, contracts, outputs, prompts
 from p3.backends import TokenScores, opened
 from p3.data import load_problems
 from p3.generation import GenerationConfig
+from p3.verify.answers import last_boxed
 from p3.logs import get_logger, step
 
 log = get_logger("score")
 MODES = ("likelihood", "rollout", "hybrid")
+SPANS = ("solution", "answer")
 
 
 @dataclass
@@ -37,6 +39,12 @@ class ScoreConfig:
     model: str = field(metadata={"io": "in", "help": "current policy: model dir, adapter dir, hub name or s3:// URI"})
     out: str = field(metadata={"io": "out", "help": "output difficulty table"})
     mode: str = field(default="likelihood", metadata={"help": "difficulty measure", "choices": list(MODES)})
+    difficulty_span: str = field(
+        default="solution",
+        metadata={"help": "likelihood over: solution = every step's tokens (the paper's); answer = only each step's "
+                          "result (after its last '=', inside \\boxed{} when boxed; else the final boxed answer), given "
+                          "everything before it (MATH)", "choices": list(SPANS)},
+    )
     epoch: int = field(default=0, metadata={"min": 0, "help": "epoch recorded in the table"})
     batch_size: int = field(default=8, metadata={"min": 1, "max": 1 << 16, "help": "texts per forward / generate batch (hf; raise it on a GPU)"})
     n: int = field(default=8, metadata={"min": 1, "max": 100_000, "help": "rollouts per problem (rollout, hybrid)"})
@@ -67,13 +75,53 @@ def step_probabilities(scores: TokenScores, spans: list[tuple[int, int]]) -> lis
     return probs
 
 
-def likelihoods(backend, rows: list[dict], template: str, path: str = "problems") -> list[float]:
-    """Mean step probability per row, from one forward pass per row (batched)."""
+def answer_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The answer-bearing part of each step: what follows the step's last ``=``, inside
+    ``\\boxed{…}`` when the step boxes it. Steps without ``=`` have none; when no step has
+    one, the final boxed answer alone (None of either: an empty list)."""
+    out = []
+    for s, e in spans:
+        line = text[s:e]
+        eq = line.rfind("=")
+        if eq < 0:
+            continue
+        start = s + eq + 1
+        inner = last_boxed(text[start:e])
+        if inner is not None and inner:
+            start = text.index(inner, text.index("\\boxed", start))
+            out.append((start, start + len(inner)))
+            continue
+        seg = text[start:e]
+        lead = len(seg) - len(seg.lstrip())
+        if seg.strip():
+            out.append((start + lead, start + lead + len(seg.strip())))
+    if not out and spans:
+        inner = last_boxed(text[spans[0][0]:])
+        if inner:
+            begin = text.index(inner, text.rfind("\\boxed"))
+            out.append((begin, begin + len(inner)))
+    return out
+
+
+def likelihoods(backend, rows: list[dict], template: str, path: str = "problems",
+                span: str = "solution") -> list[float]:
+    """Mean step probability per row, from one forward pass per row (batched).
+
+    ``span="answer"``: each step is cut to its answer-bearing part (:func:`answer_spans`:
+    the result after the step's ``=``), each given everything before it: what the policy
+    gets right or wrong, without the copied and formatting characters that dominate the
+    whole solution's likelihood.
+    """
     texts, spans = [], []
     for i, row in enumerate(rows):
         text, sp = prompts.scored_text(row, template, backend.tokenizer)
         if not sp:
             raise contracts.ContractError(path, "solution", "has no non-empty line: likelihood needs a reference solution", row=i + 1)
+        if span == "answer":
+            sp = answer_spans(text, sp)
+            if not sp:
+                raise contracts.ContractError(path, "solution", "has no step result (after '=') and no \\boxed{} "
+                                              "answer: --difficulty-span answer needs one", row=i + 1)
         texts.append(text)
         spans.append(sp)
     out = []
@@ -161,7 +209,7 @@ def score(cfg: ScoreConfig) -> None:
     with opened(gen.backend, cfg.model, **gen.backend_options(cfg.batch_size)) as backend:
         if cfg.mode in ("likelihood", "hybrid"):
             with step(log, "likelihood") as counts:
-                lik = likelihoods(backend, rows, gen.template, cfg.problems)
+                lik = likelihoods(backend, rows, gen.template, cfg.problems, cfg.difficulty_span)
                 counts.update(problems=n, mean=round(float(np.mean(lik)), 4) if n else None)
         if cfg.mode in ("rollout", "hybrid"):
             with step(log, "rollouts") as counts:

@@ -12,7 +12,15 @@ Strategies (``--strategy``):
               random among the eligible, ranked easiest level first.
 
 Quality for the DPP (``quality``): ``difficulty`` (paper default: among eligible items
-harder ones are worth more), ``easiness`` (1 − difficulty) or ``uniform`` (1).
+harder ones are worth more), ``easiness`` (1 − difficulty), ``uniform`` (1) or
+``learnability`` (4 p (1 − p) with p = 1 − difficulty: with rollout difficulty p is the
+pass rate, and problems the policy solves sometimes are worth most; mastered and
+out-of-reach ones least).
+
+Uniform reserve (``reserve``): that fraction of the budget is drawn uniformly at random
+from the pool's remaining problems after the strategy has picked the rest, so no region
+of the pool is starved by a wrong difficulty signal. Reserve picks come last in rank
+order and are counted in the report (``reserve``).
 
 Entry points: :func:`select` (``p3 select`` and the KFP component: files in, files out)
 and :func:`select_ids` (in memory: ids, arrays and a config in, a
@@ -20,7 +28,8 @@ and :func:`select_ids` (in memory: ids, arrays and a config in, a
 
 Report JSON (``--report``; also the dict ``select`` returns). Keys:
 
-- ``strategy``, ``epoch``, ``epochs``, ``budget``, ``seed``, ``quality``
+- ``strategy``, ``epoch``, ``epochs``, ``budget``, ``seed``, ``quality``, ``reserve``
+  (problems drawn by the uniform reserve)
 - ``pool`` (problems considered), ``eligible`` (after pacing; = pool for random, full
   and dpp), ``selected``; ``budget_exceeds_eligible`` (bool: fewer eligible than the
   budget, so all were selected); ``notes`` (list of sentences, e.g. that one)
@@ -63,7 +72,7 @@ from p3.logs import get_logger, step
 log = get_logger("select")
 
 STRATEGIES = ("random", "full", "spl", "dpp", "p3", "static")
-QUALITIES = ("difficulty", "easiness", "uniform")
+QUALITIES = ("difficulty", "easiness", "uniform", "learnability")
 NEEDS_DIFFICULTY = ("spl", "dpp", "p3")
 NEEDS_EMBEDDINGS = ("dpp", "p3")
 
@@ -94,7 +103,11 @@ class SelectConfig:
     pacing_lower_start: float = field(default=0.0, metadata={"min": 0.0, "max": 100.0, "help": "band mode: lower percentile at epoch 0"})
     pacing_lower_end: float = field(default=50.0, metadata={"min": 0.0, "max": 100.0, "help": "band mode: lower percentile approached at the last epoch"})
     momentum_alpha: float = field(default=0.1, metadata={"min": 0.0, "help": "momentum mode: α in d + α(d − d_prev)"})
-    quality: str = field(default="difficulty", metadata={"help": "DPP item quality q", "choices": list(QUALITIES)})
+    quality: str = field(default="difficulty", metadata={"help": "DPP item quality q (learnability: 4p(1-p), p = 1 - difficulty)", "choices": list(QUALITIES)})
+    reserve: float = field(
+        default=0.0,
+        metadata={"min": 0.0, "max": 0.9, "help": "fraction of the budget picked uniformly at random from the rest of the pool after the strategy's picks (0 = off)"},
+    )
     eps: float = field(default=1e-10, metadata={"min": 0.0, "help": "DPP greedy stops a round when the best residual is below eps"})
     diversity_weight: float = field(
         default=0.0,
@@ -205,7 +218,8 @@ def select_ids(
     else:
         pool_mask = np.ones(n, dtype=bool)
     eligible_idx = np.flatnonzero(pool_mask)
-    k = n if cfg.strategy == "full" else min(cfg.budget, len(eligible_idx))
+    n_reserve = 0 if cfg.strategy == "full" else min(n, int(round(cfg.reserve * cfg.budget)))
+    k = n if cfg.strategy == "full" else min(cfg.budget - n_reserve, len(eligible_idx))
     if cfg.strategy == "full" and cfg.budget < n:
         notes.append(f"strategy full ignores the budget ({cfg.budget}): all {n} problems selected")
     if cfg.strategy != "full" and len(eligible_idx) < cfg.budget:
@@ -233,9 +247,16 @@ def select_ids(
             notes.append(f"{result.n_fill} zero-quality problems added last to fill the budget")
     if not len(rounds):
         rounds = np.zeros(len(chosen), dtype=np.int64)
+    reserved = 0
+    if n_reserve:
+        rest = np.setdiff1d(np.arange(n), chosen)
+        extra = np.random.default_rng([cfg.seed, cfg.epoch, 1]).permutation(rest)[:n_reserve]
+        chosen, reserved = np.concatenate([chosen, extra]).astype(np.int64), len(extra)
+        rounds = np.concatenate([rounds, np.zeros(len(extra), dtype=np.int64)])
+        notes.append(f"{len(extra)} problems of the budget drawn uniformly at random (reserve {cfg.reserve:g})")
     sel_diff = d[chosen] if d is not None else (label[chosen] if label is not None else np.full(len(chosen), np.nan))
     report = _report(cfg, ids, d, X, pool_mask, chosen, pace, result, 0 if cond is None else len(cond),
-                     levels, types, notes, rng)
+                     levels, types, notes, rng, reserved)
     report["seconds"] = round(time.perf_counter() - start, 3)
     for note in notes:
         log.info(note)
@@ -252,6 +273,8 @@ def _quality(d: np.ndarray, kind: str) -> np.ndarray:
         return d.copy()
     if kind == "easiness":
         return 1.0 - d
+    if kind == "learnability":
+        return 4.0 * d * (1.0 - d)
     return np.ones_like(d)
 
 
@@ -329,7 +352,8 @@ def _previous_ids(path: str) -> list[str]:
 
 
 # -- report -----------------------------------------------------------------------------
-def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, n_conditioned, levels, types, notes, rng) -> dict:
+def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, n_conditioned, levels, types, notes, rng,
+            reserved: int = 0) -> dict:
     n = len(ids)
     elig = np.flatnonzero(pool_mask)
     rep: dict = {
@@ -339,6 +363,7 @@ def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, n_conditioned, leve
         "budget": cfg.budget,
         "seed": cfg.seed,
         "quality": cfg.quality,
+        "reserve": int(reserved),
         "pool": n,
         "eligible": int(len(elig)),
         "selected": int(len(chosen)),

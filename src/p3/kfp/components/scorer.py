@@ -13,6 +13,7 @@ def scorer(
     rollouts: Output[Dataset],
     epoch: int = 0,
     mode: str = "likelihood",
+    difficulty_span: str = "solution",
     n: int = 8,
     temperature: float = 1.0,
     max_new_tokens: int = 512,
@@ -32,6 +33,7 @@ def scorer(
         rollouts: Output rollouts audit table (id, sample, completion, score, status); empty in likelihood mode.
         epoch: Epoch recorded in the table.
         mode: Difficulty measure (one of: likelihood, rollout, hybrid).
+        difficulty_span: Likelihood over: solution = every step's tokens (the paper's); answer = only each step's result (after its last '=', inside \\boxed{} when boxed; else the final boxed answer), given everything before it (MATH) (one of: solution, answer).
         n: Rollouts per problem (rollout, hybrid).
         temperature: Sampling temperature for rollouts.
         max_new_tokens: Token limit of each sampled completion.
@@ -53,7 +55,8 @@ def scorer(
 
     score(from_flat(ScoreConfig, dict(
         problems=problems.path, model=model_ref(policy, base_model), out=difficulty.path, rollouts_out=rollouts.path,
-        mode=mode, epoch=epoch, n=n, temperature=temperature, max_new_tokens=max_new_tokens, weight=weight,
+        mode=mode, difficulty_span=difficulty_span, epoch=epoch, n=n, temperature=temperature,
+        max_new_tokens=max_new_tokens, weight=weight,
         backend=backend, seed=seed, tensor_parallel_size=tensor_parallel_size,
         allow_weak_isolation=allow_weak_isolation)))
     empty_table_unless_written(rollouts.path, ROLLOUTS)

@@ -27,6 +27,7 @@ def selector(
     diversity_weight: float = 0.0,
     diversity_previous: int = 64,
     quality: str = "difficulty",
+    reserve: float = 0.0,
     precision: str = "auto",
     device: str = "auto",
     seed: int = 0,
@@ -55,7 +56,9 @@ def selector(
         momentum_alpha: Momentum mode: α in d + α(d − d_prev).
         diversity_weight: Cross-epoch diversity: weight w in [0,1] of conditioning on the previous picks (0 = off, 1 = exact conditional DPP).
         diversity_previous: Cross-epoch diversity: condition on this many first previous picks (≤ embedding dim).
-        quality: DPP item quality q (one of: difficulty, easiness, uniform).
+        quality: DPP item quality q (learnability: 4p(1-p), p = 1 - difficulty) (one of: difficulty, easiness, uniform,
+            learnability).
+        reserve: Fraction of the budget picked uniformly at random from the rest of the pool after the strategy's picks (0 = off).
         precision: DPP screening precision (auto: float64 up to 2^21 matrix entries, else float32 screening with exact float64 decisions)
             (one of: auto, float64, float32).
         device: DPP device: auto (CUDA when present, else cpu), cpu (torch's CPU kernels for big float32 screens, else numpy), numpy, cuda, cuda:N.
@@ -74,7 +77,7 @@ def selector(
         pacing_shape=pacing_shape, pacing_mode=pacing_mode, pacing_start=pacing_start, pacing_end=pacing_end,
         pacing_lower_start=pacing_lower_start, pacing_lower_end=pacing_lower_end, momentum_alpha=momentum_alpha,
         diversity_weight=diversity_weight, diversity_previous=diversity_previous, quality=quality,
-        precision=precision, device=device,
+        reserve=reserve, precision=precision, device=device,
         previous=previous.path if previous is not None else None,
         previous_difficulty=previous_difficulty.path if previous_difficulty is not None else None,
     ))

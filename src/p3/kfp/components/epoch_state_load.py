@@ -32,6 +32,10 @@ def epoch_state_load(
         previous: Output: the last epoch's selection (epoch >= 1).
         previous_difficulty: Output: the last epoch's difficulty table (epoch >= 1).
         previous_run: Output: the last epoch's report folder (epoch >= 1).
+
+    Returns:
+        epoch: The epoch this run trains (the schedule length E once the training run is done).
+        done: Whether all E epochs are done (this run is then a no-op).
     """
     import os
     from collections import namedtuple

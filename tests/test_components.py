@@ -17,7 +17,7 @@ from kfp.dsl.base_component import BaseComponent
 MODULES = sorted(m.name for m in pkgutil.iter_modules(p3.kfp.components.__path__) if not m.name.startswith("_")
                  and m.name != "images")
 EXPECTED = {"prepare_data", "bootstrap_tiny_model", "rollout_scorer", "embedder", "dpp_selector", "trainer",
-            "evaluator", "epoch_report", "shard_split", "shard_merge"}
+            "evaluator", "epoch_report", "shard_split", "shard_merge", "model_stager"}
 
 
 def component_of(module: str) -> BaseComponent:

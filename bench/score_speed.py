@@ -46,7 +46,7 @@ def main(argv=None) -> int:
 
     from p3 import data, storage
     from p3.backends import opened
-    from p3.difficulty import likelihoods, per_step_likelihood
+    from p3.score import likelihoods, per_step_likelihood
     from p3.tiny import TinyConfig, build_tiny_model
 
     if args.problems:

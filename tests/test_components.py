@@ -16,7 +16,7 @@ from kfp.dsl.base_component import BaseComponent
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(p3.kfp.components.__path__) if not m.name.startswith("_")
                  and m.name != "images")
-EXPECTED = {"prepare_data", "bootstrap_tiny_model", "rollout_scorer", "embedder", "dpp_selector", "trainer",
+EXPECTED = {"prepare_data", "bootstrap_tiny_model", "scorer", "embedder", "selector", "trainer",
             "evaluator", "epoch_report", "shard_split", "shard_merge", "model_stager"}
 
 
@@ -54,10 +54,10 @@ def test_component_is_lightweight_typed_and_documents_every_argument(module):
 
 
 def test_gpu_components_run_on_gpu_images():
-    assert component_of("rollout_scorer").component_spec.implementation.container.image == images.VLLM
+    assert component_of("scorer").component_spec.implementation.container.image == images.VLLM
     assert component_of("evaluator").component_spec.implementation.container.image == images.VLLM
     assert component_of("trainer").component_spec.implementation.container.image == images.TRAIN
-    assert component_of("dpp_selector").component_spec.implementation.container.image == images.BASE
+    assert component_of("selector").component_spec.implementation.container.image == images.BASE
 
 
 def _table(n: int) -> pa.Table:

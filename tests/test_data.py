@@ -19,7 +19,6 @@ from p3.data import (
     MINI_TYPES,
     PrepareConfig,
     SynthConfig,
-    last_boxed,
     load_problems,
     mini_split,
     prepare,
@@ -27,6 +26,7 @@ from p3.data import (
     synth,
     synth_problems,
 )
+from p3.verify.answers import last_boxed
 
 MATH_ROWS = [
     {"problem": "What is $1+1$?", "level": "Level 1", "type": "Prealgebra",

@@ -11,7 +11,7 @@ from p3 import contracts, prompts, storage
 def test_greedy_evaluation_agrees_with_an_independent_grading(tiny_model_dir, mini_math, tmp_path):
     from p3.backends import opened
     from p3.cli import main
-    from p3.data import last_boxed
+    from p3.verify.answers import last_boxed
 
     out, samples = tmp_path / "eval.json", tmp_path / "samples.parquet"
     assert main(["evaluate", "--problems", mini_math["test"], "--model", tiny_model_dir, "--out", str(out),
@@ -36,11 +36,13 @@ def test_greedy_evaluation_agrees_with_an_independent_grading(tiny_model_dir, mi
 @pytest.mark.slow
 def test_pass_at_k_with_samples(tiny_model_dir, mini_math, tmp_path):
     from p3.evaluate import EvaluateConfig, evaluate
+    from p3.generation import GenerationConfig
     from p3.verify.grade import pass_at_k
 
     out, samples = str(tmp_path / "eval.json"), str(tmp_path / "s.parquet")
     res = evaluate(EvaluateConfig(problems=mini_math["test"], model=tiny_model_dir, out=out, n=4, k=2,
-                                  max_new_tokens=48, device="cpu", completions_out=samples, seed=3))
+                                  completions_out=samples,
+                                  generation=GenerationConfig(max_new_tokens=48, device="cpu", seed=3)))
     graded = contracts.read(samples, contracts.ROLLOUTS, unique_id=False).to_pylist()
     assert len(graded) == 80 and res["temperature"] == 0.8
     ids = storage.read_table(mini_math["test"]).column("id").to_pylist()

@@ -4,13 +4,13 @@ Every subcommand is one ``@dataclass`` (fields documented with ``metadata={"help
 and one function that takes it; the same function is what the Kubeflow component
 calls. A field ``budget: int`` becomes ``--budget``; a field without a default is a
 required option; ``bool`` fields are ``--flag/--no-flag``; ``metadata["choices"]``
-limits the values.
+limits the values. A field that is itself a dataclass (a shared group such as
+``GenerationConfig``) contributes its fields as options of their own (see p3.configs).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import logging
 import sys
@@ -18,7 +18,7 @@ import types
 import typing
 from typing import Any, Callable
 
-from p3 import logs
+from p3 import configs, logs
 
 # (words, module, config class, function). Modules import lazily so that `p3 grade`
 # never pays for torch and `p3 --help` is instant.
@@ -28,7 +28,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("select", "p3.selection", "SelectConfig", "select"),
     ("grade", "p3.verify.grade", "GradeConfig", "grade"),
     ("model tiny", "p3.tiny", "TinyConfig", "build_tiny_model"),
-    ("score", "p3.difficulty", "ScoreConfig", "score"),
+    ("score", "p3.score", "ScoreConfig", "score"),
     ("embed", "p3.embed", "EmbedConfig", "embed"),
     ("train", "p3.train", "TrainConfig", "train"),
     ("evaluate", "p3.evaluate", "EvaluateConfig", "evaluate"),
@@ -59,16 +59,15 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--option`` per dataclass field, typed and documented from the field."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp, _ = _unwrap_optional(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "")}
-        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-        )
+    """One ``--option`` per setting of the config class (nested groups flattened), typed
+    and documented from the field."""
+    for name, s in configs.settings(cls).items():
+        f = s.field
+        tp, _ = _unwrap_optional(s.type)
+        flag = "--" + name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": name, "help": f.metadata.get("help", "")}
+        has_default = configs.has_default(f)
+        default = configs.default(f) if has_default else None
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
             kwargs["default"] = default if has_default else False
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if key is None or not hasattr(args, "_command"):
         parser.print_help()
         return 2
-    cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+    cfg = configs.from_flat(cls, {name: getattr(args, name) for name in configs.settings(cls)})
     func: Callable[[Any], Any] = getattr(importlib.import_module(module), func_name)
     try:
         func(cfg)

@@ -28,50 +28,12 @@ import pyarrow.parquet as pq
 from p3 import contracts, storage
 from p3.contracts import PROBLEMS, ContractError
 from p3.logs import get_logger, step
+from p3.verify.answers import boxed_answer
 
 log = get_logger("data")
 
 TASKS = ("math", "apps")
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
-
-
-# --------------------------------------------------------------------------- answers
-
-
-def last_boxed(text: Optional[str]) -> Optional[str]:
-    """The content of the last ``\\boxed{…}`` / ``\\fbox{…}`` in ``text`` (braces balanced).
-
-    Also reads MATH's brace-less form ``\\boxed 5`` (up to the next ``$`` or line end).
-    Surrounding whitespace is stripped (it never matters in LaTeX math).
-    Returns None when there is no box or the last one is not closed (a truncated
-    completion has no answer, even if an earlier box had one).
-    """
-    if not text:
-        return None
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
-    if i < len(text) and text[i] == " ":
-        rest = text[i + 1 :]
-        return re.split(r"[$\n]", rest, maxsplit=1)[0].strip()
-    if i >= len(text) or text[i] != "{":
-        return None
-    depth = 0
-    j = i
-    while j < len(text):
-        c = text[j]
-        if c == "\\":
-            j += 2  # an escaped character (\{ \} \\) never opens or closes the box
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j].strip()
-        j += 1
-    return None
 
 
 # --------------------------------------------------------------------------- reading tables
@@ -342,7 +304,7 @@ def convert_math_row(raw: dict, row: int, cfg: PrepareConfig) -> dict:
     """
     prompt = _require_text(raw, "problem", cfg.source, row)
     solution = _require_text(raw, "solution", cfg.source, row)
-    answer = last_boxed(solution)
+    answer = boxed_answer(solution)
     if answer is None or not answer.strip():
         raise ContractError(cfg.source, "solution", "has no \\boxed{…} answer", row=row)
     try:

@@ -28,7 +28,9 @@ BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 class EmbedConfig:
     problems: str = field(metadata={"help": "problems table"})
     out: str = field(metadata={"help": "output embeddings table"})
-    embedder: str = field(default="st:all-MiniLM-L6-v2", metadata={"help": "st:<name-or-path> or policy:<model>"})
+    embedder: str = field(default="st:all-MiniLM-L6-v2", metadata={
+        "help": "st:<name-or-path> (sentence-transformers), or policy:<model> to mean-pool a model's last hidden "
+                "state (plain policy: the current policy)"})
     batch_size: int = field(default=64, metadata={"help": "texts per batch"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     max_len: int = field(default=512, metadata={"help": "policy embedder: truncate prompts to this many tokens"})

@@ -15,9 +15,10 @@ from typing import Optional
 import numpy as np
 
 from p3 import prompts, storage
-from p3.backends import BACKENDS, opened
+from p3.backends import opened
 from p3.data import load_problems, meta_by_id
-from p3.difficulty import backend_options, rollouts_table, sample_and_grade
+from p3.score import rollouts_table, sample_and_grade
+from p3.generation import GenerationConfig
 from p3.logs import get_logger, step
 from p3.report import natural_key
 from p3.verify.grade import mean_pass_at_k
@@ -33,21 +34,10 @@ class EvaluateConfig:
     n: int = field(default=1, metadata={"help": "samples per problem"})
     k: int = field(default=1, metadata={"help": "k of pass@k (k <= n)"})
     temperature: Optional[float] = field(default=None, metadata={"help": "sampling temperature (default 0 = greedy when n=1, else 0.8)"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling"})
-    max_new_tokens: int = field(default=512, metadata={"help": "generation length limit"})
-    backend: str = field(default="hf", metadata={"help": "inference engine", "choices": list(BACKENDS)})
-    template: str = field(default="plain", metadata={"help": "prompt template", "choices": list(prompts.TEMPLATES)})
     batch_size: int = field(default=64, metadata={"help": "prompts per generate batch (hf)"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda (hf)"})
-    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
-    max_len: int = field(default=2048, metadata={"help": "truncate prompts to this many tokens"})
-    seed: int = field(default=0, metadata={"help": "sampling seed"})
     epoch: Optional[int] = field(default=None, metadata={"help": "epoch recorded in the JSON"})
     completions_out: Optional[str] = field(default=None, metadata={"help": "also write the graded samples (rollouts table)"})
-    grade_timeout: float = field(default=10.0, metadata={"help": "seconds per graded completion"})
-    grade_workers: int = field(default=0, metadata={"help": "grading processes (0 = all cores, at most 8)"})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs per model"})
-    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: fraction of GPU memory to use"})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "inference settings"})
 
 
 def summarize(records: list[dict], k: int) -> dict:
@@ -77,8 +67,10 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     problems = load_problems(cfg.problems)
     rows = prompts.rows(problems)
     start = time.perf_counter()
-    with opened(cfg.backend, cfg.model, **backend_options(cfg)) as backend, step(log, "generate and grade") as counts:
-        records = sample_and_grade(backend, problems, rows, cfg, temperature)
+    gen = cfg.generation
+    with opened(gen.backend, cfg.model, **gen.backend_options(cfg.batch_size)) as backend, \
+            step(log, "generate and grade") as counts:
+        records = sample_and_grade(backend, problems, rows, gen, cfg.n, temperature)
         counts.update(problems=len(rows), samples=len(records), passed=sum(r["passed"] for r in records))
     result = {
         "model": cfg.model, "problems": cfg.problems, "epoch": cfg.epoch, "n": cfg.n, "k": cfg.k,

@@ -34,7 +34,7 @@ log = get_logger("tiny")
 class TinyConfig:
     out: str = field(metadata={"help": "output model dir (local path or s3:// URI)"})
     train_on: Optional[str] = field(default=None, metadata={"help": "problems table for the vocabulary and the warm-up"})
-    steps: int = field(default=300, metadata={"help": "warm-up optimizer steps (only with --train-on; 0 = none)"})
+    steps: int = field(default=300, metadata={"help": "warm-up optimizer steps on the train_on table (0 = none)"})
     layers: int = field(default=2, metadata={"help": "transformer layers"})
     hidden: int = field(default=128, metadata={"help": "hidden size"})
     heads: int = field(default=4, metadata={"help": "attention heads"})

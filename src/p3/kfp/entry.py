@@ -12,11 +12,13 @@ Build options (``--epochs``, ``--shards``, ``--preset``, GPU settings) shape the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 from typing import Any
 
-from p3.kfp.builder import PARAMS, BuildOptions, ClusterSettings, compile_pipeline, parse_gpus, preset_defaults
+from p3.kfp.builder import BuildOptions, ClusterSettings, compile_pipeline, parse_gpus, preset_defaults
+from p3.kfp.params import PipelineParams
 
 CLUSTER = ClusterSettings()  # the CLI's defaults are the settings' own
 
@@ -69,14 +71,15 @@ def build_parser(task: str) -> argparse.ArgumentParser:
 
 
 def parse_params(task: str, preset: str, sets: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(defaults of the preset, overrides from --set NAME=VALUE typed by PARAMS)."""
+    """(defaults of the preset, overrides from --set NAME=VALUE typed by PipelineParams)."""
     defaults = preset_defaults(task, preset)
+    types = {f.name: f.type for f in dataclasses.fields(PipelineParams)}
     overrides: dict[str, Any] = {}
     for item in sets:
         name, sep, value = item.partition("=")
-        if not sep or name not in PARAMS:
+        if not sep or name not in types:
             raise SystemExit(f"--set {item!r}: unknown parameter (see --list-params)")
-        tp = PARAMS[name][0]
+        tp = types[name]
         if tp is bool:
             overrides[name] = value.lower() in ("1", "true", "yes", "on")
         else:
@@ -118,8 +121,8 @@ def main(task: str, argv: list[str] | None = None) -> int:
     preset = args.preset or ("tiny" if args.local else "full")
     defaults, overrides = parse_params(task, preset, args.set)
     if args.list_params:
-        for name, (tp, help_) in PARAMS.items():
-            print(f"{name:16} {tp.__name__:5} {defaults[name]!r:40} {help_}")
+        for f in dataclasses.fields(PipelineParams):
+            print(f"{f.name:16} {f.type.__name__:5} {defaults[f.name]!r:40} {f.metadata['help']}")
         return 0
     opts = BuildOptions(task=task, epochs=args.epochs or (3 if preset == "tiny" else 5), shards=args.shards,
                         preset=preset, bootstrap_tiny=preset == "tiny", cluster=cluster_settings(args, preset))

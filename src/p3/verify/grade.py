@@ -32,6 +32,7 @@ from p3.logs import get_logger, progress, step
 from p3.sandbox import LEVELS, Limits, Sandbox, sandbox_python
 from p3.verify import apps as vapps
 from p3.verify import math as vmath
+from p3.verify.answers import extract_answer
 
 log = get_logger("grade")
 
@@ -166,8 +167,8 @@ def shared_sandbox(workers: int, python: Optional[str] = None, isolation: str = 
 
 
 def _grade_math(mpool: vmath.MathPool, completion: str, cols: dict, i: int, timeout: float) -> dict:
-    gold = cols["answer"][i] or vmath.extract_answer(cols["solution"][i])
-    pred = vmath.extract_answer(completion)
+    gold = cols["answer"][i] or extract_answer(cols["solution"][i])
+    pred = extract_answer(completion)
     if not gold:
         return {"status": "no_tests", "answer": pred}
     if pred is None:

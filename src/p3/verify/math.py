@@ -1,15 +1,18 @@
-"""MATH answer grading: extract the final answer, compare it with the gold answer.
+"""MATH answer grading: compare a completion's final answer (found by
+:mod:`p3.verify.answers`) with the gold answer.
 
-Comparison = our normalisation (what math-verify lacks: units, ``\\text{}``, degrees,
-dollars, percent, thousands separators) -> equal strings, or math-verify (gold first)
-plus two strictness rules math-verify does not have:
+Comparison = our normalisation (what math-verify lacks or gets wrong: units, ``\\text{}``,
+degrees, dollars, percent, thousands separators with thin spaces and blanks, doubled
+backslashes, separators such as ``\\quad`` and "and") -> equal strings, or the answers'
+shapes (docs/data.md, "Lists, sets, tuples") and math-verify (gold first) on each part,
+plus strictness rules math-verify does not have:
 
-- answers with several parts (tuples, intervals, vectors, lists, sets) must have the
-  same brackets and the same number of parts, and match part by part (in order for
-  brackets, as a multiset for a bare comma list or ``\\{…\\}``); math-verify would, e.g.,
-  accept the list ``1,2`` for the interval ``(1,2)``;
-- ``\\pm`` must be on both sides or neither; numbers must agree to a relative 1e-6
-  (math-verify's absolute float tolerance calls ``1/2004!`` and ``1/2006!`` equal).
+- a bare list and a ``\\{…\\}`` set are sets (order-free); a bracketed list is a tuple or
+  an interval: same brackets, same number of parts, part by part in order; math-verify
+  would, e.g., accept the list ``1,2`` for the interval ``(1,2)``;
+- ``\\pm`` on one side only stands for its two values (``\\pm 2`` is ``2, -2``, not ``2``);
+- numbers must agree to a relative 1e-6 (math-verify's absolute float tolerance calls
+  ``1/2004!`` and ``1/2006!`` equal).
 
 math-verify runs sympy, which can take forever on a pathological expression, so every
 comparison runs in a worker process (:class:`MathPool`) and is killed at a timeout.
@@ -18,6 +21,7 @@ comparison runs in a worker process (:class:`MathPool`) and is killed at a timeo
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import queue
@@ -29,32 +33,12 @@ import threading
 import time
 from typing import Optional
 
-from p3.data import last_boxed
+from p3.verify.answers import extract_answer
 
 log = logging.getLogger("p3.verify.math")
 
 DEFAULT_TIMEOUT = 10.0
 REL_TOL = 1e-6
-
-# ------------------------------------------------------------------------- extraction
-
-_FINAL_ANSWER = re.compile(r"final answer is[:\s]*(.+?)(?:\.?\s*(?:I hope|$)|\.\s|\n)", re.IGNORECASE | re.DOTALL)
-
-
-def extract_answer(text: Optional[str]) -> Optional[str]:
-    """The completion's final answer: the last ``\\boxed{…}``/``\\fbox{…}`` (balanced
-    braces), else what follows the last "final answer is"; None when there is neither."""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed or None
-    if not text:
-        return None
-    found = _FINAL_ANSWER.findall(text)
-    if not found:
-        return None
-    ans = found[-1].strip().strip("$").strip()
-    return ans.rstrip(".").strip() or None
-
 
 # ------------------------------------------------------------------------- normalisation
 
@@ -62,10 +46,30 @@ _UNIT_TEXT = re.compile(r"\\(?:text|textrm|mbox|mathrm)\s*\{\s*([A-Za-z][A-Za-z 
 _TEXT = re.compile(r"\\(?:text|textrm|textbf|mbox|mathrm)\s*\{([^{}]*)\}")
 
 
+def unescape(s: str) -> str:
+    r"""Undo doubled backslashes (``\\frac`` for ``\frac``, as in JSON-escaped model output):
+    when every run of backslashes has an even length and one of them starts a command,
+    each run is halved. A real row break ``\\`` is followed by a blank or a digit, and a
+    text with any single-backslash command is left alone."""
+    runs = re.findall(r"\\+", s)
+    if not runs or any(len(r) % 2 for r in runs) or not re.search(r"\\\\[A-Za-z{}]", s):
+        return s
+    return re.sub(r"\\+", lambda m: "\\" * (len(m.group(0)) // 2), s)
+
+
+# a thousands separator between digit groups: LaTeX's ,\! {,} \, \! "\ " (with or without
+# blanks around); a plain comma only when the whole answer is one such number (else a list)
+_THOUSANDS = re.compile(r"(?<=\d)\s*(?:,\s*\\!|\{,\}|\\,|\\!|\\ )\s*(?=\d{3}(?!\d))")
+_NUMBER_WITH = {",": re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?"),
+                " ": re.compile(r"[+-]?\d{1,3}(?: \d{3})+(?:\.\d+)?")}
+# what separates the answers of a list, besides a comma (\text{and} is "and" by then)
+_SEPARATOR = re.compile(r"\s*(?:\\q?quad\b|;|\band\b|\bor\b)\s*")
+
+
 def normalize(ans: str) -> str:
     """A canonical LaTeX string for ``ans`` (cheap, string-only)."""
-    s = ans.strip()
-    s = s.replace("\\$", "").replace("$", "")
+    s = unescape(ans.strip())
+    s = s.replace("\\$", "").replace("$", "").replace('\\"', "").replace('"', "")  # quotes are never math
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
     s = s.replace("\\left", "").replace("\\right", "")
     s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|°", "", s)
@@ -75,12 +79,15 @@ def normalize(ans: str) -> str:
     if stripped and stripped != s and not stripped.endswith(("=", ",")):
         s = stripped
     s = _TEXT.sub(r"\1", s)
-    # thousands separators: 3,\!125 · 1{,}000 · 1\,000 · a bare 12,345,678
-    s = re.sub(r"(?<=\d)(?:,\\!|\{,\}|\\,|\\!|\\ )(?=\d{3}(?!\d))", "", s)
-    if re.fullmatch(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s.strip()):
-        s = s.replace(",", "")
+    s = _THOUSANDS.sub("", s)
+    for sep, number in _NUMBER_WITH.items():
+        if number.fullmatch(s.strip()):
+            s = s.replace(sep, "")
     s = s.replace("\\!", "").replace("\\,", "").replace("\\;", "").replace("\\:", "")
-    s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
+    s = re.sub(r"\s*,\s*(?:,\s*)*", ", ", _SEPARATOR.sub(", ", s))
+    s = re.sub(r"\s+", " ", s).strip().strip(",").strip().rstrip(".").strip()
+    if s.startswith("{") and s.endswith("}") and _closes_at_end(s):
+        s = s[1:-1].strip()  # {1,2,3}: a brace group, not a set (that is \{…\})
     return s
 
 
@@ -137,53 +144,119 @@ def split_parts(s: str) -> tuple[Optional[str], Optional[str], list[str]]:
     return bracket[0], bracket[1], parts
 
 
+def _closes_at_end(s: str) -> bool:
+    """True when the brace opening ``s`` is the one that closes at its end (``{1,2}``, not ``{a}{b}``)."""
+    depth = 0
+    for i, t in _tokens(s):
+        if t == "{":
+            depth += 1
+        elif t == "}":
+            depth -= 1
+            if depth == 0:
+                return i == len(s) - 1
+    return False
+
+
 def _pm(s: str) -> int:
     return s.count("\\pm") + s.count("\\mp") + s.count("±")
+
+
+# a name given to an answer: x = 3, x_1 = 3, (p, q) = (3, 2), x \in [1, 2)
+_NAME = r"(?:[A-Za-z]|\\[a-z]+)(?:_\{?[A-Za-z0-9]+\}?)?'*"
+_LABEL = re.compile(rf"\s*({_NAME}|\(\s*{_NAME}(?:\s*,\s*{_NAME})+\s*\))\s*(?:=|\\in)\s*(?=\S)")
+
+
+def _label(part: str) -> tuple[Optional[str], str]:
+    """(name, value) of ``x = value``; (None, part) when the part names nothing."""
+    m = _LABEL.match(part)
+    if not m or "=" in part[m.end():]:
+        return None, part
+    return re.sub(r"\s+", "", m.group(1)), part[m.end():].strip()
 
 
 # ------------------------------------------------------------------------- comparison
 
 
+def _shape(s: str) -> tuple[str, Optional[tuple[str, str]], list[str]]:
+    """("set", None, elements) for a bare list or ``\\{…\\}``; ("seq", brackets, parts) for
+    a bracketed list (tuple, interval, vector); ("one", None, [s]) for anything else."""
+    opener, closer, parts = split_parts(s)
+    if (opener, closer) == ("\\{", "\\}"):
+        return "set", None, [q for q in parts if q]
+    if len(parts) > 1:
+        return ("set", None, parts) if opener is None else ("seq", (opener, closer), parts)
+    return "one", None, [s]
+
+
+def _plus_minus_set(s: str) -> Optional[str]:
+    """``a \\pm b`` as the list of its two values, when it has exactly one ``\\pm``."""
+    if _pm(s) != 1 or "\\mp" in s:
+        return None
+    s = s.replace("±", "\\pm")
+    return s.replace("\\pm", "+") + ", " + s.replace("\\pm", "-")
+
+
+def _unwrapped(ans: str) -> str:
+    """An answer that still holds its box or a "final answer is" statement (a whole solution
+    given as the answer) is what that box or statement says."""
+    if "\\boxed" in ans or "\\fbox" in ans or "final answer" in ans.lower():
+        return extract_answer(ans) or ans
+    return ans
+
+
 def equivalent_inproc(gold: str, pred: str) -> bool:
     """The comparison itself, in this process (math-verify may take long: see MathPool)."""
-    g, p = normalize(gold), normalize(pred)
+    g, p = _label(normalize(_unwrapped(gold)))[1], _label(normalize(_unwrapped(pred)))[1]
     if not g or not p:
         return False
     if g == p:
         return True
     if _pm(g) != _pm(p):
-        return False
-    go, gc, gparts = split_parts(g)
-    po, pc, pparts = split_parts(p)
-    if len(gparts) > 1 or len(pparts) > 1:
-        if len(gparts) != len(pparts):
+        g, p = _plus_minus_set(g) or g, _plus_minus_set(p) or p
+        if _pm(g) != _pm(p):
             return False
-        unordered = {(None, None), ("\\{", "\\}")}  # a bare list of solutions or a set
-        if (go, gc) in unordered and (po, pc) in unordered:
-            return _multiset_equal(gparts, pparts)
-        if (go, gc) != (po, pc):
-            return False  # tuple vs interval, or (a,b] vs [a,b]
-        return all(_mv_equal(a, b) for a, b in zip(gparts, pparts))
+    (gk, gb, gparts), (pk, pb, pparts) = _shape(g), _shape(p)
+    if "set" in (gk, pk):  # a tuple or a single answer is then a set of one
+        return _sets_equal(gparts if gk == "set" else [g], pparts if pk == "set" else [p])
+    if gk == pk == "seq":
+        # tuple vs interval, or (a,b] vs [a,b]: different answers
+        return gb == pb and len(gparts) == len(pparts) and all(map(equivalent_inproc, gparts, pparts))
     return _mv_equal(g, p)
 
 
-def _multiset_equal(gold: list[str], pred: list[str]) -> bool:
-    left = list(pred)
-    for a in gold:
-        hit = next((i for i, b in enumerate(left) if _mv_equal(a, b)), None)
-        if hit is None:
-            return False
-        left.pop(hit)
-    return not left
+def _sets_equal(gold: list[str], pred: list[str]) -> bool:
+    """Every element of each side equals one of the other's; named answers (``x = 1, y = 2``)
+    match by name when both sides name every element."""
+    gl, pl = [_label(q) for q in gold], [_label(q) for q in pred]
+    by_name = all(name for name, _ in gl + pl)
+
+    def written(side: list) -> set:
+        return {(name if by_name else None, normalize(v)) for name, v in side}
+
+    if written(gl) == written(pl):
+        return True  # the same elements as written: no math-verify call for each pair
+
+    def hit(a: tuple, b: tuple) -> bool:
+        return (not by_name or a[0] == b[0]) and equivalent_inproc(a[1], b[1])
+
+    return all(any(hit(a, b) for b in pl) for a in gl) and all(any(hit(a, b) for a in gl) for b in pl)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(ans: str) -> list:
+    """math-verify's reading of one answer (cached: a set compares each element several times)."""
+    from math_verify import parse
+
+    return parse(f"${ans}$")
 
 
 def _mv_equal(gold: str, pred: str) -> bool:
-    from math_verify import parse, verify
+    from math_verify import verify
 
     if normalize(gold) == normalize(pred):
         return True
-    g = parse(f"${gold}$")
-    p = parse(f"${pred}$")
+    g = _parsed(gold)
+    p = _parsed(pred)
     if not g or not p:
         return False
     if not verify(g, p):

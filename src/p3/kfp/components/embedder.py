@@ -19,8 +19,8 @@ def embedder(
     Args:
         problems: Problems table (all of it, or one shard).
         embeddings: Output embeddings table (id, fixed-size float32 list).
-        embedder: ``st:<name-or-path>`` (sentence-transformers) or ``policy`` to
-            mean-pool the current policy's last hidden state.
+        embedder: st:<name-or-path> (sentence-transformers), or policy:<model> to mean-pool a model's
+            last hidden state (plain policy: the current policy).
         base_model: Model used by ``policy`` when no ``policy`` artifact is connected.
         policy: The current policy (the previous epoch's trained model).
     """

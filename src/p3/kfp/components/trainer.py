@@ -29,13 +29,13 @@ def trainer(
         problems: Problems table (the pool).
         selection: This epoch's selection.
         model: Output: the trained model dir (merged weights, adapter in adapter/).
-        lora: LoRA ``r,alpha,dropout`` (paper: 64,16,0.1).
+        lora: LoRA r,alpha,dropout.
         full: Full fine-tuning instead of LoRA.
         lr: Peak learning rate.
-        max_steps: Stop after this many optimizer steps (-1 = one full pass).
+        max_steps: Stop after this many optimizer steps (-1 = full passes).
         batch_size: Per-device batch size.
-        max_len: Cutoff length in tokens.
-        seed: Seed of init, dropout and data order.
+        max_len: Cutoff length in tokens (prefix + target).
+        seed: Seed for init, dropout and data order.
         base_model: Model to start from when no ``policy`` artifact is connected (epoch 0).
         policy: The current policy (the previous epoch's trained model).
     """

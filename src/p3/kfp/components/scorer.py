@@ -1,4 +1,4 @@
-"""Component: policy-driven difficulty of every problem (``p3 score``)."""
+"""Component: policy-driven difficulty of every problem, by likelihood, rollouts or both (``p3 score``)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
@@ -7,7 +7,7 @@ from p3.kfp.components.images import VLLM
 
 
 @dsl.component(base_image=VLLM, install_kfp_package=False)
-def rollout_scorer(
+def scorer(
     problems: Input[Dataset],
     difficulty: Output[Dataset],
     rollouts: Output[Dataset],
@@ -29,25 +29,25 @@ def rollout_scorer(
         problems: Problems table (all of it, or one shard).
         difficulty: Output difficulty table (id, epoch, difficulty, likelihood, pass_rate, n_rollouts).
         rollouts: Output rollouts audit table (id, sample, completion, score, status); empty in likelihood mode.
-        epoch: The epoch being scored (written into the table).
-        mode: ``likelihood`` (the paper's step probability), ``rollout`` (1 - mean
-            verifier score of n samples) or ``hybrid``.
-        n: Rollouts per problem (rollout and hybrid modes).
-        temperature: Sampling temperature of the rollouts.
-        max_new_tokens: Token limit of each rollout.
-        weight: Hybrid weight of the likelihood part.
-        backend: ``hf`` (transformers) or ``vllm``.
+        epoch: Epoch recorded in the table.
+        mode: Difficulty measure (one of: likelihood, rollout, hybrid).
+        n: Rollouts per problem (rollout, hybrid).
+        temperature: Sampling temperature for rollouts.
+        max_new_tokens: Token limit of each sampled completion.
+        weight: Hybrid: weight of the likelihood difficulty.
+        backend: Inference engine (one of: hf, vllm).
         seed: Sampling seed.
-        tensor_parallel_size: vLLM: GPUs one model is split over (the GPUs of this pod).
+        tensor_parallel_size: vllm: GPUs one model is split over.
         base_model: Model name/path/URI used when no ``policy`` artifact is connected (epoch 0).
         policy: The current policy (the previous epoch's trained model).
     """
     from p3.kfp.components._glue import empty_table_unless_written, model_ref
     from p3.contracts import ROLLOUTS
-    from p3.difficulty import ScoreConfig, score
+    from p3.configs import from_flat
+    from p3.score import ScoreConfig, score
 
-    score(ScoreConfig(problems=problems.path, model=model_ref(policy, base_model), out=difficulty.path,
-                      mode=mode, epoch=epoch, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
-                      weight=weight, backend=backend, seed=seed, rollouts_out=rollouts.path,
-                      tensor_parallel_size=tensor_parallel_size))
+    score(from_flat(ScoreConfig, dict(
+        problems=problems.path, model=model_ref(policy, base_model), out=difficulty.path, rollouts_out=rollouts.path,
+        mode=mode, epoch=epoch, n=n, temperature=temperature, max_new_tokens=max_new_tokens, weight=weight,
+        backend=backend, seed=seed, tensor_parallel_size=tensor_parallel_size)))
     empty_table_unless_written(rollouts.path, ROLLOUTS)

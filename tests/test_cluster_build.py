@@ -95,3 +95,71 @@ def test_the_retry_window_covers_every_attempt():
     deadline once a step is retried): a 24 h training retried 3 times needs > 4 days."""
     r = resources.DEFAULTS["train"]
     assert resources.retry_window_s(r) >= (r.retries + 1) * r.timeout_s + r.backoff_s * (2 ** r.retries - 1)
+
+
+def test_a_retried_training_pod_finds_the_checkpoints_of_the_first(monkeypatch, tmp_path):
+    from p3.kfp.components._glue import checkpoint_settings
+
+    monkeypatch.delenv("P3_CHECKPOINT_ROOT", raising=False)
+    assert checkpoint_settings("s3://b/run/trainer/model") == {}  # local runs: p3 train's own default
+    monkeypatch.setenv("P3_CHECKPOINT_ROOT", str(tmp_path))
+    first = checkpoint_settings("s3://b/run/trainer-3/model")
+    assert first == checkpoint_settings("s3://b/run/trainer-3/model")  # every attempt of the task
+    assert first["resume"] is True and first["checkpoint_dir"].startswith(str(tmp_path))
+    assert checkpoint_settings("s3://b/run/trainer-4/model")["checkpoint_dir"] != first["checkpoint_dir"]
+
+
+def _compile(tmp_path, argv: list[str]) -> tuple[dict, dict]:
+    import yaml
+
+    from p3.kfp import entry
+
+    out = tmp_path / "p.yaml"
+    assert entry.main("math", ["--compile", str(out), *argv]) == 0
+    ir, platform = yaml.safe_load_all(out.read_text())
+    return ir, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _tasks(ir: dict) -> dict[str, dict]:
+    dags = [ir["root"]["dag"]] + [c["dag"] for c in ir["components"].values() if "dag" in c]
+    return {t["taskInfo"]["name"]: t for d in dags for t in d["tasks"].values()}
+
+
+def test_model_steps_run_offline_after_the_staging_step(tmp_path):
+    ir, _ = _compile(tmp_path, ["--epochs", "1"])
+    tasks = _tasks(ir)
+    key = {name: k for d in [ir["root"]["dag"]] for k, t in d["tasks"].items() for name in [t["taskInfo"]["name"]]}
+    for name in ("embed", "epoch 0: score", "epoch 0: train", "epoch 0: evaluate"):
+        assert key["stage model"] in tasks[name]["dependentTasks"], name
+        env = ir["deploymentSpec"]["executors"][ir["components"][tasks[name]["componentRef"]["name"]]["executorLabel"]]
+        assert {"name": "HF_HUB_OFFLINE", "value": "1"} in env["container"]["env"], name
+    stage_exec = ir["components"][tasks["stage model"]["componentRef"]["name"]]["executorLabel"]
+    assert "HF_HUB_OFFLINE" not in str(ir["deploymentSpec"]["executors"][stage_exec])
+    # the tiny preset bootstraps its model: nothing to stage
+    ir, _ = _compile(tmp_path, ["--epochs", "1", "--preset", "tiny"])
+    assert "stage model" not in _tasks(ir)
+
+
+def test_resources_option_reaches_the_compiled_tasks(tmp_path):
+    ir, platform = _compile(tmp_path, ["--epochs", "1", "--resources", "train:memory=160Gi,train:retries=5,select:timeout_s=600"])
+    tasks = _tasks(ir)
+
+    def executor_label(name):
+        return ir["components"][tasks[name]["componentRef"]["name"]]["executorLabel"]
+
+    train = ir["deploymentSpec"]["executors"][executor_label("epoch 0: train")]["container"]["resources"]
+    assert train["resourceMemoryRequest"] == "160Gi" and train["resourceMemoryLimit"] == resources.DEFAULTS["train"].memory_limit
+    assert tasks["epoch 0: train"]["retryPolicy"]["maxRetryCount"] == 5
+    assert platform[executor_label("epoch 0: select")]["activeDeadlineSeconds"] in ("600", 600)
+    assert "retryPolicy" not in tasks["epoch 0: select"]  # CPU steps fail fast
+    env = ir["deploymentSpec"]["executors"][executor_label("epoch 0: train")]["container"]["env"]
+    assert {"name": "P3_CHECKPOINT_ROOT", "value": "/cache/p3-checkpoints"} in env
+    with pytest.raises(SystemExit, match="--resources"):
+        _compile(tmp_path, ["--resources", "train:gpus=2"])
+
+
+def test_the_operator_guide_lists_the_default_resources():
+    guide = (ROOT / "docs" / "operator-guide.md").read_text()
+    for kind, r in resources.DEFAULTS.items():
+        row = f"| {kind} | {r.cpu} / {r.cpu_limit} | {r.memory} / {r.memory_limit} | {r.retries or '–'} |"
+        assert row in guide, f"docs/operator-guide.md §6 disagrees with resources.DEFAULTS[{kind!r}]"

@@ -118,7 +118,8 @@ def test_empty_table_only_when_nothing_was_written(tmp_path):
     path = str(tmp_path / "rollouts")
     _glue.empty_table_unless_written(path, contracts.ROLLOUTS)
     assert contracts.read(path, contracts.ROLLOUTS).num_rows == 0
-    full = pa.table({"id": ["a"], "sample": [0], "completion": ["x"], "score": [1.0], "status": ["ok"]},
+    full = pa.table({"id": ["a"], "sample": [0], "completion": ["x"], "score": [1.0], "status": ["ok"],
+                     "isolation": ["bwrap"]},
                     schema=contracts.ROLLOUTS)
     storage.write_table(full, path)
     _glue.empty_table_unless_written(path, contracts.ROLLOUTS)

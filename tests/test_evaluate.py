@@ -54,5 +54,5 @@ def test_pass_at_k_with_samples(tiny_model_dir, mini_math, tmp_path):
 def test_k_larger_than_n_is_refused(tiny_model_dir, mini_math, tmp_path):
     from p3.evaluate import EvaluateConfig, evaluate
 
-    with pytest.raises(ValueError, match="k <= n"):
+    with pytest.raises(ValueError, match="--k: must be at most --n"):
         evaluate(EvaluateConfig(problems=mini_math["test"], model=tiny_model_dir, out=str(tmp_path / "e.json"), n=1, k=2))

@@ -64,6 +64,7 @@ ROLLOUTS = pa.schema(
         ("completion", pa.string()),
         ("score", pa.float64()),
         ("status", pa.string()),
+        ("isolation", pa.string()),  # APPS: the sandbox level the program ran at; MATH: null
     ]
 )
 
@@ -73,7 +74,7 @@ def embeddings_schema(dim: int) -> pa.Schema:
 
 
 # Columns that may be null; every other column of a contract must be present on every row.
-NULLABLE = {"answer", "tests", "starter_code", "likelihood", "pass_rate"}
+NULLABLE = {"answer", "tests", "starter_code", "likelihood", "pass_rate", "isolation"}
 
 
 def validate(table: pa.Table, schema: pa.Schema, path: str, unique_id: bool = True) -> pa.Table:
@@ -119,20 +120,25 @@ def check_unit_interval(values: Iterable[float], path: str, field: str) -> None:
 
 def read(path: str, schema: pa.Schema, unique_id: bool = True) -> pa.Table:
     """Read and validate one contract table."""
+    return validate(read_parquet(path), schema, path, unique_id=unique_id)
+
+
+def read_parquet(path: str) -> pa.Table:
+    """Read a Parquet table; a file that is not one (truncated, another format) is a
+    ContractError naming it; a missing file or an unreachable store stays an OSError."""
     try:
-        table = storage.read_table(path)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # pyarrow raises many kinds for a file that is not Parquet
+        return storage.read_table(path)
+    except Exception as exc:  # pyarrow raises many kinds (some OSError) for a file that is not Parquet
+        if isinstance(exc, OSError) and not type(exc).__module__.startswith("pyarrow"):
+            raise
         raise ContractError(path, "-", f"not a readable Parquet file: {exc}") from exc
-    return validate(table, schema, path, unique_id=unique_id)
 
 
 def read_embeddings(path: str) -> tuple[list[str], "np.ndarray"]:  # noqa: F821
     """Read an embeddings table: ids and an (N, d) float32 matrix."""
     import numpy as np
 
-    table = storage.read_table(path)
+    table = read_parquet(path)
     for name in ("id", "embedding"):
         if name not in table.column_names:
             raise ContractError(path, name, "missing column")

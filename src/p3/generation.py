@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from p3 import prompts
+from p3 import checks, prompts
 from p3.backends import BACKENDS
 
 
@@ -21,16 +21,22 @@ from p3.backends import BACKENDS
 class GenerationConfig:
     backend: str = field(default="hf", metadata={"help": "inference engine", "choices": list(BACKENDS)})
     template: str = field(default="plain", metadata={"help": "prompt template", "choices": list(prompts.TEMPLATES)})
-    max_new_tokens: int = field(default=512, metadata={"help": "token limit of each sampled completion"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling"})
+    max_new_tokens: int = field(default=512, metadata={"min": 1, "max": 1 << 20, "help": "token limit of each sampled completion"})
+    top_p: float = field(default=1.0, metadata={"gt": 0.0, "max": 1.0, "help": "nucleus sampling"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 … (hf)"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
-    max_len: int = field(default=2048, metadata={"help": "truncate scored texts / prompts to this many tokens"})
-    seed: int = field(default=0, metadata={"help": "sampling seed"})
-    grade_timeout: float = field(default=10.0, metadata={"help": "seconds per graded completion"})
-    grade_workers: int = field(default=0, metadata={"help": "grading processes (0 = all cores, at most 8)"})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs one model is split over"})
-    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: fraction of GPU memory to use"})
+    max_len: int = field(default=2048, metadata={"min": 1, "max": 1 << 20, "help": "truncate scored texts / prompts to this many tokens"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "sampling seed"})
+    grade_timeout: float = field(default=10.0, metadata={"gt": 0.0, "help": "seconds per graded completion"})
+    grade_workers: int = field(default=0, metadata={"min": 0, "max": 1024, "help": "grading processes (0 = all cores, at most 8)"})
+    allow_weak_isolation: bool = field(default=False, metadata={
+        "help": "grade APPS programs even when the sandbox cannot prove full isolation (bwrap); the level used "
+                "is recorded in the rollouts table, the evaluation JSON and its metrics (default: refuse)"})
+    tensor_parallel_size: int = field(default=1, metadata={"min": 1, "help": "vllm: GPUs one model is split over"})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"gt": 0.0, "max": 1.0, "help": "vllm: fraction of GPU memory to use"})
+
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
     def workers(self) -> int:
         """Grading processes: ``grade_workers``, or all cores up to 8."""

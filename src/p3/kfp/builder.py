@@ -74,7 +74,9 @@ class ClusterSettings:
     model_cache_pvc: str = "p3-model-cache"  # mounted at /cache (HF_HOME=/cache/huggingface)
     s3_secret: str = "p3-s3"  # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, P3_S3_ENDPOINT_URL
     hf_secret: str = "p3-hf-token"  # HF_TOKEN (gated models): the staging step only
-    sandbox_uid: int = 1000  # scorer/evaluator run model-written code: non-root, labelled for the NetworkPolicy
+    # scorer/evaluator run model-written code: non-root, labelled for the NetworkPolicy and for the
+    # sandbox-isolation component's admission policies (root in a user namespace of the pod's own)
+    sandbox_uid: int = 1000
     # requests, limits, retries and deadline per step kind (p3.kfp.resources; --resources)
     resources: dict[str, StepResources] = field(default_factory=lambda: dict(RESOURCE_DEFAULTS))
     # training checkpoints on the model-cache volume: a retried training pod resumes there

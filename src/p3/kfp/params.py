@@ -69,7 +69,7 @@ EVERY_STEP_SEED = {"prepare": "seed", "prepare_test": "seed", "bootstrap": "seed
 
 _FIELDS = {
     "base_model": own(str, "", "policy at epoch 0: HF name, model dir or s3:// URI (unused when a tiny model is bootstrapped)"),
-    "source": own(str, "synth:mini-math", "training pool: raw dataset file (local/s3://), HF dataset name, or synth:mini-math",
+    "source": own(str, "synth:mini-math", "training pool: raw dataset file (local/s3://), hf:NAME (a Hugging Face hub dataset), or synth:mini-math",
                   {"prepare": "source"}),
     "split": own(str, "train", "split of the training source", {"prepare": "split"}),
     "hf_config": own(str, "", "HF dataset config(s), comma-separated ('' = none)",
@@ -104,12 +104,14 @@ _FIELDS = {
     "embedder": of(EmbedConfig, "embedder"),
     "lora": of(TrainConfig, "lora"),
     "full_finetune": of(TrainConfig, "full"),
+    "qlora": of(TrainConfig, "qlora"),
     "lr": of(TrainConfig, "lr"),
     "max_steps": of(TrainConfig, "max_steps"),
     "batch_size": of(TrainConfig, "batch_size"),
     "max_len": of(TrainConfig, "max_len"),
     "eval_n": of(EvaluateConfig, "n"),
     "eval_k": of(EvaluateConfig, "k"),
+    "allow_weak_isolation": of(GenerationConfig, "allow_weak_isolation"),
     "seed": own(int, 0, "seed of sampling, selection and training", EVERY_STEP_SEED),
     "image_base": own(str, images.BASE, "image of the CPU steps"),
     "image_vllm": own(str, images.VLLM, "image of scoring, embedding and evaluation"),
@@ -152,11 +154,11 @@ def preset(task: str, name: str) -> Any:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if name == "full":
         if task == "math":
-            return PipelineParams(base_model="Qwen/Qwen2.5-Math-1.5B", source="EleutherAI/hendrycks_math",
-                                  hf_config=MATH_SUBJECTS, test_source="EleutherAI/hendrycks_math", budget=10000,
+            return PipelineParams(base_model="Qwen/Qwen2.5-Math-1.5B", source="hf:EleutherAI/hendrycks_math",
+                                  hf_config=MATH_SUBJECTS, test_source="hf:EleutherAI/hendrycks_math", budget=10000,
                                   backend="vllm")
-        return PipelineParams(base_model="Qwen/Qwen2.5-Coder-1.5B", source="codeparrot/apps",
-                              test_source="codeparrot/apps", budget=2000, difficulty_mode="rollout",
+        return PipelineParams(base_model="Qwen/Qwen2.5-Coder-1.5B", source="hf:codeparrot/apps",
+                              test_source="hf:codeparrot/apps", budget=2000, difficulty_mode="rollout",
                               max_new_tokens=1024, eval_n=5, eval_k=1, backend="vllm")
     if name != "tiny":
         raise ValueError(f"preset must be tiny or full, got {name!r}")

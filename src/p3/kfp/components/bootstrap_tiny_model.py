@@ -21,6 +21,9 @@ def bootstrap_tiny_model(
         steps: Warm-up optimizer steps on the train_on table (0 = none).
         seed: Seed for the weights and the warm-up order.
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     from p3.tiny import TinyConfig, build_tiny_model
 
     build_tiny_model(TinyConfig(out=model.path, train_on=problems.path, steps=steps, seed=seed))

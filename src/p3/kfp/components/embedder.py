@@ -20,14 +20,17 @@ def embedder(
     Args:
         problems: Problems table (all of it, or one shard).
         embeddings: Output embeddings table (id, fixed-size float32 list).
-        embedder: st:<name-or-path> (sentence-transformers), or policy:<model> to mean-pool a model's
-            last hidden state (plain policy: the current policy).
+        embedder: st:<folder>, st:hf:<hub name> or st:all-MiniLM-L6-v2 (bundled) for sentence-transformers,
+            or policy:<model> to mean-pool a model's last hidden state (plain policy: the current policy).
         base_model: Model used by ``policy`` when no ``policy`` artifact is connected.
         policy: The current policy (the previous epoch's trained model).
         per_epoch: False when the pipeline embeds once, before the epochs (it was built
             with an embedder that is not the current policy); a plain ``policy`` embedder
             is then refused instead of embedding with the base model only.
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     from p3.kfp.components._glue import model_ref
     from p3.embed import EmbedConfig, embed
 

@@ -18,6 +18,7 @@ def evaluator(
     max_new_tokens: int = 512,
     seed: int = 0,
     tensor_parallel_size: int = 1,
+    allow_weak_isolation: bool = False,
     base_model: str = "",
     policy: Input[Model] = None,
 ):
@@ -34,9 +35,13 @@ def evaluator(
         max_new_tokens: Token limit of each sampled completion.
         seed: Sampling seed.
         tensor_parallel_size: vllm: GPUs one model is split over.
+        allow_weak_isolation: Grade APPS programs even when the sandbox cannot prove full isolation (bwrap); the level used is recorded in the rollouts table, the evaluation JSON and its metrics (default: refuse).
         base_model: Model evaluated when no ``policy`` artifact is connected.
         policy: The policy to evaluate (this epoch's trained model).
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     from p3 import storage
     from p3.kfp.components._glue import model_ref
     from p3.configs import from_flat
@@ -44,7 +49,8 @@ def evaluator(
 
     out = evaluate(from_flat(EvaluateConfig, dict(
         problems=problems.path, model=model_ref(policy, base_model), out=results.path, epoch=epoch, n=n, k=k,
-        backend=backend, max_new_tokens=max_new_tokens, seed=seed, tensor_parallel_size=tensor_parallel_size)))
+        backend=backend, max_new_tokens=max_new_tokens, seed=seed, tensor_parallel_size=tensor_parallel_size,
+        allow_weak_isolation=allow_weak_isolation)))
     scalars = {k: v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     for name, value in scalars.items():
         metrics.log_metric(name, value)

@@ -24,8 +24,8 @@ def prepare_data(
     Args:
         problems: Output problems table (Parquet, the problems contract).
         task: Which dataset schema the source has (one of: math, apps).
-        source: A .jsonl/.json/.parquet file (local or s3://) in the dataset's raw schema, a Hugging Face
-            dataset name, or a folder of one (or synth:mini-math: the synthetic mini-MATH set).
+        source: A .jsonl/.json/.parquet file (local or s3://) in the dataset's raw schema, hf:NAME for a
+            Hugging Face hub dataset, or a local dataset folder (or synth:mini-math: the synthetic mini-MATH set).
         split: Split to load from a HF dataset; also part of MATH ids (mini-MATH: train or test).
         hf_config: HF dataset config name(s), comma-separated to concatenate several ('' = none).
         limit: Keep a seeded random sample of this many rows (0 = all).
@@ -34,6 +34,9 @@ def prepare_data(
         synth_n: Number of problems (spread evenly over the levels).
         synth_levels: Levels to generate: a range 1-5 or a list 1,3,5.
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     from p3 import data
 
     if source.startswith("synth:"):

@@ -20,6 +20,7 @@ def scorer(
     backend: str = "hf",
     seed: int = 0,
     tensor_parallel_size: int = 1,
+    allow_weak_isolation: bool = False,
     base_model: str = "",
     policy: Input[Model] = None,
 ):
@@ -38,9 +39,13 @@ def scorer(
         backend: Inference engine (one of: hf, vllm).
         seed: Sampling seed.
         tensor_parallel_size: vllm: GPUs one model is split over.
+        allow_weak_isolation: Grade APPS programs even when the sandbox cannot prove full isolation (bwrap); the level used is recorded in the rollouts table, the evaluation JSON and its metrics (default: refuse).
         base_model: Model name/path/URI used when no ``policy`` artifact is connected (epoch 0).
         policy: The current policy (the previous epoch's trained model).
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     from p3.kfp.components._glue import empty_table_unless_written, model_ref
     from p3.contracts import ROLLOUTS
     from p3.configs import from_flat
@@ -49,5 +54,6 @@ def scorer(
     score(from_flat(ScoreConfig, dict(
         problems=problems.path, model=model_ref(policy, base_model), out=difficulty.path, rollouts_out=rollouts.path,
         mode=mode, epoch=epoch, n=n, temperature=temperature, max_new_tokens=max_new_tokens, weight=weight,
-        backend=backend, seed=seed, tensor_parallel_size=tensor_parallel_size)))
+        backend=backend, seed=seed, tensor_parallel_size=tensor_parallel_size,
+        allow_weak_isolation=allow_weak_isolation)))
     empty_table_unless_written(rollouts.path, ROLLOUTS)

@@ -63,6 +63,9 @@ def selector(
         previous: Last epoch's selection (cross-epoch diversity), when there is one.
         previous_difficulty: Last epoch's difficulty table (momentum pacing), when there is one.
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     from p3.selection import SelectConfig, select
 
     select(SelectConfig(

@@ -1,17 +1,27 @@
 # p3-base: the CPU image. Runs prepare, select and report, and every step of the
 # tiny preset. Build from the repository root:
 #   docker build -f images/p3-base.Dockerfile -t ghcr.io/p3-kubeflow/p3-base:0.1.0 .
-FROM python:3.11.10-slim-bookworm
+# Base pinned by digest (python:3.11.10-slim-bookworm as recorded in several public
+# repositories; not re-resolved from here, which has no registry access).
+FROM python:3.11.10-slim-bookworm@sha256:840e180ebcc6e5c8efab209c43f5e40fd2af98cb49db5c7103c90539c56bb30e
 
 # The CPU build of torch first, pinned, so that installing the project cannot pull
 # multi-GB CUDA wheels into a CPU image.
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
+# Any UID (OpenShift's random ones included): HOME and every cache point into
+# world-writable directories, USER/LOGNAME spare tools a passwd lookup of a UID
+# that has no entry. /cache is the model-cache PVC's mount point.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/home/p3 \
+    USER=p3 \
+    LOGNAME=p3 \
+    XDG_CACHE_HOME=/home/p3/.cache \
+    MPLCONFIGDIR=/home/p3/.cache/matplotlib \
     HF_HOME=/cache/huggingface \
     P3_PROGRESS=0
 
@@ -22,15 +32,19 @@ RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap \
 
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 
-# Only what the package needs, so that a change to tests or docs keeps the layers.
+# Dependencies in their own layer, at the versions images/constraints.txt records:
+# a change to src/ keeps this layer.
 WORKDIR /opt/p3
-COPY pyproject.toml README.md ./
-COPY src/ src/
-RUN pip install . && python -c "import p3, p3.backends, p3.verify, p3.kfp.components, p3.kfp"
+COPY pyproject.toml images/constraints.txt images/lock.py ./
+RUN python lock.py --requirements pyproject.toml > requirements.txt \
+    && pip install --constraint constraints.txt --requirement requirements.txt
 
-# Non-root: the cluster runs these pods with runAsNonRoot, and the APPS sandbox
-# expects to run as an ordinary user. /cache is the model-cache PVC's mount point.
-RUN useradd --uid 1000 --create-home --shell /usr/sbin/nologin p3 \
-    && mkdir -p /cache && chown p3:p3 /cache
-USER 1000:1000
+# Only the package, without dependencies (installed above).
+COPY README.md ./
+COPY src/ src/
+RUN pip install --no-deps . && python -c "import p3, p3.backends, p3.verify, p3.kfp.components, p3.kfp"
+
+RUN mkdir -p /home/p3 /cache && chmod 1777 /home/p3 /cache
+# Non-root by number (runAsNonRoot can check it); nothing depends on this UID.
+USER 1000
 WORKDIR /home/p3

@@ -4,10 +4,18 @@
 #   docker build -f images/p3-vllm.Dockerfile -t ghcr.io/p3-kubeflow/p3-vllm:0.1.0 .
 FROM vllm/vllm-openai:v0.33.0
 
+# Any UID: see p3-base.Dockerfile.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/home/p3 \
+    USER=p3 \
+    LOGNAME=p3 \
+    XDG_CACHE_HOME=/home/p3/.cache \
+    MPLCONFIGDIR=/home/p3/.cache/matplotlib \
+    TRITON_CACHE_DIR=/home/p3/.cache/triton \
+    VLLM_CONFIG_ROOT=/home/p3/.config/vllm \
     HF_HOME=/cache/huggingface \
     P3_PROGRESS=0
 
@@ -16,17 +24,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap \
     && rm -rf /var/lib/apt/lists/*
 
+# Dependencies in their own layer. torch, vllm and the transformers vllm was built
+# with stay exactly: every installed package is pinned to its version, the rest to
+# images/constraints.txt.
 WORKDIR /opt/p3
-COPY pyproject.toml README.md ./
-COPY src/ src/
-# Keep the image's torch and vllm exactly: constrain them to what is installed.
-RUN pip freeze | grep -iE '^(torch|vllm|transformers|xformers)==' > /tmp/keep.txt \
-    && pip install --constraint /tmp/keep.txt . \
-    && python -c "import p3, p3.kfp.components, vllm"
+COPY pyproject.toml images/constraints.txt images/lock.py ./
+RUN python3 lock.py --keep-installed constraints.txt > keep.txt \
+    && python3 lock.py --requirements pyproject.toml > requirements.txt \
+    && pip install --constraint keep.txt --requirement requirements.txt
 
-RUN useradd --uid 1000 --create-home --shell /usr/sbin/nologin p3 \
-    && mkdir -p /cache && chown p3:p3 /cache
-USER 1000:1000
+COPY README.md ./
+COPY src/ src/
+RUN pip install --no-deps . && python3 -c "import p3, p3.kfp.components, vllm"
+
+RUN mkdir -p /home/p3 /cache && chmod 1777 /home/p3 /cache
+USER 1000
 WORKDIR /home/p3
 # The base image's entrypoint starts an OpenAI server; a pipeline step runs its own command.
 ENTRYPOINT []

@@ -17,7 +17,7 @@ from kfp.dsl.base_component import BaseComponent
 MODULES = sorted(m.name for m in pkgutil.iter_modules(p3.kfp.components.__path__) if not m.name.startswith("_")
                  and m.name != "images")
 EXPECTED = {"prepare_data", "bootstrap_tiny_model", "scorer", "embedder", "selector", "trainer",
-            "evaluator", "epoch_report", "shard_split", "shard_merge",
+            "evaluator", "epoch_report", "shard_split", "shard_merge", "model_stager",
             "epoch_state_load", "epoch_state_commit", "epoch_state_finished"}  # the per-epoch pipeline
 
 

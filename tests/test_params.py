@@ -36,9 +36,9 @@ from p3.kfp.params import PipelineParams
 COMPONENTS = {prepare_data: "prepare", bootstrap_tiny_model: "bootstrap", scorer: "score",
               embedder: "embed", selector: "select", trainer: "train", evaluator: "evaluate",
               epoch_report: "report"}
-# Arguments that are pipeline wiring, not a step setting: the model by name, and the
+# Arguments that are pipeline wiring, not a step setting: the model by name, whether the pipeline embeds per epoch, and the
 # report's epoch (the folder it adds; `p3 report` renders folders that are already there).
-WIRING = {"base_model", "epoch-report.epoch"}
+WIRING = {"base_model", "epoch-report.epoch", "embedder.per_epoch", "model-stager.base_model"}
 EMPTY = {int: 0, float: 0.0, str: "", bool: False}  # a run parameter has no None: the type's empty value stands for it
 
 

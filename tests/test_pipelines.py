@@ -21,7 +21,8 @@ from p3.kfp import builder, entry, params
 from p3.kfp.builder import BuildOptions, ClusterSettings, compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("score", "embed", "select", "train", "evaluate", "report")
+STEPS = ("score", "select", "train", "evaluate", "report")  # per epoch
+BEFORE = ("prepare train", "prepare test", "stage model", "embed")  # once, before the epochs (st: embedder)
 COMPONENTS = ("prepare-data", "scorer", "embedder", "selector", "trainer", "evaluator", "epoch-report")
 
 
@@ -59,6 +60,7 @@ def test_compile_from_the_command_line_writes_the_default_path(task, tmp_path):
     assert spec["pipelineInfo"]["name"] == f"p3-{task}"
     names = all_tasks(spec)
     assert all(f"epoch {e}: {s}" in names for e in range(5) for s in STEPS)  # preset full: 5 epochs
+    assert set(BEFORE) <= set(names) and not [n for n in names if n.endswith(": embed")]
 
 
 @pytest.mark.parametrize("epochs", [1, 3])
@@ -69,7 +71,7 @@ def test_one_group_of_tasks_per_epoch_with_every_component(epochs, tmp_path):
         for s in STEPS:
             assert f"epoch {e}: {s}" in names
     assert f"epoch {epochs}: score" not in names
-    assert {"prepare train", "prepare test"} <= set(names)
+    assert set(BEFORE) <= set(names)
     comps = " ".join(spec["components"])
     for c in COMPONENTS:
         assert f"comp-{c}" in comps
@@ -89,7 +91,7 @@ def test_artifacts_chain_from_epoch_to_epoch(tmp_path):
 
     # the epoch's trained model scores, embeds and trains from the next epoch on
     for e in (1, 2):
-        for step in ("score", "embed", "train"):
+        for step in ("score", "train"):
             assert producer(f"epoch {e}: {step}", "policy") == key[f"epoch {e - 1}: train"]
         assert producer(f"epoch {e}: select", "previous") == key[f"epoch {e - 1}: select"]
         assert producer(f"epoch {e}: select", "previous_difficulty") == key[f"epoch {e - 1}: score"]
@@ -99,6 +101,31 @@ def test_artifacts_chain_from_epoch_to_epoch(tmp_path):
     # epoch 0 starts from the base model by name: no policy artifact, a base_model parameter
     assert "policy" not in names["epoch 0: score"][1]["inputs"].get("artifacts", {})
     assert "base_model" in names["epoch 0: score"][1]["inputs"]["parameters"]
+    # every epoch selects on the one set of embeddings made before the epochs
+    for e in range(3):
+        assert producer(f"epoch {e}: select", "embeddings") == key["embed"]
+
+
+def test_embed_once_unless_the_embedder_is_the_policy(tmp_path):
+    """An st: embedder ignores the policy: one embedding task before the epochs, none in
+    an epoch. embedder=policy embeds with each epoch's policy: one per epoch."""
+    from p3.kfp.components.embedder import embedder
+
+    names = all_tasks(compiled(tmp_path, task="math", epochs=3))
+    embeds = [n for n in names if n.split(": ")[-1].startswith("embed")]
+    assert embeds == ["embed"]
+    assert names["embed"][1]["inputs"]["parameters"]["per_epoch"]["runtimeValue"]["constant"] is False
+    defaults = {**builder.preset_defaults("math", "full"), "embedder": "policy"}
+    path = compile_pipeline(BuildOptions(task="math", epochs=3), str(tmp_path / "policy.yaml"), defaults)
+    names = all_tasks(yaml.safe_load_all(Path(path).read_text()).__next__())
+    key = {n: k for n, (k, _) in names.items()}
+    assert "embed" not in names and all(f"epoch {e}: embed" in names for e in range(3))
+    for e in (1, 2):
+        art = names[f"epoch {e}: embed"][1]["inputs"]["artifacts"]["policy"]["taskOutputArtifact"]
+        assert art["producerTask"] == key[f"epoch {e - 1}: train"]
+    # a pipeline that embeds once refuses a policy embedder at run time instead of embedding with the base model
+    with pytest.raises(ValueError, match="embeds once"):
+        embedder.python_func(problems=None, embeddings=None, embedder="policy", per_epoch=False)
 
 
 def test_tiny_preset_bootstraps_the_policy(tmp_path):
@@ -115,7 +142,7 @@ def test_gpu_steps_get_gpus_shm_cache_and_secrets_cpu_steps_do_not(tmp_path):
     names = all_tasks(spec)
     want = {"score": "2", "embed": "1", "train": "8", "evaluate": "1"}
     for step, count in want.items():
-        label, container = executor_of(spec, names[f"epoch 1: {step}"][1])
+        label, container = executor_of(spec, names["embed" if step == "embed" else f"epoch 1: {step}"][1])
         acc = container["resources"]["accelerator"]
         assert acc["resourceType"] == "nvidia.com/gpu" and str(acc["resourceCount"]) == count
         k8s = spec["_platform"][label]
@@ -123,10 +150,15 @@ def test_gpu_steps_get_gpus_shm_cache_and_secrets_cpu_steps_do_not(tmp_path):
         assert k8s["tolerations"][0]["key"] == "nvidia.com/gpu"
         assert k8s["pvcMount"][0]["mountPath"] == "/cache"
         secrets = {s["secretName"] for s in k8s["secretAsEnv"]}
-        assert secrets == {"p3-s3", "p3-hf-token"}
+        assert secrets == {"p3-s3"}  # offline after the staging step: no Hub token
         if step in ("score", "evaluate", "train"):
             shm = k8s["emptyDirMounts"][0]
             assert shm["mountPath"] == "/dev/shm" and shm["medium"] == "Memory"
+    # the staging step is the one that reaches the Hub: the token, the cache, no GPU
+    label, container = executor_of(spec, names["stage model"][1])
+    assert {s["secretName"] for s in spec["_platform"][label]["secretAsEnv"]} == {"p3-s3", "p3-hf-token"}
+    assert spec["_platform"][label]["pvcMount"][0]["mountPath"] == "/cache"
+    assert "accelerator" not in container["resources"]
     # a vLLM engine spans the GPUs of its pod
     assert names["epoch 1: score"][1]["inputs"]["parameters"]["tensor_parallel_size"]["runtimeValue"]["constant"] == 2
     assert names["epoch 1: evaluate"][1]["inputs"]["parameters"]["tensor_parallel_size"]["runtimeValue"]["constant"] == 1
@@ -159,9 +191,10 @@ def test_caching_off_for_sampling_and_training_on_for_deterministic_steps(tmp_pa
 
     for step in ("score", "train", "evaluate"):
         assert not cached(f"epoch 0: {step}")
-    for step in ("embed", "select", "report"):
+    for step in ("select", "report"):
         assert cached(f"epoch 0: {step}")
-    assert cached("prepare train")
+    assert cached("prepare train") and cached("embed")
+    assert not cached("stage model")  # the cache volume may have been emptied since
     local = all_tasks(compiled(tmp_path, task="math", epochs=1, cache_everything=True))
     assert all(t.get("cachingOptions", {}).get("enableCache") for _, t in local.values())
 
@@ -190,19 +223,22 @@ def test_shards_fan_out_per_epoch_and_merge_before_selection(tmp_path):
     spec = compiled(tmp_path, task="math", epochs=2, shards=4)
     root = spec["root"]["dag"]["tasks"]
     loops = {k: t for k, t in root.items() if "parameterIterator" in t}
-    assert len(loops) == 2  # one ParallelFor per epoch
+    assert len(loops) == 3  # one ParallelFor per epoch, one for the embeddings before them
+    bodies = []
     for loop in loops.values():
         items = json.loads(loop["parameterIterator"]["items"]["raw"])
         assert items == [0, 1, 2, 3]
         body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-        assert {t["taskInfo"]["name"].split(": ")[1] for t in body.values()} == {"shard", "score shard", "embed shard"}
+        bodies.append({t["taskInfo"]["name"].split(": ")[-1] for t in body.values()})
+    assert sorted(map(sorted, bodies)) == [["embed shard", "shard"], ["score shard", "shard"], ["score shard", "shard"]]
     names = all_tasks(spec)
+    assert names["merge embeddings"][1]["inputs"]["artifacts"]["parts"]["taskOutputArtifact"]["producerTask"] in loops
     for e in range(2):
         merge = names[f"epoch {e}: merge difficulty"][1]
         assert merge["inputs"]["artifacts"]["parts"]["taskOutputArtifact"]["producerTask"] in loops
         select = names[f"epoch {e}: select"][1]["inputs"]["artifacts"]
         assert select["difficulty"]["taskOutputArtifact"]["producerTask"] == names[f"epoch {e}: merge difficulty"][0]
-        assert select["embeddings"]["taskOutputArtifact"]["producerTask"] == names[f"epoch {e}: merge embeddings"][0]
+        assert select["embeddings"]["taskOutputArtifact"]["producerTask"] == names["merge embeddings"][0]
 
 
 def test_every_selector_setting_is_a_pipeline_parameter(tmp_path):

@@ -4,12 +4,21 @@ KFP v2 has no loop that carries state from one iteration to the next, so the E e
 are unrolled when the pipeline is built (``epochs`` is a build option, not a run
 parameter). Each epoch is five tasks named ``epoch e: …``::
 
-    prepare ─▶ [epoch 0] score ─▶ embed ─▶ select ─▶ train ─▶ evaluate ─▶ report
-                  ▲                                    │
-                  └──────── the trained model ─────────┘  scores epoch 1, and so on
+    prepare ─▶ stage model ─▶ embed ─▶ [epoch 0] score ─▶ select ─▶ train ─▶ evaluate ─▶ report
+                                          ▲                          │
+                                          └──── the trained model ───┘  scores epoch 1, and so on
+
+The embeddings are made once, before the epochs, unless the embedder is the current
+policy (``embedder=policy``): then every epoch embeds with its own policy. The staging
+step puts the base model into the model cache; every later model step runs offline.
 
 With ``shards`` S > 1, scoring and embedding run as a ``dsl.ParallelFor`` over S shards
 of the pool (one GPU task each) and ``dsl.Collected`` merges them before selection.
+
+A cluster build runs every task through the one image executor (:mod:`p3.kfp.executor`:
+no function source in the YAML) with its step kind's resources, retries and deadline
+(:mod:`p3.kfp.resources`); a local build keeps the lightweight components that
+kfp.local's SubprocessRunner runs.
 
 What is decided at build time (:class:`BuildOptions`): the task, E, S, whether a tiny
 model is bootstrapped (local preset), and the cluster settings (GPUs, node selection,
@@ -20,6 +29,7 @@ model is bootstrapped (local preset), and the cluster settings (GPUs, node selec
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -27,12 +37,14 @@ from typing import Any, NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Dataset, Markdown, Model
 
+from p3.kfp import executor
 from p3.kfp.components import images
 from p3.kfp.components.bootstrap_tiny_model import bootstrap_tiny_model
 from p3.kfp.components.selector import selector
 from p3.kfp.components.embedder import embedder
 from p3.kfp.components.epoch_report import epoch_report
 from p3.kfp.components.evaluator import evaluator
+from p3.kfp.components.model_stager import model_stager
 from p3.kfp.components.prepare_data import prepare_data
 from p3.kfp.components.scorer import scorer
 from p3.kfp.components.shard_merge import shard_merge
@@ -40,6 +52,7 @@ from p3.kfp.components.shard_split import shard_split
 from p3.kfp.components.trainer import trainer
 from p3.kfp import params
 from p3.kfp.params import TASKS, PipelineParams, apps_fixture, step_arguments
+from p3.kfp.resources import DEFAULTS as RESOURCE_DEFAULTS, StepResources, apply_resources
 
 def preset_defaults(task: str, preset: str) -> dict[str, Any]:
     """Run-parameter defaults of a preset (see :func:`p3.kfp.params.preset`), by name."""
@@ -60,10 +73,14 @@ class ClusterSettings:
     shm_size: str = "16Gi"  # /dev/shm of vLLM and torchrun steps (NCCL, dataloaders)
     model_cache_pvc: str = "p3-model-cache"  # mounted at /cache (HF_HOME=/cache/huggingface)
     s3_secret: str = "p3-s3"  # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, P3_S3_ENDPOINT_URL
-    hf_secret: str = "p3-hf-token"  # HF_TOKEN (gated models)
+    hf_secret: str = "p3-hf-token"  # HF_TOKEN (gated models): the staging step only
     # scorer/evaluator run model-written code: non-root, labelled for the NetworkPolicy and for the
     # sandbox-isolation component's admission policies (root in a user namespace of the pod's own)
     sandbox_uid: int = 1000
+    # requests, limits, retries and deadline per step kind (p3.kfp.resources; --resources)
+    resources: dict[str, StepResources] = field(default_factory=lambda: dict(RESOURCE_DEFAULTS))
+    # training checkpoints on the model-cache volume: a retried training pod resumes there
+    checkpoint_root: str = "/cache/p3-checkpoints"
 
 
 SANDBOX_LABEL = ("p3.kubeflow.org/sandbox", "true")
@@ -71,6 +88,8 @@ S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "P3_S3_ENDPOINT_URL")
 # Steps whose output is a pure function of their inputs: cached by KFP. Sampling and
 # training are not (seeds do not make GPU kernels deterministic): never cached on a cluster.
 DETERMINISTIC = {"prepare", "shard", "merge", "embed", "select", "report"}
+# Model steps after the staging step: they load from the model cache, never from the Hub.
+OFFLINE_KINDS = {"score", "embed", "train", "evaluate"}
 
 
 @dataclass
@@ -84,6 +103,12 @@ class BuildOptions:
     bootstrap_tiny: bool = False  # build the tiny model in the pipeline (the local preset)
     cluster: ClusterSettings | None = field(default_factory=ClusterSettings)
     cache_everything: bool = False  # local runs: cache every step so a stopped run resumes
+    # run components from the image (p3.kfp.executor) rather than from source in the YAML;
+    # None = when building for a cluster (kfp.local's SubprocessRunner needs the source)
+    image_executor: bool | None = None
+    # one embedding task per epoch (the policy embeds) or one before the epochs;
+    # None = per epoch exactly when the embedder default is ``policy``
+    embed_per_epoch: bool | None = None
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -104,16 +129,22 @@ def build(opts: BuildOptions, defaults: dict[str, Any] | None = None) -> Built:
     defaults = dict(defaults or preset_defaults(opts.task, opts.preset))
     epoch_of_task: dict[str, int] = {}
     display_names: dict[str, str] = {}
+    per_epoch = embeds_per_epoch(opts, defaults)
 
     def body(*channels):
         # kfp calls the pipeline function with one channel per parameter, in signature order
-        return _wire(opts, PipelineParams(*channels), epoch_of_task, display_names)
+        return _wire(opts, PipelineParams(*channels), epoch_of_task, display_names, embed_per_epoch=per_epoch)
 
     body.__name__ = f"p3_{opts.task}"
     body.__doc__ = _docstring(opts)
     body.__signature__ = _signature(PipelineParams(**defaults), _outputs_type(opts.epochs))
     pipeline = dsl.pipeline(name=f"p3-{opts.task}", display_name=f"P3 {opts.task.upper()} ({opts.epochs} epochs)")(body)
     return Built(pipeline, epoch_of_task, display_names, defaults)
+
+
+def embeds_per_epoch(opts: BuildOptions, defaults: dict[str, Any]) -> bool:
+    """One embedding task per epoch (the policy embeds) or one before the epochs."""
+    return defaults["embedder"] == "policy" if opts.embed_per_epoch is None else opts.embed_per_epoch
 
 
 def _signature(defaults: Any, returns: type) -> inspect.Signature:
@@ -137,13 +168,15 @@ def _docstring(opts: BuildOptions) -> str:
     return "\n".join(lines)
 
 
-def _wire(opts: BuildOptions, p: Any, epoch_of_task: dict[str, int], display_names: dict[str, str]):
+def _wire(opts: BuildOptions, p: Any, epoch_of_task: dict[str, int], display_names: dict[str, str],
+          embed_per_epoch: bool):
     """Create the tasks. ``p`` is a PipelineParams of pipeline channels."""
-    setup = task_setup(opts, p, epoch_of_task, display_names)
+    setup = TaskSetup(opts, p, epoch_of_task, display_names)
     pool, test, policy = prepare_tasks(opts, p, setup)
+    embeddings = None if embed_per_epoch else embed_once(opts, p, setup, pool, policy)
     previous, selections = None, []
     for e in range(opts.epochs):
-        out = epoch_tasks(opts, p, setup, pool, test, e, policy, previous)
+        out = epoch_tasks(opts, p, setup, pool, test, e, policy, previous, embeddings)
         policy, previous = out.policy, Previous(out.selection, out.difficulty, out.run)
         selections.append(out.selection)
     outputs = _outputs_type(opts.epochs)
@@ -166,88 +199,125 @@ class EpochOutputs(NamedTuple):
     report: Any  # the report task
 
 
-def task_setup(opts: BuildOptions, p: Any, epoch_of_task: dict[str, int], display_names: dict[str, str]):
-    """``setup(task, kind, epoch, what, image)``: name, image, env, caching and cluster settings of a task.
+_from_image = functools.cache(executor.from_image)  # one image component per component
+
+
+class TaskSetup:
+    """``setup(task, kind, epoch, what, image)``: name, image, env, caching and cluster settings of a task;
+    ``setup.run(component)``: the component as this build runs it (from the image on a cluster).
 
     ``epoch`` is -1 before the epochs, or a pipeline channel when the epoch is only known at run
-    time (the per-epoch pipeline: shown as ``epoch k``)."""
+    time (the per-epoch pipeline: shown as ``epoch k``). Once ``stage`` (the staging task) is set,
+    model steps run after it, offline."""
 
-    def setup(task, kind: str, epoch: Any, what: str, image: str, cache: bool | None = None):
+    def __init__(self, opts: BuildOptions, p: Any, epoch_of_task: dict[str, int], display_names: dict[str, str]):
+        self.opts, self.p, self.epoch_of_task, self.display_names = opts, p, epoch_of_task, display_names
+        image_executor = opts.cluster is not None if opts.image_executor is None else opts.image_executor
+        self.run = _from_image if image_executor else (lambda component: component)
+        self.stage = None
+
+    def __call__(self, task, kind: str, epoch: Any, what: str, image: str, cache: bool | None = None):
+        opts = self.opts
         known = isinstance(epoch, int)
-        epoch_of_task[task.name] = epoch if known else -2
-        display_names[task.name] = what if known and epoch < 0 else f"epoch {epoch if known else 'k'}: {what}"
-        task.set_display_name(display_names[task.name])
-        task.set_container_image(getattr(p, image))
+        self.epoch_of_task[task.name] = epoch if known else -2
+        self.display_names[task.name] = what if known and epoch < 0 else f"epoch {epoch if known else 'k'}: {what}"
+        task.set_display_name(self.display_names[task.name])
+        task.set_container_image(getattr(self.p, image))
         task.set_env_variable("P3_EPOCH", str(epoch) if known and epoch >= 0 else "")
         task.set_caching_options(enable_caching=(opts.cache_everything or kind in DETERMINISTIC) if cache is None
                                  else cache)
+        if self.stage is not None and kind in OFFLINE_KINDS:
+            task.after(self.stage)
+            task.set_env_variable("HF_HUB_OFFLINE", "1")
         if opts.cluster is not None:
             _apply_cluster(task, kind, opts.cluster)
         return task
 
-    return setup
 
-
-def prepare_tasks(opts: BuildOptions, p: Any, setup) -> tuple[Any, Any, Any]:
-    """(pool, test set, starting policy: the bootstrapped tiny model, or None = base_model by name)."""
-    prep = setup(prepare_data(task=opts.task, **step_arguments(p, "prepare")), "prepare", -1, "prepare train",
+def prepare_tasks(opts: BuildOptions, p: Any, setup: TaskSetup) -> tuple[Any, Any, Any]:
+    """(pool, test set, starting policy: the bootstrapped tiny model, or None = base_model by name,
+    staged into the model cache first)."""
+    run = setup.run
+    prep = setup(run(prepare_data)(task=opts.task, **step_arguments(p, "prepare")), "prepare", -1, "prepare train",
                  "image_base")
     pool = prep.outputs["problems"]
-    test = setup(prepare_data(task=opts.task, **step_arguments(p, "prepare_test")),
+    test = setup(run(prepare_data)(task=opts.task, **step_arguments(p, "prepare_test")),
                  "prepare", -1, "prepare test", "image_base").outputs["problems"]
     policy = None
     if opts.bootstrap_tiny:
-        boot = setup(bootstrap_tiny_model(problems=pool, **step_arguments(p, "bootstrap")),
+        boot = setup(run(bootstrap_tiny_model)(problems=pool, **step_arguments(p, "bootstrap")),
                      "bootstrap", -1, "bootstrap tiny model", "image_base")
         policy = boot.outputs["model"]
+    else:
+        setup.stage = setup(run(model_stager)(base_model=p.base_model), "stage", -1, "stage model", "image_base")
     return pool, test, policy
 
 
-def epoch_tasks(opts: BuildOptions, p: Any, setup, pool, test, e: Any, policy,
-                previous: Previous | None = None) -> EpochOutputs:
+def _with_policy(p: Any, policy, **kw) -> dict:
+    return dict(kw, policy=policy) if policy is not None else dict(kw, base_model=p.base_model)
+
+
+def embed_once(opts: BuildOptions, p: Any, setup: TaskSetup, pool, policy):
+    """The pool's embeddings before the epochs (an embedder that is not the policy)."""
+    run = setup.run
+    kw = dict(per_epoch=False, **_with_policy(p, policy, **step_arguments(p, "embed")))
+    if opts.shards == 1:
+        return setup(run(embedder)(problems=pool, **kw), "embed", -1, "embed", "image_vllm").outputs["embeddings"]
+    with dsl.ParallelFor(items=list(range(opts.shards)), name="embed-shards") as i:
+        part = setup(run(shard_split)(problems=pool, index=i, count=opts.shards),
+                     "shard", -1, "shard", "image_base").outputs["shard"]
+        x_part = setup(run(embedder)(problems=part, **kw), "embed", -1, "embed shard", "image_vllm")
+    return setup(run(shard_merge)(parts=dsl.Collected(x_part.outputs["embeddings"]), problems=pool),
+                 "merge", -1, "merge embeddings", "image_base").outputs["merged"]
+
+
+def epoch_tasks(opts: BuildOptions, p: Any, setup: TaskSetup, pool, test, e: Any, policy,
+                previous: Previous | None = None, embeddings=None) -> EpochOutputs:
     """One epoch: score -> embed -> select -> train -> evaluate -> report, from ``policy``
-    (None = base_model by name) and, from epoch 1 on, what the previous epoch left."""
-
-    def with_policy(**kw):
-        return dict(kw, policy=policy) if policy is not None else dict(kw, base_model=p.base_model)
-
+    (None = base_model by name) and, from epoch 1 on, what the previous epoch left.
+    ``embeddings``: the pool's, made before the epochs; None = this epoch embeds with its policy."""
+    run = setup.run
+    embed_here = embeddings is None
     score_kw = dict(epoch=e, tensor_parallel_size=_gpus(opts, "score"), **step_arguments(p, "score"))
     embed_kw = step_arguments(p, "embed")
     if opts.shards == 1:
-        difficulty = setup(scorer(problems=pool, **with_policy(**score_kw)),
+        difficulty = setup(run(scorer)(problems=pool, **_with_policy(p, policy, **score_kw)),
                            "score", e, "score", "image_vllm").outputs["difficulty"]
-        embeddings = setup(embedder(problems=pool, **with_policy(**embed_kw)),
-                           "embed", e, "embed", "image_vllm").outputs["embeddings"]
+        if embed_here:
+            embeddings = setup(run(embedder)(problems=pool, **_with_policy(p, policy, **embed_kw)),
+                               "embed", e, "embed", "image_vllm").outputs["embeddings"]
     else:
         with dsl.ParallelFor(items=list(range(opts.shards)), name=f"epoch-{e if isinstance(e, int) else 'k'}-shards") as i:
-            part = setup(shard_split(problems=pool, index=i, count=opts.shards),
+            part = setup(run(shard_split)(problems=pool, index=i, count=opts.shards),
                          "shard", e, "shard", "image_base").outputs["shard"]
-            d_part = setup(scorer(problems=part, **with_policy(**score_kw)),
+            d_part = setup(run(scorer)(problems=part, **_with_policy(p, policy, **score_kw)),
                            "score", e, "score shard", "image_vllm")
-            x_part = setup(embedder(problems=part, **with_policy(**embed_kw)),
-                           "embed", e, "embed shard", "image_vllm")
-        difficulty = setup(shard_merge(parts=dsl.Collected(d_part.outputs["difficulty"]), problems=pool),
+            if embed_here:
+                x_part = setup(run(embedder)(problems=part, **_with_policy(p, policy, **embed_kw)),
+                               "embed", e, "embed shard", "image_vllm")
+        difficulty = setup(run(shard_merge)(parts=dsl.Collected(d_part.outputs["difficulty"]), problems=pool),
                            "merge", e, "merge difficulty", "image_base").outputs["merged"]
-        embeddings = setup(shard_merge(parts=dsl.Collected(x_part.outputs["embeddings"]), problems=pool),
-                           "merge", e, "merge embeddings", "image_base").outputs["merged"]
+        if embed_here:
+            embeddings = setup(run(shard_merge)(parts=dsl.Collected(x_part.outputs["embeddings"]), problems=pool),
+                               "merge", e, "merge embeddings", "image_base").outputs["merged"]
     sel_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings, epoch=e, epochs=opts.epochs,
                   **step_arguments(p, "select"))
     if previous is not None:
         sel_kw.update(previous=previous.selection, previous_difficulty=previous.difficulty)
-    select = setup(selector(**sel_kw), "select", e, "select", "image_base")
-    train = setup(trainer(problems=pool, selection=select.outputs["selection"],
-                          **with_policy(**step_arguments(p, "train"))),
+    select = setup(run(selector)(**sel_kw), "select", e, "select", "image_base")
+    train = setup(run(trainer)(problems=pool, selection=select.outputs["selection"],
+                               **_with_policy(p, policy, **step_arguments(p, "train"))),
                   "train", e, "train", "image_train")
     model = train.outputs["model"]
-    evaluation = setup(evaluator(problems=test, policy=model, epoch=e, tensor_parallel_size=_gpus(opts, "evaluate"),
-                                 **step_arguments(p, "evaluate")),
+    evaluation = setup(run(evaluator)(problems=test, policy=model, epoch=e, tensor_parallel_size=_gpus(opts, "evaluate"),
+                                      **step_arguments(p, "evaluate")),
                        "evaluate", e, "evaluate", "image_vllm")
     rep_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings,
                   selection=select.outputs["selection"], selection_report=select.outputs["report"],
                   evaluation=evaluation.outputs["results"], epoch=e, **step_arguments(p, "report"))
     if previous is not None:
         rep_kw["previous_run"] = previous.run
-    report = setup(epoch_report(**rep_kw), "report", e, "report", "image_base")
+    report = setup(run(epoch_report)(**rep_kw), "report", e, "report", "image_base")
     return EpochOutputs(model, select.outputs["selection"], difficulty, report.outputs["run"], report)
 
 
@@ -258,13 +328,15 @@ def _gpus(opts: BuildOptions, kind: str) -> int:
 
 # Which steps need what on a cluster.
 GPU_KINDS = ("score", "embed", "train", "evaluate")
-MODEL_KINDS = {"score", "embed", "train", "evaluate", "bootstrap"}  # load weights: cache PVC + HF token
+MODEL_KINDS = {"stage", "score", "embed", "train", "evaluate", "bootstrap"}  # load or save weights: cache PVC
+HUB_KINDS = {"stage"}  # reach the Hugging Face Hub: the HF token
 SHM_KINDS = {"score", "evaluate", "train"}  # vLLM and torchrun need a big /dev/shm
 SANDBOX_KINDS = {"score", "evaluate"}  # grade model-written programs
 
 
 def _apply_cluster(task, kind: str, c: ClusterSettings) -> None:
-    """GPU request, node selection, /dev/shm, cache PVC, secrets, sandbox hardening."""
+    """Resources, GPU request, node selection, /dev/shm, cache PVC, secrets, sandbox hardening."""
+    apply_resources(task, c.resources[kind])
     gpus = c.gpus.get(kind, 0) if kind in GPU_KINDS else 0
     if gpus:
         task.set_accelerator_type(c.gpu_type).set_accelerator_limit(gpus)
@@ -281,7 +353,9 @@ def _apply_cluster(task, kind: str, c: ClusterSettings) -> None:
     if c.s3_secret:
         kubernetes.use_secret_as_env(task, secret_name=c.s3_secret, secret_key_to_env={k: k for k in S3_KEYS},
                                      optional=True)
-    if kind in MODEL_KINDS and c.hf_secret:
+    if kind == "train" and c.checkpoint_root and c.model_cache_pvc:
+        task.set_env_variable("P3_CHECKPOINT_ROOT", c.checkpoint_root)
+    if kind in HUB_KINDS and c.hf_secret:
         kubernetes.use_secret_as_env(task, secret_name=c.hf_secret, secret_key_to_env={"HF_TOKEN": "HF_TOKEN"},
                                      optional=True)
     if kind in SANDBOX_KINDS:

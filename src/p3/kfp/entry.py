@@ -24,6 +24,7 @@ from typing import Any
 
 from p3 import checks, logs
 from p3.kfp.builder import BuildOptions, ClusterSettings, compile_pipeline, parse_gpus, preset_defaults
+from p3.kfp.resources import parse_resources
 from p3.kfp.params import PipelineParams
 
 CLUSTER = ClusterSettings()  # the CLI's defaults are the settings' own
@@ -64,6 +65,9 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     c.add_argument("--model-cache-pvc", default=CLUSTER.model_cache_pvc, help="PVC mounted at /cache ('' = none)")
     c.add_argument("--s3-secret", default=CLUSTER.s3_secret, help="secret with AWS_* and P3_S3_ENDPOINT_URL ('' = none)")
     c.add_argument("--hf-secret", default=CLUSTER.hf_secret, help="secret with HF_TOKEN ('' = none)")
+    c.add_argument("--resources", default="", metavar="KIND:FIELD=VALUE,…",
+                   help="requests, limits, retries, deadline per step kind, e.g. train:memory=160Gi,train:retries=5 "
+                   "(defaults: docs/operator-guide.md §6)")
 
     r = ap.add_argument_group("remote (--submit, --schedule)")
     r.add_argument("--host", help="KFP API endpoint (default: $KF_PIPELINES_ENDPOINT or kfp's discovery)")
@@ -136,6 +140,10 @@ def cluster_settings(args: argparse.Namespace, preset: str) -> ClusterSettings:
         raise SystemExit(str(e)) from None
     c = ClusterSettings(gpu_type=args.gpu_type, gpus=gpus, shm_size=args.shm_size,
                         model_cache_pvc=args.model_cache_pvc, s3_secret=args.s3_secret, hf_secret=args.hf_secret)
+    try:
+        c.resources = parse_resources(args.resources, c.resources)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     for item in args.node_selector:
         key, sep, value = item.partition("=")
         if not sep:
@@ -186,7 +194,8 @@ def main(task: str, argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             raise SystemExit(f"{flag} {value}: must be at least 1")
     opts = BuildOptions(task=task, epochs=args.epochs or (3 if preset == "tiny" else 5), shards=args.shards,
-                        preset=preset, bootstrap_tiny=preset == "tiny", cluster=cluster_settings(args, preset))
+                        preset=preset, bootstrap_tiny=preset == "tiny", cluster=cluster_settings(args, preset),
+                        embed_per_epoch={**defaults, **overrides}["embedder"] == "policy")
     from p3.kfp import remote
 
     name = f"p3-{task}-per-epoch" if args.epoch_per_run else f"p3-{task}"

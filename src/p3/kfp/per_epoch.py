@@ -23,7 +23,7 @@ from typing import Any
 from kfp import dsl
 
 from p3.kfp import builder
-from p3.kfp.builder import BuildOptions, Built, EpochOutputs, Previous, epoch_tasks, prepare_tasks, preset_defaults, task_setup
+from p3.kfp.builder import BuildOptions, Built, EpochOutputs, Previous, TaskSetup, epoch_tasks, prepare_tasks, preset_defaults
 from p3.kfp.components.epoch_state_commit import epoch_state_commit
 from p3.kfp.components.epoch_state_finished import epoch_state_finished
 from p3.kfp.components.epoch_state_load import epoch_state_load
@@ -66,12 +66,12 @@ def build_per_epoch(opts: BuildOptions, defaults: dict[str, Any] | None = None) 
 
 def _wire(opts: BuildOptions, p: Any, state_params: dict[str, Any], epoch_of_task: dict[str, int],
           display_names: dict[str, str]) -> None:
-    setup = task_setup(opts, p, epoch_of_task, display_names)
+    setup = TaskSetup(opts, p, epoch_of_task, display_names)
     pool, test, policy = prepare_tasks(opts, p, setup)
     state = dict(**state_params, epochs=opts.epochs)
-    load = _state_step(setup, epoch_state_load(**state), "load state")
+    load = _state_step(setup, setup.run(epoch_state_load)(**state), "load state")
     with dsl.If(load.outputs["done"] == True, name="finished"):  # noqa: E712 - a pipeline condition
-        _state_step(setup, epoch_state_finished(**state), "finished: nothing to do")
+        _state_step(setup, setup.run(epoch_state_finished)(**state), "finished: nothing to do")
     with dsl.Elif(load.outputs["epoch"] == 0, name="first-epoch"):
         _commit(setup, state, 0, epoch_tasks(opts, p, setup, pool, test, 0, policy))
     with dsl.Else(name="next-epoch"):
@@ -85,7 +85,7 @@ def _state_step(setup, task, what: str):
 
 
 def _commit(setup, state: dict[str, Any], epoch: Any, out: EpochOutputs) -> None:
-    _state_step(setup, epoch_state_commit(**state, epoch=epoch, policy=out.policy, selection=out.selection,
+    _state_step(setup, setup.run(epoch_state_commit)(**state, epoch=epoch, policy=out.policy, selection=out.selection,
                                           difficulty=out.difficulty, run=out.run), "store state")
 
 

@@ -8,6 +8,7 @@ itself lives in the ``p3`` library.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Iterable
 
@@ -23,6 +24,21 @@ def model_ref(artifact: Any, base_model: str) -> str:
     if not base_model:
         raise ValueError("no model: connect a Model input or set base_model")
     return base_model
+
+
+def checkpoint_settings(output_uri: str) -> dict[str, Any]:
+    """Where training checkpoints go so that a retried pod resumes: a folder under
+    ``$P3_CHECKPOINT_ROOT`` (the model-cache volume, set by a cluster build) named after
+    the step's output URI, with ``resume`` on; nothing when the variable is unset.
+
+    The URI is the same for every attempt of a task: KFP's driver resolves the executor
+    input once and Argo's retryStrategy re-runs only the launcher pod with it
+    (kubeflow/pipelines backend/src/v2/compiler/argocompiler/container.go).
+    """
+    root = os.environ.get("P3_CHECKPOINT_ROOT")
+    if not root:
+        return {}
+    return {"checkpoint_dir": os.path.join(root, hashlib.sha256(output_uri.encode()).hexdigest()[:24]), "resume": True}
 
 
 def empty_table_unless_written(path: str, schema: pa.Schema) -> None:

@@ -13,6 +13,7 @@ def embedder(
     embedder: str = "st:all-MiniLM-L6-v2",
     base_model: str = "",
     policy: Input[Model] = None,
+    per_epoch: bool = True,
 ):
     """Embed every problem.
 
@@ -23,6 +24,9 @@ def embedder(
             or policy:<model> to mean-pool a model's last hidden state (plain policy: the current policy).
         base_model: Model used by ``policy`` when no ``policy`` artifact is connected.
         policy: The current policy (the previous epoch's trained model).
+        per_epoch: False when the pipeline embeds once, before the epochs (it was built
+            with an embedder that is not the current policy); a plain ``policy`` embedder
+            is then refused instead of embedding with the base model only.
     """
     from p3.logs import configure
 
@@ -30,6 +34,9 @@ def embedder(
     from p3.kfp.components._glue import model_ref
     from p3.embed import EmbedConfig, embed
 
+    if embedder == "policy" and not per_epoch:
+        raise ValueError("this pipeline embeds once before the epochs; embedder=policy needs a pipeline built "
+                         "with --set embedder=policy (one embedding per epoch)")
     if embedder == "policy":
         embedder = "policy:" + model_ref(policy, base_model)
     embed(EmbedConfig(problems=problems.path, out=embeddings.path, embedder=embedder))

@@ -46,12 +46,12 @@ def trainer(
     configure()  # an entry point: the step's log lines go to its pod log
     import subprocess
 
-    from p3.kfp.components._glue import model_ref, torchrun_command
+    from p3.kfp.components._glue import checkpoint_settings, model_ref, torchrun_command
     from p3.train import TrainConfig, train
 
     cfg = TrainConfig(problems=problems.path, selection=selection.path, model=model_ref(policy, base_model),
                       out=model.path, lora=lora, full=full, qlora=qlora, lr=lr, max_steps=max_steps,
-                      batch_size=batch_size, max_len=max_len, seed=seed)
+                      batch_size=batch_size, max_len=max_len, seed=seed, **checkpoint_settings(model.uri))
     import torch
 
     gpus = torch.cuda.device_count()

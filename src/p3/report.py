@@ -258,7 +258,7 @@ def diversity(x: np.ndarray) -> dict[str, float]:
         return {"logdet": float("nan"), "mean_cosine": float("nan")}
     # Σ_{i≠j} x_i·x_j = ‖Σ x_i‖² − Σ ‖x_i‖²
     total = x.sum(axis=0)
-    mean_cos = (total @ total - (x * x).sum()) / (k * (k - 1))
+    mean_cos = (total @ total - np.einsum("ij,ij->", x, x)) / (k * (k - 1))
     # det(I_k + X Xᵀ) = det(I_d + Xᵀ X): take the smaller of the two.
     small = x @ x.T if k <= d else x.T @ x
     sign, logdet = np.linalg.slogdet(np.eye(len(small)) + small)

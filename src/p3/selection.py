@@ -127,7 +127,8 @@ def select(cfg: SelectConfig) -> dict:
     with step(log, "select") as counts:
         problems = load_problems(cfg.problems)
         ids = problems.column("id").to_pylist()
-        metas = _labels(problems)
+        levels, types = _labels(problems)
+        del problems  # at N=1M its strings are ~100 MB that the selection never reads
         diff = _difficulty_for(cfg.difficulty, ids) if cfg.difficulty else None
         if diff is None and cfg.strategy in NEEDS_DIFFICULTY:
             raise ValueError(f"strategy {cfg.strategy!r} needs --difficulty")
@@ -142,7 +143,7 @@ def select(cfg: SelectConfig) -> dict:
                      if cfg.previous_difficulty and _uses_previous_difficulty(cfg) else None)
         sel = select_ids(
             ids, diff, emb, cfg,
-            levels=[m.get("level") for m in metas], types=[m.get("type") for m in metas],
+            levels=levels, types=types,
             previous_ids=prev_ids, previous_difficulty=prev_diff, static_source=cfg.problems,
         )
         table = pa.table(
@@ -219,8 +220,10 @@ def select_ids(
     else:  # dpp, p3
         q = _quality(d[eligible_idx], cfg.quality)
         cond = _condition_rows(ids, X, previous_ids, cfg)
+        # every row eligible (strategy dpp, or a pacing that admits all): no copy of X
+        pool_X = X if len(eligible_idx) == n else X[eligible_idx]
         result = dpp_select(
-            X[eligible_idx], q, k, eps=cfg.eps, precision=cfg.precision, device=cfg.device,
+            pool_X, q, k, eps=cfg.eps, precision=cfg.precision, device=cfg.device,
             condition_on=cond, condition_weight=cfg.diversity_weight,
         )
         chosen = eligible_idx[result.order]
@@ -292,10 +295,14 @@ def _static_difficulty(levels, source: str) -> np.ndarray:
     return (v - v.min()) / span if span > 0 else np.zeros_like(v)
 
 
-def _labels(table: pa.Table) -> list[dict]:
-    """Each row's meta; a dataset's own ``difficulty`` label stands in for a missing level."""
-    return [m if m.get("level") is not None or m.get("difficulty") is None else {**m, "level": m["difficulty"]}
-            for m in problem_meta(table)]
+def _labels(table: pa.Table) -> tuple[list, list]:
+    """Each row's meta level and type; a dataset's own ``difficulty`` label stands in for
+    a missing level. Only the two labels are kept, not the parsed meta dicts."""
+    levels, types = [], []
+    for m in problem_meta(table):
+        levels.append(m.get("level") if m.get("level") is not None else m.get("difficulty"))
+        types.append(m.get("type"))
+    return levels, types
 
 
 def _difficulty_for(path: str, ids: Sequence[str], allow_missing: bool = False) -> np.ndarray:
@@ -397,18 +404,22 @@ def _diversity(X, elig, chosen, rng) -> dict:
     pool = elig  # every strategy picks from the eligible pool
     # Pool statistics in chunks; only the rows compared are materialised (N may be 1M).
     s1, s2 = np.zeros(X.shape[1]), np.zeros(X.shape[1])
-    for a in range(0, len(pool), 65536):
-        z = X[pool[a : a + 65536]].astype(np.float64)
+    for a in range(0, len(pool), 8192):
+        z = X[pool[a : a + 8192]].astype(np.float64)
         s1 += z.sum(axis=0)
-        s2 += (z * z).sum(axis=0)
+        z *= z
+        s2 += z.sum(axis=0)
     mean = s1 / len(pool)
     sd = np.sqrt(np.maximum(s2 / len(pool) - mean * mean, 0.0))
     sd[sd == 0] = 1.0
 
-    def features(rows):
-        F = (X[rows].astype(np.float64) - mean) / sd
+    def features(rows):  # in place: at k=100k each float64 temporary is 300 MB
+        F = X[rows].astype(np.float64)
+        F -= mean
+        F /= sd
         nrm = np.linalg.norm(F, axis=1, keepdims=True)
-        return F / np.where(nrm > 0, nrm, 1.0)
+        F /= np.where(nrm > 0, nrm, 1.0)
+        return F
 
     sel = diversity(features(chosen))
     # a random draw of the whole pool is the selection itself (both measures ignore order)

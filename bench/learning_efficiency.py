@@ -113,10 +113,11 @@ def warm_model(s: Settings, paths: dict[str, str], seed: int, work: Path) -> str
 
 
 def score_pool(paths: dict[str, str], model: str, out: str, epoch: int, split: str = "pool") -> None:
-    from p3.difficulty import ScoreConfig, score
+    from p3.score import ScoreConfig, score
+    from p3.generation import GenerationConfig
 
-    score(ScoreConfig(problems=paths[split], model=model, out=out, mode="likelihood", epoch=epoch,
-                      batch_size=64, device="cpu", dtype="float32", max_len=256))
+    score(ScoreConfig(problems=paths[split], model=model, out=out, mode="likelihood", epoch=epoch, batch_size=64,
+                      generation=GenerationConfig(device="cpu", dtype="float32", max_len=256)))
 
 
 def select_arm(s: Settings, arm: str, paths: dict[str, str], emb: str, difficulty: str | None,
@@ -153,9 +154,11 @@ def evaluate_model(s: Settings, paths: dict[str, str], model: str, out: str, epo
     measure of the same learning.
     """
     from p3.evaluate import EvaluateConfig, evaluate
+    from p3.generation import GenerationConfig
 
-    metrics = evaluate(EvaluateConfig(problems=paths["test"], model=model, out=out, max_new_tokens=s.max_new_tokens,
-                                      batch_size=100, device="cpu", dtype="float32", epoch=epoch, grade_workers=1))
+    gen = GenerationConfig(max_new_tokens=s.max_new_tokens, device="cpu", dtype="float32", grade_workers=1)
+    metrics = evaluate(EvaluateConfig(problems=paths["test"], model=model, out=out, batch_size=100, epoch=epoch,
+                                      generation=gen))
     scored = out.removesuffix(".json") + ".test_difficulty.parquet"
     score_pool(paths, model, scored, max(epoch, 0), split="test")
     metrics["test_likelihood"] = float(np.mean(contracts.read(scored, contracts.DIFFICULTY).column("likelihood")

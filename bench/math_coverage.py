@@ -160,7 +160,7 @@ def markdown(results: list[dict], n_pool: int, source: str, command: str, second
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", required=True, help="MATH file (.jsonl/.json/.parquet, local or s3://) or HF dataset")
+    p.add_argument("--source", required=True, help="MATH file (.jsonl/.json/.parquet, local or s3://) or hf:NAME (a hub dataset)")
     p.add_argument("--split", default="train", help="split name (HF datasets; also part of the problem ids)")
     p.add_argument("--hf-config", default=None, help="HF dataset config(s), comma-separated (e.g. the 7 subjects)")
     p.add_argument("--budgets", type=float, nargs="*", default=[0.02, 0.05, 0.1, 0.2],

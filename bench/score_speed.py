@@ -6,7 +6,7 @@
 
 Prints the medians over --repeats, the largest difference between the two (must be
 < 1e-4), and last the ratio: ``likelihood speedup=X.Xx``. ``--no-reference`` only
-measures our path's throughput (used by bench/gpu_smoke.sh for GPU vs CPU).
+measures our path's throughput (e.g. to compare --device cuda with --device cpu).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
 
     from p3 import data, storage
     from p3.backends import opened
-    from p3.difficulty import likelihoods, per_step_likelihood
+    from p3.score import likelihoods, per_step_likelihood
     from p3.tiny import TinyConfig, build_tiny_model
 
     if args.problems:

@@ -15,6 +15,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/cache/huggingface \
     P3_PROGRESS=0
 
+# bubblewrap: the APPS sandbox's full isolation (user, network, pid, mount namespaces);
+# grading refuses to run programs without it unless --allow-weak-isolation.
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 
 # Only what the package needs, so that a change to tests or docs keeps the layers.

@@ -4,6 +4,18 @@ built once per test session and shared by every model test."""
 import pytest
 
 
+def write_selection(path, ids, epoch=0):
+    """A selection table naming ``ids`` in rank order (what `p3 select` writes), at ``path``."""
+    import pyarrow as pa
+
+    from p3 import contracts, storage
+
+    storage.write_table(pa.table({"id": ids, "rank": list(range(len(ids))), "round": [0] * len(ids),
+                                  "difficulty": [0.5] * len(ids), "epoch": [epoch] * len(ids)},
+                                 schema=contracts.SELECTION), path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def mini_math(tmp_path_factory):
     """Paths of a small mini-MATH train table (60 problems, levels 1-5) and test table (20)."""

@@ -57,50 +57,111 @@ def test_unknown_backend_and_missing_vllm_say_what_to_do(tiny_model_dir, monkeyp
 
 
 # ---- vllm adapter, against a stand-in engine that records requests (vllm needs a GPU) ----
+# The stand-in takes its signatures and field names from tests/fixtures/vllm_api.json, read with
+# ast from the vLLM release the gpu extra and the p3-vllm image pin (tests/fixtures/extract_vllm_api.py):
+# a call with a keyword, a field or a class path that release does not have fails here.
 
-class _Logprob:
-    def __init__(self, logprob):
-        self.logprob = logprob
+VLLM_API = json.load(open(os.path.join(os.path.dirname(__file__), "fixtures", "vllm_api.json")))
 
 
-def stand_in_vllm(calls):
-    """A module shaped like vllm: LLM, SamplingParams, LoRARequest, recording what it gets."""
-    mod = types.SimpleNamespace()
+def _signature(spec):
+    """An inspect.Signature with the fixture's parameters: bind() accepts exactly vLLM's calls."""
+    import inspect
+
+    P = inspect.Parameter
+    params = [P(name, P.POSITIONAL_OR_KEYWORD, **({} if name in spec["positional_required"] else {"default": None}))
+              for name in spec["positional"]]
+    params += [P(name, P.KEYWORD_ONLY, **({} if name in spec["keyword_only_required"] else {"default": None}))
+               for name in spec["keyword_only"]]
+    if spec["var_keyword"]:
+        params.append(P("kwargs", P.VAR_KEYWORD))
+    return inspect.Signature(params)
+
+
+def _record(name, values):
+    """An output object with only the named vLLM fields (reading any other attribute fails)."""
+    assert set(values) <= set(VLLM_API[name]), (name, set(values) - set(VLLM_API[name]))
+    return types.SimpleNamespace(**values)
+
+
+def stand_in_vllm(calls, monkeypatch):
+    """A module shaped like the pinned vllm: LLM, SamplingParams and vllm.lora.request.LoRARequest
+    with that release's signatures, recording what they get."""
+    mod = types.ModuleType("vllm_standin")
 
     class SamplingParams:
         def __init__(self, **kw):
+            assert set(kw) <= set(VLLM_API["SamplingParams"]), set(kw) - set(VLLM_API["SamplingParams"])
             self.kw = kw
 
-    class LoRARequest:
-        def __init__(self, name, int_id, path):
-            self.args = (name, int_id, path)
+    class LoRARequest:  # a msgspec.Struct: positional arguments fill the fields in order
+        def __init__(self, *args, **kw):
+            names = VLLM_API["LoRARequest"]
+            values = {**dict(zip(names, args)), **kw}
+            assert len(args) <= len(names) and set(values) <= set(names) and {"lora_name", "lora_int_id"} <= set(values)
+            assert values["lora_int_id"] >= 1  # vllm/lora/request.py __post_init__
+            self.args = args
 
     class LLM:
-        def __init__(self, **kw):
+        def __init__(self, *args, **kw):
+            bound = _signature(VLLM_API["LLM.__init__"]).bind(*args, **kw)
+            engine_args = bound.arguments.get("kwargs", {})  # LLM passes the rest on to EngineArgs(**kwargs)
+            assert set(engine_args) <= set(VLLM_API["EngineArgs"]), set(engine_args) - set(VLLM_API["EngineArgs"])
+            assert kw.get("max_lora_rank", 16) in VLLM_API["MaxLoRARanks"]
             calls.append(("LLM", kw))
 
-        def generate(self, requests, params, lora_request=None, use_tqdm=True):
+        def generate(self, *args, **kw):
+            bound = _signature(VLLM_API["LLM.generate"]).bind(*args, **kw).arguments
+            requests, params, lora_request = bound["prompts"], bound["sampling_params"], bound.get("lora_request")
+            assert isinstance(params, SamplingParams) and (lora_request is None or isinstance(lora_request, LoRARequest))
+            assert all(set(r) <= set(VLLM_API["TokensPrompt"]) and "prompt_token_ids" in r for r in requests)
             calls.append(("generate", requests, params.kw, lora_request))
             outs = []
             for req in requests:
                 ids = req["prompt_token_ids"]
                 n = params.kw.get("n", 1)
-                outs.append(types.SimpleNamespace(
-                    prompt_logprobs=[None] + [{t: _Logprob(-0.5 - 0.01 * i), -1: _Logprob(-9.0)} for i, t in enumerate(ids[1:])],
-                    outputs=[types.SimpleNamespace(text=f"sample{j} of {len(ids)}") for j in range(n)],
-                ))
+                # position 0 has no log-prob (None); then the prompt token's own entry first, then the top-k
+                # (vllm/logprobs.py append_logprobs_for_next_position; prompt_logprobs=0 gives k = 0)
+                lps = [None] + [{t: _record("Logprob", dict(logprob=-0.5 - 0.01 * i)), -1: _record("Logprob", dict(
+                    logprob=-9.0))} for i, t in enumerate(ids[1:])]
+                outs.append(_record("RequestOutput", dict(
+                    prompt_logprobs=lps,
+                    outputs=[_record("CompletionOutput", dict(text=f"sample{j} of {len(ids)}")) for j in range(n)])))
             return outs
 
-    mod.LLM, mod.SamplingParams, mod.LoRARequest = LLM, SamplingParams, LoRARequest
+    mod.LLM, mod.SamplingParams = LLM, SamplingParams
+    for name in VLLM_API["top_level"]:
+        assert name != "LoRARequest"  # else the stand-in must export it too
+    request = types.ModuleType("vllm_standin.lora.request")
+    request.LoRARequest = LoRARequest
+    monkeypatch.setitem(sys.modules, "vllm_standin.lora", types.ModuleType("vllm_standin.lora"))
+    monkeypatch.setitem(sys.modules, "vllm_standin.lora.request", request)
     return mod
 
 
-def test_vllm_requests_for_generation_and_prompt_logprobs(tiny_model_dir):
+def test_the_vllm_api_fixture_is_the_pinned_release():
+    import re
+
+    root = os.path.dirname(os.path.dirname(__file__))
+    version = VLLM_API["source"]["version"]
+    dockerfile = open(os.path.join(root, "images", "p3-vllm.Dockerfile")).read()
+    assert f"FROM vllm/vllm-openai:v{version}\n" in dockerfile
+    pyproject = open(os.path.join(root, "pyproject.toml")).read()
+    lower, upper = re.search(r'"vllm>=([\d.]+),<([\d.]+)"', pyproject).groups()
+    as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
+    assert as_tuple(lower) <= as_tuple(version) < as_tuple(upper)
+
+    from p3.backends.vllm import LORA_RANKS
+
+    assert list(LORA_RANKS) == VLLM_API["MaxLoRARanks"]
+
+
+def test_vllm_requests_for_generation_and_prompt_logprobs(tiny_model_dir, monkeypatch):
     from p3.backends.vllm import VLLMBackend
 
     calls = []
     b = VLLMBackend(tiny_model_dir, tensor_parallel_size=2, gpu_memory_utilization=0.5, max_len=256, seed=7,
-                    vllm_module=stand_in_vllm(calls))
+                    vllm_module=stand_in_vllm(calls, monkeypatch))
     assert calls[0] == ("LLM", dict(model=tiny_model_dir, tensor_parallel_size=2, gpu_memory_utilization=0.5,
                                     dtype="auto", max_model_len=256, seed=7))
     out = b.generate(["ab\n", "abc\n"], n=8, temperature=0.7, max_new_tokens=32, seed=5)
@@ -121,14 +182,14 @@ def test_vllm_requests_for_generation_and_prompt_logprobs(tiny_model_dir):
     assert scores[0].offsets.tolist() == [[0, 0], [0, 1], [1, 2], [2, 3]]
 
 
-def test_vllm_serves_an_adapter_dir_as_base_plus_lora_request(tiny_model_dir, tmp_path):
+def test_vllm_serves_an_adapter_dir_as_base_plus_lora_request(tiny_model_dir, tmp_path, monkeypatch):
     from p3.backends.vllm import VLLMBackend
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": tiny_model_dir, "r": 24}))
     calls = []
-    b = VLLMBackend(str(adapter), vllm_module=stand_in_vllm(calls))
+    b = VLLMBackend(str(adapter), vllm_module=stand_in_vllm(calls, monkeypatch))
     kw = calls[0][1]
     assert kw["model"] == tiny_model_dir and kw["enable_lora"] is True and kw["max_lora_rank"] == 32
     b.generate(["ab\n"], n=2, temperature=1.0)
@@ -138,7 +199,10 @@ def test_vllm_serves_an_adapter_dir_as_base_plus_lora_request(tiny_model_dir, tm
     on_adapter.mkdir()
     (on_adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(adapter), "r": 8}))
     with pytest.raises(ValueError, match="itself an adapter"):
-        VLLMBackend(str(on_adapter), vllm_module=stand_in_vllm([]))
+        VLLMBackend(str(on_adapter), vllm_module=stand_in_vllm([], monkeypatch))
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": tiny_model_dir, "r": 600}))
+    with pytest.raises(ValueError, match="rank 600 is above vLLM's largest max_lora_rank 512"):
+        VLLMBackend(str(adapter), vllm_module=stand_in_vllm([], monkeypatch))
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from kfp.dsl.base_component import BaseComponent
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(p3.kfp.components.__path__) if not m.name.startswith("_")
                  and m.name != "images")
-EXPECTED = {"prepare_data", "bootstrap_tiny_model", "rollout_scorer", "embedder", "dpp_selector", "trainer",
+EXPECTED = {"prepare_data", "bootstrap_tiny_model", "scorer", "embedder", "selector", "trainer",
             "evaluator", "epoch_report", "shard_split", "shard_merge"}
 
 
@@ -54,10 +54,10 @@ def test_component_is_lightweight_typed_and_documents_every_argument(module):
 
 
 def test_gpu_components_run_on_gpu_images():
-    assert component_of("rollout_scorer").component_spec.implementation.container.image == images.VLLM
+    assert component_of("scorer").component_spec.implementation.container.image == images.VLLM
     assert component_of("evaluator").component_spec.implementation.container.image == images.VLLM
     assert component_of("trainer").component_spec.implementation.container.image == images.TRAIN
-    assert component_of("dpp_selector").component_spec.implementation.container.image == images.BASE
+    assert component_of("selector").component_spec.implementation.container.image == images.BASE
 
 
 def _table(n: int) -> pa.Table:
@@ -118,7 +118,8 @@ def test_empty_table_only_when_nothing_was_written(tmp_path):
     path = str(tmp_path / "rollouts")
     _glue.empty_table_unless_written(path, contracts.ROLLOUTS)
     assert contracts.read(path, contracts.ROLLOUTS).num_rows == 0
-    full = pa.table({"id": ["a"], "sample": [0], "completion": ["x"], "score": [1.0], "status": ["ok"]},
+    full = pa.table({"id": ["a"], "sample": [0], "completion": ["x"], "score": [1.0], "status": ["ok"],
+                     "isolation": ["bwrap"]},
                     schema=contracts.ROLLOUTS)
     storage.write_table(full, path)
     _glue.empty_table_unless_written(path, contracts.ROLLOUTS)

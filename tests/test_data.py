@@ -160,7 +160,7 @@ def test_prepare_limit_is_a_seeded_sample(tmp_path):
     assert len(a) == len(set(a)) == 10
     assert a == sorted(a, key=lambda i: int(i.rsplit("-", 1)[1]))  # source order kept
     assert ids(3, limit=500) == [f"math-train-{i}" for i in range(50)]
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="--limit: must be ≥ 1"):
         ids(0, limit=0)
 
 
@@ -202,7 +202,7 @@ def test_prepare_through_load_dataset(hf_cache):
 
 def test_prepare_unknown_hf_name_is_one_clear_error(hf_cache):
     with pytest.raises(ValueError, match="no-such-org/no-such-dataset"):
-        prepare(PrepareConfig(task="math", source="no-such-org/no-such-dataset", out=str(hf_cache / "p.parquet")))
+        prepare(PrepareConfig(task="math", source="hf:no-such-org/no-such-dataset", out=str(hf_cache / "p.parquet")))
     assert not (hf_cache / "p.parquet").exists()
     with pytest.raises(FileNotFoundError):
         prepare(PrepareConfig(task="math", source=str(hf_cache / "missing_folder"), out=str(hf_cache / "p.parquet")))

@@ -36,11 +36,13 @@ def test_greedy_evaluation_agrees_with_an_independent_grading(tiny_model_dir, mi
 @pytest.mark.slow
 def test_pass_at_k_with_samples(tiny_model_dir, mini_math, tmp_path):
     from p3.evaluate import EvaluateConfig, evaluate
+    from p3.generation import GenerationConfig
     from p3.verify.grade import pass_at_k
 
     out, samples = str(tmp_path / "eval.json"), str(tmp_path / "s.parquet")
     res = evaluate(EvaluateConfig(problems=mini_math["test"], model=tiny_model_dir, out=out, n=4, k=2,
-                                  max_new_tokens=48, device="cpu", completions_out=samples, seed=3))
+                                  completions_out=samples,
+                                  generation=GenerationConfig(max_new_tokens=48, device="cpu", seed=3)))
     graded = contracts.read(samples, contracts.ROLLOUTS, unique_id=False).to_pylist()
     assert len(graded) == 80 and res["temperature"] == 0.8
     ids = storage.read_table(mini_math["test"]).column("id").to_pylist()
@@ -52,5 +54,5 @@ def test_pass_at_k_with_samples(tiny_model_dir, mini_math, tmp_path):
 def test_k_larger_than_n_is_refused(tiny_model_dir, mini_math, tmp_path):
     from p3.evaluate import EvaluateConfig, evaluate
 
-    with pytest.raises(ValueError, match="k <= n"):
+    with pytest.raises(ValueError, match="--k: must be at most --n"):
         evaluate(EvaluateConfig(problems=mini_math["test"], model=tiny_model_dir, out=str(tmp_path / "e.json"), n=1, k=2))

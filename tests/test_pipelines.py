@@ -6,6 +6,7 @@ The local end-to-end runs (kfp.local) are at the end of this file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -20,12 +21,12 @@ import pytest
 import yaml
 
 from p3.kfp.components import images
-from p3.kfp import builder, entry
+from p3.kfp import builder, entry, params
 from p3.kfp.builder import BuildOptions, ClusterSettings, compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("score", "embed", "select", "train", "evaluate", "report")
-COMPONENTS = ("prepare-data", "rollout-scorer", "embedder", "dpp-selector", "trainer", "evaluator", "epoch-report")
+COMPONENTS = ("prepare-data", "scorer", "embedder", "selector", "trainer", "evaluator", "epoch-report")
 
 
 def compiled(tmp_path, **kw) -> dict:
@@ -209,15 +210,18 @@ def test_shards_fan_out_per_epoch_and_merge_before_selection(tmp_path):
 
 
 def test_every_selector_setting_is_a_pipeline_parameter(tmp_path):
-    from p3.kfp.components.dpp_selector import dpp_selector
+    from p3.kfp.components.selector import selector
 
     names = all_tasks(compiled(tmp_path, task="math", epochs=1))
     fed = names["epoch 0: select"][1]["inputs"]["parameters"]
-    settings = {k for k, v in dpp_selector.component_spec.inputs.items()
+    settings = {k for k, v in selector.component_spec.inputs.items()
                 if v.type not in ("system.Dataset@0.0.1", "Dataset") and k not in ("epoch", "epochs")}
-    assert {"dpp_precision", "dpp_device", "dpp_quality", "diversity_previous", "budget"} <= settings
+    assert {"precision", "device", "quality", "diversity_previous", "budget"} <= settings
+    # the run parameter that is each setting (SelectConfig.quality is the run parameter dpp_quality)
+    source = {arg: f.name for f in dataclasses.fields(params.PipelineParams)
+              for kind, arg in params.feeds(f).items() if kind == "select"}
     for k in settings:
-        assert fed[k]["componentInputParameter"].endswith(k), k
+        assert fed[k]["componentInputParameter"] == source[k], k
 
 
 def test_set_overrides_become_the_compiled_defaults(tmp_path):
@@ -398,7 +402,7 @@ def test_each_task_builds_a_kfp_pipeline():
     for task in builder.TASKS:
         p = builder.build(builder.BuildOptions(task=task, epochs=2)).pipeline
         assert p.name == f"p3-{task}"
-        assert set(builder.PARAMS) == set(p.component_spec.inputs)
+        assert {f.name for f in dataclasses.fields(params.PipelineParams)} == set(p.component_spec.inputs)
     assert os.path.exists(builder.apps_fixture())
 
 

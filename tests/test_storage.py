@@ -101,7 +101,7 @@ def test_upload_dir_local_replaces_whole_folder(tmp_path):
 
 
 def test_storage_options_follow_the_endpoint_env(s3_server):
-    assert storage.storage_options("s3://b/k") == {"client_kwargs": {"endpoint_url": s3_server.endpoint}}
+    assert storage.storage_options("s3://b/k")["client_kwargs"] == {"endpoint_url": s3_server.endpoint}
     assert storage.storage_options("/tmp/x") == {}
     assert storage.is_remote("s3://b/k") and not storage.is_remote("file:///tmp/x")
 

@@ -54,7 +54,8 @@ def test_problem_tables_round_trip_through_s3(s3_tmp, tmp_path):
 @pytest.mark.slow
 def test_model_dir_round_trips_and_scores_the_same_from_s3(s3_tmp, tmp_path):
     from p3 import data
-    from p3.difficulty import ScoreConfig, score
+    from p3.score import ScoreConfig, score
+    from p3.generation import GenerationConfig
     from p3.tiny import TinyConfig, build_tiny_model
 
     problems = str(tmp_path / "problems.parquet")
@@ -71,8 +72,9 @@ def test_model_dir_round_trips_and_scores_the_same_from_s3(s3_tmp, tmp_path):
     remote_problems = f"{s3_tmp}/problems.parquet"
     _put(problems, remote_problems)
     out_remote, out_local = f"{s3_tmp}/difficulty.parquet", str(tmp_path / "difficulty.parquet")
-    score(ScoreConfig(problems=remote_problems, model=remote_model, out=out_remote, device="cpu"))
-    score(ScoreConfig(problems=problems, model=local_model, out=out_local, device="cpu"))
+    cpu = GenerationConfig(device="cpu")
+    score(ScoreConfig(problems=remote_problems, model=remote_model, out=out_remote, generation=cpu))
+    score(ScoreConfig(problems=problems, model=local_model, out=out_local, generation=cpu))
     a = contracts.read(out_remote, contracts.DIFFICULTY)
     b = contracts.read(out_local, contracts.DIFFICULTY)
     assert a.column("id").equals(b.column("id"))

@@ -4,18 +4,12 @@ import json
 import logging
 import os
 
-import pyarrow as pa
 import pytest
 import torch
 
+from _fx_models import write_selection as _selection
+
 from p3 import contracts, storage
-
-
-def _selection(path, ids, epoch=0):
-    storage.write_table(pa.table({"id": ids, "rank": list(range(len(ids))), "round": [0] * len(ids),
-                                  "difficulty": [0.5] * len(ids), "epoch": [epoch] * len(ids)},
-                                 schema=contracts.SELECTION), path)
-    return path
 
 
 def test_prompt_is_masked_out_of_the_labels(tiny_model_dir):
@@ -142,3 +136,19 @@ def test_same_selection_and_seed_give_the_same_lora_model(tiny_model_dir, mini_m
                           lora="8,16,0.0", lr=5e-3, batch_size=4, max_steps=1, seed=3))
         outs.append(load_causal_lm(out, "cpu")[0].state_dict())
     assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+
+
+def test_resume_skips_a_checkpoint_cut_off_while_saving(tmp_path):
+    # The Trainer writes trainer_state.json last; a kill during a save leaves a newer folder
+    # without it, which transformers' get_last_checkpoint (highest number) would pick.
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from p3.train import last_complete_checkpoint
+
+    assert last_complete_checkpoint(str(tmp_path / "none")) is None
+    for step, whole in ((5, True), (10, False)):
+        os.makedirs(tmp_path / f"checkpoint-{step}")
+        if whole:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert get_last_checkpoint(str(tmp_path)).endswith("checkpoint-10")
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-5")

@@ -102,9 +102,14 @@ def test_every_correct_solution_passes_and_every_wrong_one_fails(apps_problems, 
 def test_partial_score_is_fraction_of_tests(apps_problems, sandbox):
     # right on two of the three tests of 4001 (fails only when a == -5)
     code = "a, b = map(int, input().split())\nprint(a + b if a != -5 else 1)\n"
-    [r] = grade_completions(apps_problems, [{"id": "apps-4001", "sample": 0, "completion": code}], sandbox=sandbox)
+    comp = [{"id": "apps-4001", "sample": 0, "completion": code}]
+    [r] = grade_completions(apps_problems, comp, sandbox=sandbox, all_tests=True)
     assert r["tests"] == ["ok", "wrong_answer", "ok"]
     assert r["score"] == pytest.approx(2 / 3) and r["passed"] is False and r["status"] == "wrong_answer"
+    # by default grading stops at the first failed test: the rest are not run, not passed
+    [r] = grade_completions(apps_problems, comp, sandbox=sandbox)
+    assert r["tests"] == ["ok", "wrong_answer", "not_run"]
+    assert r["score"] == pytest.approx(1 / 3) and r["passed"] is False and r["status"] == "wrong_answer"
 
 
 def test_problem_without_tests_is_reported_not_passed(sandbox):
@@ -218,17 +223,20 @@ def test_cli_grade_end_to_end(tmp_path, apps_problems, capsys):
     err = capsys.readouterr().err
     assert "bad.jsonl, row 2, field 'id'" in err and not (tmp_path / "r2.parquet").exists()
 
-    # --require-isolation is about programs: MATH completions alone need no sandbox, even
-    # from a table that holds APPS rows; an APPS completion with weak isolation is refused
+    # the isolation level the programs ran at is recorded per row; MATH runs none
+    assert [r["isolation"] for r in res] == ["bwrap", "bwrap", None, None, None]
+
+    # refusing weak isolation is about programs: MATH completions alone need no sandbox,
+    # even from a table that holds APPS rows; an APPS completion is refused by default
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(c) + "\n" for c in comps[2:]))
-    weak = ["--isolation", "none", "--require-isolation"]
+    weak = ["--isolation", "none"]
     rc = cli.main(["grade", "--problems", str(tmp_path / "problems.parquet"), "--completions",
                    str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "m.parquet"), *weak])
     assert rc == 0 and storage.read_table(tmp_path / "m.parquet").num_rows == 3
     rc = cli.main(["grade", "--problems", str(tmp_path / "problems.parquet"), "--completions",
                    str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "a.parquet"), *weak])
     assert rc == 1 and not (tmp_path / "a.parquet").exists()
-    assert "--require-isolation" in capsys.readouterr().err
+    assert "--allow-weak-isolation" in capsys.readouterr().err
 
 
 def test_no_row_is_lost_on_odd_completions(apps_problems, sandbox):
@@ -241,3 +249,43 @@ def test_no_row_is_lost_on_odd_completions(apps_problems, sandbox):
     assert all(r["passed"] is False and r["status"] in vapps.FAIL_STATUSES and r["status"] != "sandbox_error"
                for r in res), res
     assert res[1]["status"] == "compile_error" and res[6]["status"] == "compile_error"
+
+
+def _problem(tests: dict, pid: str = "p") -> pa.Table:
+    return pa.table({"id": [pid], "task": ["apps"], "prompt": ["x"], "solution": [""], "answer": [None],
+                     "tests": [json.dumps(tests)], "starter_code": pa.array([None], pa.string())})
+
+
+def test_grading_stops_at_the_first_failure_and_keeps_to_its_budget(sandbox):
+    """Before: a wrong program sleeping on each of 30 tests ran all 30 (55.7 s with
+    --timeout 2): no overall limit, no early stop."""
+    problems = _problem({"inputs": [f"{i}\n" for i in range(10)], "outputs": ["-1\n"] * 10})
+    comp = [{"id": "p", "sample": 0, "completion": "import time\ntime.sleep(0.5)\nprint(0)\n"}]
+    [r] = grade_completions(problems, comp, sandbox=sandbox, limits=Limits(timeout=2.0))
+    assert r["tests"] == ["wrong_answer"] + ["not_run"] * 9 and r["status"] == "wrong_answer"
+    # every verdict asked for: each run gets what is left of the budget, the rest time out
+    # although no single run reached the 2 s per-test limit
+    [r] = grade_completions(problems, comp, sandbox=sandbox, limits=Limits(timeout=2.0), budget=1.2, all_tests=True)
+    k = r["tests"].index("timeout")
+    assert 1 <= k < 10 and r["tests"] == ["wrong_answer"] * k + ["timeout"] * (10 - k), r["tests"]
+
+
+def test_an_answer_too_deep_to_parse_is_the_programs_fault(sandbox):
+    """Before: 200,000 nested brackets on the answer channel raised RecursionError in the
+    grader, reported as sandbox_error (the grader's fault)."""
+    problems = _problem({"fn_name": "f", "inputs": [[1]], "outputs": [[1]]})
+    forge = ("import os\ndef f(x):\n    for fd in range(3, 20):\n        try:\n"
+             "            os.write(fd, b'[' * 200000 + b']' * 200000)\n        except OSError:\n            pass\n"
+             "    os._exit(0)\n")
+    [r] = grade_completions(problems, [{"id": "p", "sample": 0, "completion": forge}], sandbox=sandbox)
+    assert r["status"] == "wrong_answer" and r["passed"] is False
+
+
+@pytest.mark.parametrize("option,value", [("--timeout", "0"), ("--timeout", "-1"), ("--timeout", "nan"),
+                                          ("--timeout", "inf"), ("--memory-mb", "1"), ("--budget", "0")])
+def test_limits_no_program_can_meet_are_rejected_at_parse_time(option, value, capsys):
+    """Before: accepted, and every correct program then "failed" with exit 0."""
+    code = cli.main(["grade", "--problems", "missing.parquet", "--completions", "missing.jsonl", "--out", "r.parquet",
+                     option, value])
+    assert code == 2  # a usage error, before the (missing) inputs are even looked at
+    assert option in capsys.readouterr().err

@@ -4,21 +4,25 @@ Every subcommand is one ``@dataclass`` (fields documented with ``metadata={"help
 and one function that takes it; the same function is what the Kubeflow component
 calls. A field ``budget: int`` becomes ``--budget``; a field without a default is a
 required option; ``bool`` fields are ``--flag/--no-flag``; ``metadata["choices"]``
-limits the values.
+limits the values. A field that is itself a dataclass (a shared group such as
+``GenerationConfig``) contributes its fields as options of their own (see p3.configs).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import traceback
 import types
 import typing
 from typing import Any, Callable
 
-from p3 import logs
+from p3 import configs, logs, outputs, storage
+from p3.checks import ConfigError
 
 # (words, module, config class, function). Modules import lazily so that `p3 grade`
 # never pays for torch and `p3 --help` is instant.
@@ -28,7 +32,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("select", "p3.selection", "SelectConfig", "select"),
     ("grade", "p3.verify.grade", "GradeConfig", "grade"),
     ("model tiny", "p3.tiny", "TinyConfig", "build_tiny_model"),
-    ("score", "p3.difficulty", "ScoreConfig", "score"),
+    ("score", "p3.score", "ScoreConfig", "score"),
     ("embed", "p3.embed", "EmbedConfig", "embed"),
     ("train", "p3.train", "TrainConfig", "train"),
     ("evaluate", "p3.evaluate", "EvaluateConfig", "evaluate"),
@@ -59,16 +63,15 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--option`` per dataclass field, typed and documented from the field."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp, _ = _unwrap_optional(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "")}
-        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-        )
+    """One ``--option`` per setting of the config class (nested groups flattened), typed
+    and documented from the field."""
+    for name, s in configs.settings(cls).items():
+        f = s.field
+        tp, _ = _unwrap_optional(s.type)
+        flag = "--" + name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": name, "help": f.metadata.get("help", "")}
+        has_default = configs.has_default(f)
+        default = configs.default(f) if has_default else None
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
             kwargs["default"] = default if has_default else False
@@ -124,16 +127,64 @@ def main(argv: list[str] | None = None) -> int:
     if key is None or not hasattr(args, "_command"):
         parser.print_help()
         return 2
-    cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
-    func: Callable[[Any], Any] = getattr(importlib.import_module(module), func_name)
+    prog = f"p3 {' '.join(key)}"
     try:
-        func(cfg)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # Bad input and unmet requirements end in one readable line, not a traceback.
+        cfg = configs.from_flat(cls, {name: getattr(args, name) for name in configs.settings(cls)})
+        func: Callable[[Any], Any] = getattr(importlib.import_module(module), func_name)
+        with _terminate_as_exit(), outputs.claim(cfg):
+            func(cfg)
+    except (ConfigError, outputs.PathClash) as exc:  # usage: refused before any work
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (its outputs are all there or none is)", file=sys.stderr)
+        return 130
+    except EXPECTED as exc:
+        # Bad input, I/O, an unreachable store, a missing device: one line naming the path or field.
         logging.getLogger("p3").debug("failed", exc_info=True)
-        print(f"p3 {' '.join(key)}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: the line says so; -v shows where
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{prog}: unexpected error: {_one_line(exc)}" + ("" if args.verbose else " (run with -v for the traceback)"),
+              file=sys.stderr)
         return 1
     return 0
+
+
+# Expected failures: bad values and tables (ValueError, ContractError), files and stores
+# (OSError: missing, denied, full, unreachable), unmet requirements (RuntimeError: no CUDA,
+# another writer), a missing optional package (ImportError).
+EXPECTED = (ValueError, OSError, RuntimeError, ImportError)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, storage.StorageError) and exc.filename and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    if not isinstance(exc, (ValueError, OSError, RuntimeError)):
+        text = f"{type(exc).__name__}: {text}"
+    return " ".join(text.split())
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM (a pod deleted, `kill`) unwinds like Ctrl-C, so temp files and leases are
+    cleaned on the way out; only SIGKILL leaves them, for the next run to remove."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _find_subparser(parser: argparse.ArgumentParser, key: tuple[str, ...]) -> argparse.ArgumentParser:

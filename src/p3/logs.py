@@ -23,14 +23,12 @@ def get_logger(component: str) -> logging.LoggerAdapter:
     """Logger for one component; adds ``[epoch e]`` when the pipeline set P3_EPOCH."""
     epoch = os.environ.get("P3_EPOCH")
     prefix = f"[{component}" + (f" epoch {epoch}" if epoch not in (None, "") else "") + "] "
-    if not logging.getLogger().handlers:
-        configure()
     return _Prefixed(logging.getLogger(f"p3.{component}"), {"prefix": prefix})
 
 
 def configure(verbose: bool = False) -> None:
-    """Log to stderr at INFO (DEBUG when ``verbose``). Modules call get_logger at import,
-    before the CLI has read ``-v``, so the level is set here, not only at first setup."""
+    """Log to stderr at INFO (DEBUG when ``verbose``). Only entry points call this (the CLI,
+    the components, the pipeline scripts): importing a p3 module configures nothing."""
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from p3 import contracts, storage
+from p3 import checks, contracts, outputs, storage
 from p3.data import load_problems, meta_by_id
 from p3.logs import get_logger, step
 
@@ -71,20 +71,23 @@ class ReportConfig:
 
     run_dir: str = field(
         default="",
-        metadata={"help": "run folder with one sub-folder per epoch (epoch_0, epoch_1, …); local path or URI"},
+        metadata={"io": "in", "help": "run folder with one sub-folder per epoch (epoch_0, epoch_1, …); local path or URI"},
     )
     epoch_dirs: list[str] = field(
         default_factory=list,
-        metadata={"help": "epoch folders in order (instead of discovering them under --run-dir)"},
+        metadata={"io": "in", "help": "epoch folders in order (instead of discovering them under --run-dir)"},
     )
     problems: str = field(
         default="",
-        metadata={"help": "problems table for level/type coverage (default: found in the run or epoch folder)"},
+        metadata={"io": "in", "help": "problems table for level/type coverage (default: found in the run or epoch folder)"},
     )
-    out: str = field(default="", metadata={"help": "HTML output (default: <run-dir>/report.html)"})
+    out: str = field(default="", metadata={"io": "out", "help": "HTML output (default: <run-dir>/report.html)"})
     markdown: bool = field(default=True, metadata={"help": "also write the Markdown report beside the HTML"})
     title: str = field(default="P3 selection report", metadata={"help": "page title"})
-    seed: int = field(default=0, metadata={"help": "seed of the random-selection diversity baseline"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "seed of the random-selection diversity baseline"})
+
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
 
 @dataclass
@@ -504,9 +507,10 @@ def render_report(cfg: ReportConfig) -> str:
     problems = cfg.problems or (_first_existing(cfg.run_dir, PROBLEMS_FILES) if cfg.run_dir else None)
     page, md = render_run(epoch_dirs, title=cfg.title, seed=cfg.seed, problems=problems)
     out = cfg.out or _join(cfg.run_dir or os.path.dirname(epoch_dirs[0].rstrip("/")), "report.html")
-    storage.write_text(page, out)
-    if cfg.markdown:
-        storage.write_text(md, re.sub(r"\.html?$", "", out) + ".md")
+    with outputs.Commit() as commit:  # the Markdown first, the HTML page (primary) last
+        if cfg.markdown:
+            commit.text(md, re.sub(r"\.html?$", "", out) + ".md")
+        commit.text(page, out)
     log.info(f"wrote {out} ({len(epoch_dirs)} epochs)")
     return out
 

@@ -54,7 +54,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from p3 import contracts, pacing, storage
+from p3 import checks, contracts, outputs, pacing
 from p3.contracts import ContractError
 from p3.data import load_problems, problem_meta
 from p3.dpp import dpp_select
@@ -70,43 +70,46 @@ NEEDS_EMBEDDINGS = ("dpp", "p3")
 
 @dataclass
 class SelectConfig:
-    problems: Optional[str] = field(default=None, metadata={"help": "problems table (.parquet, local or s3://); required by `select`"})
-    out: Optional[str] = field(default=None, metadata={"help": "output selection table (.parquet); required by `select`"})
-    difficulty: Optional[str] = field(default=None, metadata={"help": "this epoch's difficulty table (needed by spl, dpp, p3)"})
-    embeddings: Optional[str] = field(default=None, metadata={"help": "embeddings table (needed by dpp, p3)"})
+    problems: Optional[str] = field(default=None, metadata={"io": "in", "help": "problems table (.parquet, local or s3://); required by `select`"})
+    out: Optional[str] = field(default=None, metadata={"io": "out", "help": "output selection table (.parquet); required by `select`"})
+    difficulty: Optional[str] = field(default=None, metadata={"io": "in", "help": "this epoch's difficulty table (needed by spl, dpp, p3)"})
+    embeddings: Optional[str] = field(default=None, metadata={"io": "in", "help": "embeddings table (needed by dpp, p3)"})
     strategy: str = field(default="p3", metadata={"help": "selection strategy", "choices": list(STRATEGIES)})
-    epoch: int = field(default=0, metadata={"help": "this epoch, 0-based"})
-    epochs: int = field(default=5, metadata={"help": "number of epochs E of the pacing schedule"})
-    budget: int = field(default=10000, metadata={"help": "problems to select (paper: 10,000 per epoch on MATH)"})
-    seed: int = field(default=0, metadata={"help": "seed of the random strategies and the random diversity baseline"})
-    report: Optional[str] = field(default=None, metadata={"help": "write the selection report JSON here"})
-    previous: Optional[str] = field(default=None, metadata={"help": "previous epoch's selection table (cross-epoch diversity)"})
+    epoch: int = field(default=0, metadata={"min": 0, "lt_field": "epochs", "help": "this epoch, 0-based"})
+    epochs: int = field(default=5, metadata={"min": 1, "max": 10_000, "help": "number of epochs E of the pacing schedule"})
+    budget: int = field(default=10000, metadata={"min": 1, "help": "problems to select (paper: 10,000 per epoch on MATH)"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "seed of the random strategies and the random diversity baseline"})
+    report: Optional[str] = field(default=None, metadata={"io": "out", "help": "write the selection report JSON here"})
+    previous: Optional[str] = field(default=None, metadata={"io": "in", "help": "previous epoch's selection table (cross-epoch diversity)"})
     previous_difficulty: Optional[str] = field(
-        default=None, metadata={"help": "previous epoch's difficulty table (momentum pacing)"}
+        default=None, metadata={"io": "in", "help": "previous epoch's difficulty table (momentum pacing)"}
     )
-    pacing_start: float = field(default=45.0, metadata={"help": "pacing percentile at epoch 0"})
-    pacing_end: float = field(default=95.0, metadata={"help": "pacing percentile approached at the last epoch (pct(e) = start + e·(end−start)/E)"})
+    pacing_start: float = field(default=45.0, metadata={"min": 0.0, "max": 100.0, "help": "pacing percentile at epoch 0"})
+    pacing_end: float = field(default=95.0, metadata={"min": 0.0, "max": 100.0, "help": "pacing percentile approached at the last epoch (pct(e) = start + e·(end−start)/E)"})
     pacing_shape: str = field(default="linear", metadata={"help": "pacing schedule shape", "choices": list(pacing.SHAPES)})
     pacing_mode: str = field(
         default="threshold",
         metadata={"help": "threshold: d ≤ pct; band: lower ≤ d ≤ pct; momentum: d + α(d − d_prev) ≤ pct", "choices": list(pacing.MODES)},
     )
-    pacing_lower_start: float = field(default=0.0, metadata={"help": "band mode: lower percentile at epoch 0"})
-    pacing_lower_end: float = field(default=50.0, metadata={"help": "band mode: lower percentile approached at the last epoch"})
-    momentum_alpha: float = field(default=0.1, metadata={"help": "momentum mode: α in d + α(d − d_prev)"})
+    pacing_lower_start: float = field(default=0.0, metadata={"min": 0.0, "max": 100.0, "help": "band mode: lower percentile at epoch 0"})
+    pacing_lower_end: float = field(default=50.0, metadata={"min": 0.0, "max": 100.0, "help": "band mode: lower percentile approached at the last epoch"})
+    momentum_alpha: float = field(default=0.1, metadata={"min": 0.0, "help": "momentum mode: α in d + α(d − d_prev)"})
     quality: str = field(default="difficulty", metadata={"help": "DPP item quality q", "choices": list(QUALITIES)})
-    eps: float = field(default=1e-10, metadata={"help": "DPP greedy stops a round when the best residual is below eps"})
+    eps: float = field(default=1e-10, metadata={"min": 0.0, "help": "DPP greedy stops a round when the best residual is below eps"})
     diversity_weight: float = field(
         default=0.0,
-        metadata={"help": "cross-epoch diversity: weight w in [0,1] of conditioning on the previous picks (0 = off, 1 = exact conditional DPP)"},
+        metadata={"min": 0.0, "max": 1.0, "help": "cross-epoch diversity: weight w in [0,1] of conditioning on the previous picks (0 = off, 1 = exact conditional DPP)"},
     )
     diversity_previous: int = field(
-        default=64, metadata={"help": "cross-epoch diversity: condition on this many first previous picks (≤ embedding dim)"}
+        default=64, metadata={"min": 0, "help": "cross-epoch diversity: condition on this many first previous picks (≤ embedding dim)"}
     )
     precision: str = field(
         default="auto", metadata={"help": "DPP screening precision (auto: float64 up to 2^21 matrix entries, else float32 screening with exact float64 decisions)", "choices": ["auto", "float64", "float32"]}
     )
     device: str = field(default="auto", metadata={"help": "DPP device: auto (CUDA when present, else cpu), cpu (torch's CPU kernels for big float32 screens, else numpy), numpy, cuda, cuda:N"})
+
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
 
 @dataclass
@@ -156,9 +159,10 @@ def select(cfg: SelectConfig) -> dict:
             },
             schema=contracts.SELECTION,
         )
-        storage.write_table(table, cfg.out)
-        if cfg.report:
-            storage.write_json(sel.report, cfg.report)
+        with outputs.Commit() as commit:  # the report first, the selection (primary) last
+            if cfg.report:
+                commit.json(sel.report, cfg.report)
+            commit.table(table, cfg.out)
         counts.update(strategy=cfg.strategy, pool=sel.report["pool"], eligible=sel.report["eligible"], selected=len(sel.ids))
     return sel.report
 
@@ -243,16 +247,7 @@ def select_ids(
 
 # -- pieces -----------------------------------------------------------------------------
 def _check_config(cfg: SelectConfig) -> None:
-    if cfg.strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {cfg.strategy!r} (choose from {', '.join(STRATEGIES)})")
-    if cfg.quality not in QUALITIES:
-        raise ValueError(f"unknown quality {cfg.quality!r} (choose from {', '.join(QUALITIES)})")
-    if cfg.budget < 1:
-        raise ValueError(f"--budget must be ≥ 1, got {cfg.budget}")
-    if cfg.epochs < 1 or cfg.epoch < 0:
-        raise ValueError(f"need --epoch ≥ 0 and --epochs ≥ 1, got {cfg.epoch} and {cfg.epochs}")
-    if not 0.0 <= cfg.diversity_weight <= 1.0:
-        raise ValueError(f"--diversity-weight must be in [0, 1], got {cfg.diversity_weight}")
+    checks.validate(cfg)  # again: a config may have been changed since it was made
 
 
 def _quality(d: np.ndarray, kind: str) -> np.ndarray:

@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Optional
 
-from p3 import prompts
+from p3 import checks, prompts
 from p3.data import load_problems
 from p3.logs import get_logger, progress, step
 
@@ -32,17 +32,20 @@ log = get_logger("tiny")
 
 @dataclass
 class TinyConfig:
-    out: str = field(metadata={"help": "output model dir (local path or s3:// URI)"})
-    train_on: Optional[str] = field(default=None, metadata={"help": "problems table for the vocabulary and the warm-up"})
-    steps: int = field(default=300, metadata={"help": "warm-up optimizer steps (only with --train-on; 0 = none)"})
-    layers: int = field(default=2, metadata={"help": "transformer layers"})
-    hidden: int = field(default=128, metadata={"help": "hidden size"})
-    heads: int = field(default=4, metadata={"help": "attention heads"})
-    max_len: int = field(default=512, metadata={"help": "max positions, and the warm-up truncation length"})
-    batch_size: int = field(default=32, metadata={"help": "warm-up batch size"})
-    lr: float = field(default=3e-3, metadata={"help": "warm-up peak learning rate (cosine decay, short warm-up)"})
-    seed: int = field(default=0, metadata={"help": "seed for the weights and the warm-up order"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads for the warm-up (0 = auto: 1 for a tiny model)"})
+    out: str = field(metadata={"io": "out", "help": "output model dir (local path or s3:// URI)"})
+    train_on: Optional[str] = field(default=None, metadata={"io": "in", "help": "problems table for the vocabulary and the warm-up"})
+    steps: int = field(default=300, metadata={"min": 0, "help": "warm-up optimizer steps on the train_on table (0 = none)"})
+    layers: int = field(default=2, metadata={"min": 1, "max": 64, "help": "transformer layers"})
+    hidden: int = field(default=128, metadata={"min": 1, "max": 1 << 14, "help": "hidden size"})
+    heads: int = field(default=4, metadata={"min": 1, "max": 256, "help": "attention heads"})
+    max_len: int = field(default=512, metadata={"min": 1, "max": 1 << 20, "help": "max positions, and the warm-up truncation length"})
+    batch_size: int = field(default=32, metadata={"min": 1, "max": 1 << 16, "help": "warm-up batch size"})
+    lr: float = field(default=3e-3, metadata={"gt": 0.0, "help": "warm-up peak learning rate (cosine decay, short warm-up)"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "seed for the weights and the warm-up order"})
+    threads: int = field(default=0, metadata={"min": 0, "help": "torch CPU threads for the warm-up (0 = auto: 1 for a tiny model)"})
+
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
 
 def build_tokenizer(texts: list[str] = ()):

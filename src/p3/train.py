@@ -4,11 +4,13 @@ The text is :mod:`p3.prompts`' prefix + target; the prefix is masked out of the 
 (labels -100), so the policy learns to write solutions, not to repeat problems.
 Training is the transformers ``Trainer`` (so ``torchrun``/``accelerate launch`` gives
 multi-GPU for free); LoRA is peft's, with the paper's defaults (r=64, alpha=16,
-dropout 0.1, lr 4e-4, weight decay 1e-4). QLoRA (4-bit base) is used when a GPU and
-bitsandbytes are both present, unless ``--qlora off``.
+dropout 0.1, lr 4e-4, weight decay 1e-4). QLoRA (4-bit NF4 base, bitsandbytes) is used by
+default on a GPU; ``--qlora on`` uses it on any device where bitsandbytes can quantize to
+4 bits, the CPU included (``pip install 'p3-kubeflow[qlora]'``).
 
 The output dir is a loadable model: by default the merged weights (the next epoch's
-scorer loads it like any model), the adapter in ``adapter/``, the tokenizer and
+scorer loads it like any model; after QLoRA, the dequantised 4-bit base plus the adapter,
+i.e. the model that was trained), the adapter in ``adapter/``, the tokenizer and
 ``trainer_state.json``. Checkpoints go to ``--checkpoint-dir`` (default ``<out>.ckpt``
 beside a local output) so ``--resume`` can continue an interrupted run. For an ``s3://``
 output every checkpoint is also mirrored to ``<out>.ckpt`` in the bucket, so a retried
@@ -25,7 +27,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from p3 import contracts, prompts, storage
+from p3 import checks, contracts, prompts, storage
 from p3.data import load_problems
 from p3.logs import get_logger, progress_enabled, step
 
@@ -34,33 +36,37 @@ log = get_logger("train")
 
 @dataclass
 class TrainConfig:
-    problems: str = field(metadata={"help": "problems table (the training pool)"})
-    selection: str = field(metadata={"help": "selection table: the ids to train on this epoch"})
-    model: str = field(metadata={"help": "model to start from: dir, adapter dir, hub name or s3:// URI"})
-    out: str = field(metadata={"help": "output model dir (local path or s3:// URI)"})
+    problems: str = field(metadata={"io": "in", "help": "problems table (the training pool)"})
+    selection: str = field(metadata={"io": "in", "help": "selection table: the ids to train on this epoch"})
+    model: str = field(metadata={"io": "in", "help": "model to start from: dir, adapter dir, hub name or s3:// URI"})
+    out: str = field(metadata={"io": "out", "help": "output model dir (local path or s3:// URI)"})
     lora: str = field(default="64,16,0.1", metadata={"help": "LoRA r,alpha,dropout"})
     full: bool = field(default=False, metadata={"help": "full fine-tuning instead of LoRA"})
-    qlora: str = field(default="auto", metadata={"help": "4-bit base for LoRA: auto = when a GPU and bitsandbytes are present",
+    qlora: str = field(default="auto", metadata={"help": "4-bit base for LoRA: auto = on a GPU with bitsandbytes; on = "
+                                                                 "wherever bitsandbytes quantizes (CPU too)",
                                                  "choices": ["auto", "on", "off"]})
     target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules (comma list or all-linear)"})
-    lr: float = field(default=4e-4, metadata={"help": "peak learning rate"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    lr: float = field(default=4e-4, metadata={"gt": 0.0, "help": "peak learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"min": 0.0, "help": "AdamW weight decay"})
     scheduler: str = field(default="cosine", metadata={"help": "learning-rate schedule (transformers name)"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
-    epochs_per_round: float = field(default=1.0, metadata={"help": "passes over the selection"})
-    max_len: int = field(default=2048, metadata={"help": "cutoff length in tokens (prefix + target)"})
-    batch_size: int = field(default=8, metadata={"help": "per-device batch size"})
-    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
-    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1 = full passes)"})
+    warmup_steps: int = field(default=0, metadata={"min": 0, "help": "linear warm-up steps"})
+    epochs_per_round: float = field(default=1.0, metadata={"gt": 0.0, "help": "passes over the selection"})
+    max_len: int = field(default=2048, metadata={"min": 1, "max": 1 << 20, "help": "cutoff length in tokens (prefix + target)"})
+    batch_size: int = field(default=8, metadata={"min": 1, "max": 1 << 16, "help": "per-device batch size"})
+    grad_accum: int = field(default=1, metadata={"min": 1, "help": "gradient accumulation steps"})
+    max_steps: int = field(default=-1, metadata={"min": -1, "help": "stop after this many optimizer steps (-1 = full passes)"})
     template: str = field(default="plain", metadata={"help": "prompt template", "choices": list(prompts.TEMPLATES)})
     merge: bool = field(default=True, metadata={"help": "save merged weights (+ adapter/); --no-merge saves the adapter only"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory on big models"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --checkpoint-dir"})
-    checkpoint_dir: Optional[str] = field(default=None, metadata={"help": "where checkpoints go (default <out>.ckpt, local)"})
-    save_steps: int = field(default=200, metadata={"help": "checkpoint every N optimizer steps"})
+    checkpoint_dir: Optional[str] = field(default=None, metadata={"io": "out", "help": "where checkpoints go (default <out>.ckpt, local)"})
+    save_steps: int = field(default=200, metadata={"min": 1, "help": "checkpoint every N optimizer steps"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoints after a successful run"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
-    seed: int = field(default=0, metadata={"help": "seed for init, dropout and data order"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "seed for init, dropout and data order"})
+
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
 
 def encode_sft(rows: list[dict], tok, template: str, max_len: int) -> list[Optional[dict]]:
@@ -122,16 +128,50 @@ def parse_lora(spec: str) -> tuple[int, int, float]:
         raise ValueError(f"--lora must be r,alpha,dropout (e.g. 64,16,0.1), got {spec!r}") from None
 
 
-def use_qlora(cfg: TrainConfig) -> bool:
-    import importlib.util
-
+def train_device(cfg: TrainConfig) -> str:
+    """The device this process trains on: its rank's GPU, else the CPU."""
     import torch
 
+    if cfg.device != "cpu" and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def can_quantize_4bit(device: str) -> bool:
+    """Whether bitsandbytes is installed and quantizes to NF4 on ``device``: asked by doing
+    it on a small tensor, since which devices a bitsandbytes build supports varies by release."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return False
+    import torch
+
+    from p3.backends import quiet_model_libraries
+
+    quiet_model_libraries()
+    try:
+        import bitsandbytes.functional as bnbf
+
+        bnbf.quantize_4bit(torch.ones(64, 64, device=device), quant_type="nf4")
+    except Exception as exc:  # an unsupported device raises from the kernel dispatch, of any type
+        log.debug(f"bitsandbytes cannot quantize on {device}: {exc}")
+        return False
+    return True
+
+
+def use_qlora(cfg: TrainConfig) -> bool:
+    """``auto``: on a GPU with bitsandbytes (the paper's setting; on a CPU 4-bit only saves memory
+    that a model small enough to train there does not need, at a slower step). ``on``: wherever
+    bitsandbytes quantizes, else an error."""
     if cfg.full or cfg.qlora == "off":
         return False
-    available = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+    device = train_device(cfg)
+    if cfg.qlora == "auto" and device == "cpu":
+        return False
+    available = can_quantize_4bit(device)
     if cfg.qlora == "on" and not available:
-        raise RuntimeError("--qlora on needs a GPU and bitsandbytes: pip install 'p3-kubeflow[gpu]'")
+        raise RuntimeError(f"--qlora on: bitsandbytes cannot quantize to 4 bits on {device} "
+                           "(pip install 'p3-kubeflow[qlora]'), or use --qlora off")
     return available
 
 
@@ -174,13 +214,15 @@ def prepare_model(cfg: TrainConfig, qlora: bool):
 
     quant = None
     device = "cpu"  # the Trainer moves it to its (per-rank) device
+    cuda = train_device(cfg) != "cpu"
+    dtype = "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
     if qlora:
         from transformers import BitsAndBytesConfig
 
+        # 4-bit weights are placed on their device when loaded and cannot be moved after
+        device = train_device(cfg)
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16)
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() and cfg.device != "cpu" else "float32"
+                                   bnb_4bit_compute_dtype=getattr(torch, dtype))
     model, tok = load_causal_lm(cfg.model, device, dtype, quantization_config=quant)
     tok.padding_side = "right"
     if cfg.full:
@@ -216,7 +258,7 @@ def train(cfg: TrainConfig) -> None:
     if not dataset:
         raise ValueError(f"nothing to train on: no selected problem fits in --max-len {cfg.max_len}")
     ckpt = checkpoint_dir(cfg)
-    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    cuda = train_device(cfg) != "cpu"
     args = TrainingArguments(
         output_dir=ckpt, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.scheduler,
@@ -231,23 +273,35 @@ def train(cfg: TrainConfig) -> None:
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
                       data_collator=lambda batch: collate(batch, tok.pad_token_id),
                       callbacks=[mirror_checkpoints(ckpt, mirror)] if mirror else None)
-    if cfg.resume and mirror and not _has_checkpoint(ckpt) and storage.exists(mirror) and trainer.is_world_process_zero():
+    if cfg.resume and mirror and last_complete_checkpoint(ckpt) is None and storage.exists(mirror) and trainer.is_world_process_zero():
         with storage.local_dir(mirror) as fetched:
             shutil.copytree(fetched, ckpt, dirs_exist_ok=True)
     trainer.accelerator.wait_for_everyone()  # under torchrun: every rank sees the fetched checkpoint
-    resume = cfg.resume and _has_checkpoint(ckpt)
+    last = last_complete_checkpoint(ckpt) if cfg.resume else None
+    resume = last is not None
     with step(log, "train") as counts, cpu_threads(None if cuda else model):
-        result = trainer.train(resume_from_checkpoint=True if resume else None)
+        result = trainer.train(resume_from_checkpoint=last)
         counts.update(examples=len(dataset), steps=trainer.state.global_step,
                       loss=round(result.training_loss, 4), mode="full" if cfg.full else ("qlora" if qlora else "lora"),
-                      resumed=resume)
+                      resumed=resume, data=data_digest(dataset))
+        if args.world_size > 1:  # under torchrun every rank logs: say which, so the lines can be compared
+            counts.update(rank=f"{args.process_index}/{args.world_size}")
     if trainer.is_world_process_zero():
-        save_trained(trainer, tok, cfg, qlora)
+        with step(log, "save") as counts:
+            save_trained(trainer, tok, cfg, qlora)
+            counts.update(out=cfg.out, rank=args.process_index)
         if not cfg.keep_checkpoints:
             shutil.rmtree(ckpt, ignore_errors=True)
             if mirror and storage.exists(mirror):
                 fs, inner = storage.filesystem(mirror)
                 fs.rm(inner, recursive=True)
+
+
+def data_digest(dataset: list[dict]) -> str:
+    """A short hash of the encoded examples in order: equal on every rank of a torchrun run
+    (each rank encodes the selection itself; the sampler then deals the examples out)."""
+    ids = json.dumps([f["input_ids"] for f in dataset], separators=(",", ":"))
+    return hashlib.sha1(ids.encode()).hexdigest()[:12]
 
 
 def save_trained(trainer, tok, cfg: TrainConfig, qlora: bool) -> None:
@@ -265,11 +319,34 @@ def save_trained(trainer, tok, cfg: TrainConfig, qlora: bool) -> None:
             tok.save_pretrained(adapter)
             _point_adapter_at(adapter, cfg.model)
             if cfg.merge:
-                # A 4-bit base cannot be merged into: reload the base in full precision.
-                merged = load_causal_lm(adapter, "cpu", "auto")[0] if qlora else model.merge_and_unload()
+                merged = merge_into_dequantised_base(model, adapter) if qlora else model.merge_and_unload()
                 merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         trainer.state.save_to_json(os.path.join(tmp, "trainer_state.json"))
+
+
+def merge_into_dequantised_base(model, adapter_dir: str):
+    """The full-precision model equal to the trained one: the base with its 4-bit weights
+    dequantised, plus the adapter, merged. (Merging into the original base instead would add
+    back the NF4 rounding the adapter was trained around: a different model.)"""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+    import torch
+    from peft import PeftModel
+
+    from p3.backends import adapter_base, load_causal_lm
+
+    base, _ = load_causal_lm(adapter_base(adapter_dir), "cpu", "auto")
+    weights = dict(base.named_parameters())
+    with torch.no_grad():
+        for name, module in model.get_base_model().named_modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                # training mode never repacks the weight for the CPU inference kernel, so this is
+                # the layout the quant_state describes
+                weight = bnbf.dequantize_4bit(module.weight.data, module.weight.quant_state)
+                target = weights[name.removesuffix(".base_layer") + ".weight"]
+                target.copy_(weight.to(device=target.device, dtype=target.dtype))
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().eval()
 
 
 def _point_adapter_at(adapter_dir: str, base: str) -> None:
@@ -292,5 +369,15 @@ def _checkpointing_arg(on: bool) -> dict:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
 
 
-def _has_checkpoint(path: str) -> bool:
-    return os.path.isdir(path) and any(d.startswith("checkpoint-") for d in os.listdir(path))
+def last_complete_checkpoint(path: str) -> Optional[str]:
+    """The newest ``checkpoint-N`` in ``path`` that was saved whole, else None.
+
+    The Trainer writes ``trainer_state.json`` last and deletes the older checkpoint only after
+    it, so a run killed while saving leaves the previous checkpoint whole and a newer one
+    without that file, which transformers' own choice (the highest N) would try to resume.
+    """
+    if not os.path.isdir(path):
+        return None
+    whole = [d for d in os.listdir(path) if d.startswith("checkpoint-") and d.split("-", 1)[1].isdigit()
+             and os.path.exists(os.path.join(path, d, "trainer_state.json"))]
+    return os.path.join(path, max(whole, key=lambda d: int(d.split("-", 1)[1]))) if whole else None

@@ -70,6 +70,8 @@ def resolve_device(device: str = "auto") -> str:
 
     if device in ("auto", "", None):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device}: no CUDA device is visible (use --device cpu or auto)")
     return device
 
 
@@ -97,8 +99,13 @@ def adapter_base(path: str) -> str:
         return json.load(fh)["base_model_name_or_path"]
 
 
-def quiet_hub_progress() -> None:
-    """transformers' own load/save bars follow P3_PROGRESS too (CI logs stay short)."""
+def quiet_model_libraries() -> None:
+    """transformers' own load/save bars follow P3_PROGRESS too (CI logs stay short); and
+    bitsandbytes (imported by peft) does not warn, on AVX512-BF16 CPUs, that its faster 4-bit
+    *inference* kernel package is missing: P3 never runs a 4-bit model for inference."""
+    import logging
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     if not progress_enabled():
         from transformers.utils import logging as hf_logging
 
@@ -130,7 +137,7 @@ def load_causal_lm(path_or_uri: str, device: str = "auto", dtype: str = "auto", 
     """
     from transformers import AutoModelForCausalLM
 
-    quiet_hub_progress()
+    quiet_model_libraries()
     device = resolve_device(device)
     with storage.local_dir(path_or_uri) as path:
         if path.startswith((os.sep, ".", "~")) and not os.path.isdir(os.path.expanduser(path)):
@@ -167,7 +174,7 @@ def staged_model_dir(out: str):
     Local outputs are staged beside ``out`` (same filesystem), remote ones in /tmp and
     uploaded. Files are made world-readable: the next step may run as another user.
     """
-    quiet_hub_progress()
+    quiet_model_libraries()
     parent = None if storage.is_remote(out) else os.path.dirname(os.path.abspath(out.removeprefix("file://")))
     if parent:
         os.makedirs(parent, exist_ok=True)

@@ -4,11 +4,17 @@ vllm is imported only here, only when this backend is chosen. Likelihood uses
 ``prompt_logprobs``: we tokenize with the model's HF tokenizer (for character offsets)
 and hand vLLM the token ids, so its log-probs line up with our offsets token for token.
 A LoRA adapter dir is served as base model + ``LoRARequest`` (no merge needed).
+
+Written against vLLM 0.33 (``pyproject.toml``'s ``gpu`` extra, ``images/p3-vllm.Dockerfile``):
+the calls are checked in tests/test_backends.py against the signatures read from that
+release's source (tests/fixtures/vllm_api.json); what only a GPU run can show is listed in
+docs/models.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 from typing import Any
@@ -29,19 +35,23 @@ def import_vllm():
     return vllm
 
 
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
 def _lora_rank(adapter_dir: str) -> int:
     with open(os.path.join(adapter_dir, "adapter_config.json")) as fh:
         r = int(json.load(fh).get("r", 16))
-    # vLLM accepts a fixed set of max_lora_rank values; take the smallest that fits.
-    return next((x for x in (8, 16, 32, 64, 128, 256, 320, 512) if x >= r), r)
+    # vLLM takes max_lora_rank from a fixed set (vllm/config/lora.py MaxLoRARanks): the smallest that fits
+    rank = next((x for x in LORA_RANKS if x >= r), None)
+    if rank is None:
+        raise ValueError(f"{adapter_dir}: LoRA rank {r} is above vLLM's largest max_lora_rank {LORA_RANKS[-1]}; "
+                         "merge the adapter (p3 train without --no-merge) or use --backend hf")
+    return rank
 
 
 def _lora_request_class(vllm: Any):
-    if hasattr(vllm, "LoRARequest"):
-        return vllm.LoRARequest
-    import importlib
-
-    return importlib.import_module("vllm.lora.request").LoRARequest
+    # not exported by the vllm package itself (0.33's lazy top-level names omit it)
+    return importlib.import_module(f"{vllm.__name__}.lora.request").LoRARequest
 
 
 class VLLMBackend:
@@ -51,25 +61,30 @@ class VLLMBackend:
                  dtype: str = "auto", max_len: int = 2048, seed: int = 0, vllm_module: Any = None, **_ignored: Any):
         self.vllm = vllm_module or import_vllm()
         self._stack = contextlib.ExitStack()
+        try:
+            self._open(model, tensor_parallel_size, gpu_memory_utilization, dtype, max_len, seed)
+        except BaseException:
+            self._stack.close()  # downloaded model dirs go with a failed start too
+            raise
+        self.max_len = max_len
+
+    def _open(self, model: str, tensor_parallel_size: int, gpu_memory_utilization: float, dtype: str,
+              max_len: int, seed: int) -> None:
         path = self._stack.enter_context(storage.local_dir(model))  # kept until close()
         self.lora_request = None
         base = path
+        kwargs: dict[str, Any] = {}
         if is_adapter_dir(path):
             base = self._stack.enter_context(storage.local_dir(adapter_base(path)))
             if is_adapter_dir(base):
-                self._stack.close()
                 raise ValueError(f"{model}: its base {adapter_base(path)} is itself an adapter; vLLM serves one adapter "
                                  "on a full model: merge the base first (p3 train without --no-merge)")
+            kwargs.update(enable_lora=True, max_lora_rank=_lora_rank(path))
             self.lora_request = _lora_request_class(self.vllm)("p3-adapter", 1, path)
         self.tokenizer = load_tokenizer(path if has_tokenizer(path) else base)
-        kwargs: dict[str, Any] = dict(
-            model=base, tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-            dtype=dtype, max_model_len=max_len, seed=seed,
-        )
-        if self.lora_request is not None:
-            kwargs.update(enable_lora=True, max_lora_rank=_lora_rank(path))
-        self.llm = self.vllm.LLM(**kwargs)
-        self.max_len = max_len
+        self.llm = self.vllm.LLM(model=base, tensor_parallel_size=tensor_parallel_size,
+                                 gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, max_model_len=max_len,
+                                 seed=seed, **kwargs)
 
     def close(self) -> None:
         self.llm = None

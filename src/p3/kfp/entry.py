@@ -12,11 +12,15 @@ Build options (``--epochs``, ``--shards``, ``--preset``, GPU settings) shape the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import sys
 import tempfile
 from typing import Any
 
-from p3.kfp.builder import PARAMS, BuildOptions, ClusterSettings, compile_pipeline, parse_gpus, preset_defaults
+from p3 import checks, logs
+from p3.kfp.builder import BuildOptions, ClusterSettings, compile_pipeline, parse_gpus, preset_defaults
+from p3.kfp.params import PipelineParams
 
 CLUSTER = ClusterSettings()  # the CLI's defaults are the settings' own
 
@@ -69,14 +73,16 @@ def build_parser(task: str) -> argparse.ArgumentParser:
 
 
 def parse_params(task: str, preset: str, sets: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(defaults of the preset, overrides from --set NAME=VALUE typed by PARAMS)."""
+    """(defaults of the preset, overrides from --set NAME=VALUE typed by PipelineParams)."""
     defaults = preset_defaults(task, preset)
+    fields = {f.name: f for f in dataclasses.fields(PipelineParams)}
+    types = {name: f.type for name, f in fields.items()}
     overrides: dict[str, Any] = {}
     for item in sets:
         name, sep, value = item.partition("=")
-        if not sep or name not in PARAMS:
+        if not sep or name not in types:
             raise SystemExit(f"--set {item!r}: unknown parameter (see --list-params)")
-        tp = PARAMS[name][0]
+        tp = types[name]
         if tp is bool:
             overrides[name] = value.lower() in ("1", "true", "yes", "on")
         else:
@@ -84,6 +90,10 @@ def parse_params(task: str, preset: str, sets: list[str]) -> tuple[dict[str, Any
                 overrides[name] = tp(value)
             except ValueError:
                 raise SystemExit(f"--set {item!r}: {name} takes a {tp.__name__}") from None
+        setting = fields[name].metadata.get("setting")
+        why = setting is not None and checks.problem_of(overrides[name], tp, setting.metadata)
+        if why:  # the rules of the step's config field, before anything is compiled or submitted
+            raise SystemExit(f"--set {item!r}: {name} {why}")
     return defaults, overrides
 
 
@@ -115,11 +125,12 @@ def parse_toleration(spec: str) -> dict[str, str]:
 
 def main(task: str, argv: list[str] | None = None) -> int:
     args = build_parser(task).parse_args(argv)
+    logs.configure()  # an entry point: modules configure no logging themselves
     preset = args.preset or ("tiny" if args.local else "full")
     defaults, overrides = parse_params(task, preset, args.set)
     if args.list_params:
-        for name, (tp, help_) in PARAMS.items():
-            print(f"{name:16} {tp.__name__:5} {defaults[name]!r:40} {help_}")
+        for f in dataclasses.fields(PipelineParams):
+            print(f"{f.name:16} {f.type.__name__:5} {defaults[f.name]!r:40} {f.metadata['help']}")
         return 0
     opts = BuildOptions(task=task, epochs=args.epochs or (3 if preset == "tiny" else 5), shards=args.shards,
                         preset=preset, bootstrap_tiny=preset == "tiny", cluster=cluster_settings(args, preset))
@@ -131,7 +142,9 @@ def main(task: str, argv: list[str] | None = None) -> int:
                       verbose=args.verbose, export=args.export)
         except KeyboardInterrupt:
             return 130  # stopped: the same command resumes
-        except Exception:  # noqa: BLE001 - the summary (with the log's path) is already printed
+        except Exception as exc:  # noqa: BLE001 - one line: the run's summary, or this one when it never started
+            if not getattr(exc, "p3_summarised", False):
+                print(f"p3_{task}.py: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
             return 1
         return 0
     defaults = {**defaults, **overrides}  # compiled in as the defaults of the run parameters

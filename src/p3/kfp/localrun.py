@@ -166,6 +166,7 @@ def run_local(opts: BuildOptions, params: dict[str, Any], runs_dir: str = "runs"
         storage.write_json(summary, f"{summary['exported']}/run.json")
     _print_summary(summary, console)
     if error is not None:
+        error.p3_summarised = True  # the summary named it: the entry point adds no second line
         raise error
     return summary
 

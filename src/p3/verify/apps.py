@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 import re
+import time
+from dataclasses import replace
 from typing import Any, Optional
 
 from p3.data import parse_tests
@@ -29,6 +31,7 @@ _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _FLOAT = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][+-]?\d+)?")
 
 # The statuses of a failed test; a completion's status is that of its first failed test.
+# Tests after the first failure are ``not_run`` unless every verdict is asked for.
 FAIL_STATUSES = ("compile_error", "runtime_error", "timeout", "memory_limit", "output_limit", "wrong_answer", "sandbox_error")
 
 
@@ -116,19 +119,25 @@ def test_status(res: RunResult, expected: Any, call_based: bool) -> str:
     """ok / wrong_answer / the run's failure status, for one test case."""
     if res.status != "ok":
         return res.status
-    if call_based:
-        ok, value = decode_call_result(res)
-        return "ok" if ok and compare_call(value, expected) else "wrong_answer"
-    return "ok" if compare_stdout(res.stdout, expected) else "wrong_answer"
+    try:
+        if call_based:
+            ok, value = decode_call_result(res)
+            return "ok" if ok and compare_call(value, expected) else "wrong_answer"
+        return "ok" if compare_stdout(res.stdout, expected) else "wrong_answer"
+    except RecursionError:  # an answer nested deeper than the grader parses: the program's doing
+        return "wrong_answer"
 
 
 def grade_program(sandbox: Sandbox, completion: str, tests: Any, starter_code: Optional[str] = None,
-                  limits: Optional[Limits] = None) -> dict:
+                  limits: Optional[Limits] = None, budget: Optional[float] = None, all_tests: bool = False) -> dict:
     """Grade one completion: {score, passed, status, tests (per-test statuses)}.
 
-    Tests run one after another, each in a fresh sandbox process. A compile error fails
-    every test without rerunning; after the first timeout the remaining tests are not run
-    and count as ``timeout`` (a program that hangs once would cost timeout × tests).
+    Tests run one after another, each in a fresh sandbox process. The first failed test
+    ends the grading (the rest are ``not_run``; ``all_tests`` runs them all). A compile
+    error fails every test without rerunning; after the first timeout the remaining tests
+    are not run and count as ``timeout`` (a program that hangs once would cost timeout ×
+    tests). ``budget`` bounds the wall-clock time of all runs together: each run gets at
+    most what is left of it, and tests past it count as ``timeout``.
     """
     parsed = load_tests(tests)
     if parsed is None:
@@ -136,18 +145,27 @@ def grade_program(sandbox: Sandbox, completion: str, tests: Any, starter_code: O
     code = extract_code(completion)
     call_based = bool(parsed.get("fn_name"))
     jobs = jobs_for(code, parsed, starter_code)
+    lim = limits or sandbox.limits
+    deadline = time.monotonic() + budget if budget else math.inf
     statuses: list[str] = []
     for job, expected in zip(jobs, parsed["outputs"]):
-        st = test_status(sandbox.run(job, limits), expected, call_based)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            statuses += ["timeout"] * (len(jobs) - len(statuses))
+            break
+        st = test_status(sandbox.run(job, replace(lim, timeout=min(lim.timeout, left))), expected, call_based)
         statuses.append(st)
         if st in ("compile_error", "timeout"):
             statuses += [st] * (len(jobs) - len(statuses))
             break
+        if st != "ok" and not all_tests:
+            statuses += ["not_run"] * (len(jobs) - len(statuses))
+            break
     n_ok = statuses.count("ok")
-    failed = [s for s in statuses if s != "ok"]
+    failed = [s for s in statuses if s not in ("ok", "not_run")]
     return {
         "score": n_ok / len(statuses),
-        "passed": not failed,
+        "passed": n_ok == len(statuses),
         "status": failed[0] if failed else "ok",
         "tests": statuses,
     }

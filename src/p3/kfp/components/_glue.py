@@ -9,7 +9,6 @@ itself lives in the ``p3`` library.
 from __future__ import annotations
 
 import os
-import dataclasses
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -77,12 +76,13 @@ def config_argv(cfg: Any) -> list[str]:
 
     Used to launch a step under torchrun, which needs a command line, not a config.
     """
+    from p3.configs import flat_values
+
     argv: list[str] = []
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        flag = "--" + f.name.replace("_", "-")
+    for name, value in flat_values(cfg).items():
+        flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
-            argv.append(flag if value else "--no-" + f.name.replace("_", "-"))
+            argv.append(flag if value else "--no-" + name.replace("_", "-"))
         elif value is None:
             continue
         elif isinstance(value, (list, tuple)):

@@ -18,9 +18,12 @@ def bootstrap_tiny_model(
     Args:
         problems: Problems table: the tokenizer's vocabulary and the warm-up data.
         model: Output model dir (transformers format), the policy of epoch 0.
-        steps: Warm-up optimizer steps (0 = untrained weights).
-        seed: Seed of the weights and the warm-up order.
+        steps: Warm-up optimizer steps on the train_on table (0 = none).
+        seed: Seed for the weights and the warm-up order.
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     from p3.tiny import TinyConfig, build_tiny_model
 
     build_tiny_model(TinyConfig(out=model.path, train_on=problems.path, steps=steps, seed=seed))

@@ -19,11 +19,14 @@ def embedder(
     Args:
         problems: Problems table (all of it, or one shard).
         embeddings: Output embeddings table (id, fixed-size float32 list).
-        embedder: ``st:<name-or-path>`` (sentence-transformers) or ``policy`` to
-            mean-pool the current policy's last hidden state.
+        embedder: st:<folder>, st:hf:<hub name> or st:all-MiniLM-L6-v2 (bundled) for sentence-transformers,
+            or policy:<model> to mean-pool a model's last hidden state (plain policy: the current policy).
         base_model: Model used by ``policy`` when no ``policy`` artifact is connected.
         policy: The current policy (the previous epoch's trained model).
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     from p3.kfp.components._glue import model_ref
     from p3.embed import EmbedConfig, embed
 

@@ -43,6 +43,9 @@ def epoch_report(
         seed: Seed of the random-selection diversity baseline.
         previous_run: The previous epoch's ``run`` folder.
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     import os
 
     from p3 import report, storage

@@ -18,6 +18,7 @@ def evaluator(
     max_new_tokens: int = 512,
     seed: int = 0,
     tensor_parallel_size: int = 1,
+    allow_weak_isolation: bool = False,
     base_model: str = "",
     policy: Input[Model] = None,
 ):
@@ -27,23 +28,29 @@ def evaluator(
         problems: Test problems table.
         results: Output: the evaluation JSON (overall and by level/type or difficulty).
         metrics: Output: the scalar metrics, for the Kubeflow UI.
-        epoch: The epoch whose model this is (recorded in the JSON).
+        epoch: Epoch recorded in the JSON (the epoch whose model this is).
         n: Samples per problem.
-        k: pass@k's k (k <= n).
-        backend: ``hf`` (transformers) or ``vllm``.
-        max_new_tokens: Token limit of each sample.
+        k: K of pass@k (k <= n).
+        backend: Inference engine (one of: hf, vllm).
+        max_new_tokens: Token limit of each sampled completion.
         seed: Sampling seed.
-        tensor_parallel_size: vLLM: GPUs one model is split over (the GPUs of this pod).
+        tensor_parallel_size: vllm: GPUs one model is split over.
+        allow_weak_isolation: Grade APPS programs even when the sandbox cannot prove full isolation (bwrap); the level used is recorded in the rollouts table, the evaluation JSON and its metrics (default: refuse).
         base_model: Model evaluated when no ``policy`` artifact is connected.
         policy: The policy to evaluate (this epoch's trained model).
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     from p3 import storage
     from p3.kfp.components._glue import model_ref
+    from p3.configs import from_flat
     from p3.evaluate import EvaluateConfig, evaluate
 
-    out = evaluate(EvaluateConfig(problems=problems.path, model=model_ref(policy, base_model), out=results.path,
-                                  n=n, k=k, backend=backend, max_new_tokens=max_new_tokens, seed=seed,
-                                  epoch=epoch, tensor_parallel_size=tensor_parallel_size))
+    out = evaluate(from_flat(EvaluateConfig, dict(
+        problems=problems.path, model=model_ref(policy, base_model), out=results.path, epoch=epoch, n=n, k=k,
+        backend=backend, max_new_tokens=max_new_tokens, seed=seed, tensor_parallel_size=tensor_parallel_size,
+        allow_weak_isolation=allow_weak_isolation)))
     scalars = {k: v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     for name, value in scalars.items():
         metrics.log_metric(name, value)

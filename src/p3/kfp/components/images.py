@@ -9,7 +9,7 @@ REGISTRY = "ghcr.io/p3-kubeflow"
 TAG = "0.1.0"  # = the project version in pyproject.toml (a test keeps them equal)
 
 BASE = f"{REGISTRY}/p3-base:{TAG}"  # CPU: prepare, shard, select, report, tiny preset
-VLLM = f"{REGISTRY}/p3-vllm:{TAG}"  # GPU inference: rollout scorer, evaluator, embedder
+VLLM = f"{REGISTRY}/p3-vllm:{TAG}"  # GPU inference: scorer, evaluator, embedder
 TRAIN = f"{REGISTRY}/p3-train:{TAG}"  # GPU training: trainer
 
 # Dockerfile per image name, relative to the repository root (`make images` builds each; a test keeps them in step).

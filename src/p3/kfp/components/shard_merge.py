@@ -18,6 +18,9 @@ def shard_merge(parts: Input[List[Dataset]], problems: Input[Dataset], merged: O
         problems: The unsharded problems table, for the row order.
         merged: Output: one table with every shard's rows.
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     from p3.kfp.components._glue import concat_tables
     from p3.logs import get_logger
 

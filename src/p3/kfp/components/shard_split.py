@@ -16,6 +16,9 @@ def shard_split(problems: Input[Dataset], shard: Output[Dataset], index: int = 0
         index: Which shard, 0-based.
         count: How many shards in all.
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     from p3.kfp.components._glue import split_rows
     from p3.logs import get_logger
 

@@ -29,16 +29,19 @@ def trainer(
         problems: Problems table (the pool).
         selection: This epoch's selection.
         model: Output: the trained model dir (merged weights, adapter in adapter/).
-        lora: LoRA ``r,alpha,dropout`` (paper: 64,16,0.1).
+        lora: LoRA r,alpha,dropout.
         full: Full fine-tuning instead of LoRA.
         lr: Peak learning rate.
-        max_steps: Stop after this many optimizer steps (-1 = one full pass).
+        max_steps: Stop after this many optimizer steps (-1 = full passes).
         batch_size: Per-device batch size.
-        max_len: Cutoff length in tokens.
-        seed: Seed of init, dropout and data order.
+        max_len: Cutoff length in tokens (prefix + target).
+        seed: Seed for init, dropout and data order.
         base_model: Model to start from when no ``policy`` artifact is connected (epoch 0).
         policy: The current policy (the previous epoch's trained model).
     """
+    from p3.logs import configure
+
+    configure()  # an entry point: the step's log lines go to its pod log
     import subprocess
 
     from p3.kfp.components._glue import model_ref, torchrun_command

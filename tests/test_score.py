@@ -20,7 +20,7 @@ def test_scored_text_is_prompt_newline_steps_and_spans_skip_separators():
 
 def test_step_probabilities_use_only_tokens_inside_each_line():
     from p3.backends import TokenScores
-    from p3.difficulty import step_probabilities
+    from p3.score import step_probabilities
 
     # tokens: "ab" "\n" "c" "d" ; the separator token (log p = -9) must be ignored
     scores = TokenScores(offsets=np.array([[0, 2], [2, 3], [3, 4], [4, 5]]),
@@ -33,7 +33,7 @@ def test_step_probabilities_use_only_tokens_inside_each_line():
 @pytest.mark.parametrize("template", ["plain", "chat"])
 def test_batched_likelihood_equals_per_step_reference(tiny_model_dir, mini_math, template):
     from p3.backends import opened
-    from p3.difficulty import likelihoods, per_step_likelihood
+    from p3.score import likelihoods, per_step_likelihood
 
     rows = contracts.read(mini_math["train"], contracts.PROBLEMS).to_pylist()[:24]
     with opened("hf", tiny_model_dir, device="cpu", batch_size=7) as backend:  # ragged batches: padding matters
@@ -61,12 +61,13 @@ def test_score_cli_likelihood_writes_the_difficulty_contract(tiny_model_dir, min
 
 @pytest.mark.slow
 def test_rollout_and_hybrid_grade_samples_with_the_verifier(tiny_model_dir, mini_math, tmp_path):
-    from p3.difficulty import ScoreConfig, score
+    from p3.score import ScoreConfig, score
+    from p3.generation import GenerationConfig
     from p3.verify.grade import grade_completions
 
     problems = contracts.read(mini_math["train"], contracts.PROBLEMS).slice(0, 6)
     common = dict(problems=str(tmp_path / "p.parquet"), model=tiny_model_dir, n=3, temperature=1.0,
-                  max_new_tokens=48, seed=1, device="cpu", grade_workers=2)
+                  generation=GenerationConfig(max_new_tokens=48, seed=1, device="cpu", grade_workers=2))
     storage.write_table(problems, common["problems"])
     score(ScoreConfig(out=str(tmp_path / "r.parquet"), mode="rollout", **common))
     diff = contracts.read(str(tmp_path / "r.parquet"), contracts.DIFFICULTY).to_pylist()
@@ -89,14 +90,16 @@ def test_rollout_and_hybrid_grade_samples_with_the_verifier(tiny_model_dir, mini
 
 
 def test_empty_solution_is_a_contract_error_naming_the_row(tiny_model_dir, tmp_path):
-    from p3.difficulty import ScoreConfig, score
+    from p3.score import ScoreConfig, score
+    from p3.generation import GenerationConfig
 
     rows = [dict(ROW, id="a", answer="5", tests=None, starter_code=None, meta=json.dumps({"level": 1})),
             dict(ROW, id="b", solution=" \n", answer="5", tests=None, starter_code=None, meta="{}")]
     path = str(tmp_path / "p.parquet")
     storage.write_table(pa.Table.from_pylist(rows, schema=contracts.PROBLEMS), path)
     with pytest.raises(contracts.ContractError, match="row 2, field 'solution'"):
-        score(ScoreConfig(problems=path, model=tiny_model_dir, out=str(tmp_path / "d.parquet"), device="cpu"))
+        score(ScoreConfig(problems=path, model=tiny_model_dir, out=str(tmp_path / "d.parquet"),
+                          generation=GenerationConfig(device="cpu")))
     assert not (tmp_path / "d.parquet").exists()
 
 
@@ -111,7 +114,7 @@ def test_apps_rows_are_laid_out_as_in_the_apps_paper():
 
 def test_steps_beyond_max_len_are_left_out(tiny_model_dir):
     from p3.backends import opened
-    from p3.difficulty import likelihoods, step_probabilities
+    from p3.score import likelihoods, step_probabilities
 
     row = dict(ROW, solution="1 + 1 = 2\n" + "x" * 40 + "\nSo \\boxed{2}")
     text, spans = prompts.scored_text(row, "plain")

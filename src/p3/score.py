@@ -15,16 +15,16 @@ samples are written as the rollouts table. ``hybrid`` = w * likelihood + (1-w) *
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 
-from p3 import contracts, prompts, storage
-from p3.backends import BACKENDS, TokenScores, opened
+from p3 import checks, contracts, outputs, prompts
+from p3.backends import TokenScores, opened
 from p3.data import load_problems
+from p3.generation import GenerationConfig
 from p3.logs import get_logger, step
 
 log = get_logger("score")
@@ -33,28 +33,20 @@ MODES = ("likelihood", "rollout", "hybrid")
 
 @dataclass
 class ScoreConfig:
-    problems: str = field(metadata={"help": "problems table to score"})
-    model: str = field(metadata={"help": "current policy: model dir, adapter dir, hub name or s3:// URI"})
-    out: str = field(metadata={"help": "output difficulty table"})
+    problems: str = field(metadata={"io": "in", "help": "problems table to score"})
+    model: str = field(metadata={"io": "in", "help": "current policy: model dir, adapter dir, hub name or s3:// URI"})
+    out: str = field(metadata={"io": "out", "help": "output difficulty table"})
     mode: str = field(default="likelihood", metadata={"help": "difficulty measure", "choices": list(MODES)})
-    backend: str = field(default="hf", metadata={"help": "inference engine", "choices": list(BACKENDS)})
-    template: str = field(default="plain", metadata={"help": "prompt template", "choices": list(prompts.TEMPLATES)})
-    epoch: int = field(default=0, metadata={"help": "epoch recorded in the table"})
-    batch_size: int = field(default=8, metadata={"help": "texts per forward / generate batch (hf; raise it on a GPU)"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 … (hf)"})
-    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
-    max_len: int = field(default=2048, metadata={"help": "truncate scored texts / prompts to this many tokens"})
-    n: int = field(default=8, metadata={"help": "rollouts per problem (rollout, hybrid)"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature for rollouts"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling for rollouts"})
-    max_new_tokens: int = field(default=256, metadata={"help": "rollout length limit"})
-    weight: float = field(default=0.5, metadata={"help": "hybrid: weight of the likelihood difficulty"})
-    seed: int = field(default=0, metadata={"help": "sampling seed"})
-    rollouts_out: Optional[str] = field(default=None, metadata={"help": "rollouts table (default <out stem>.rollouts.parquet)"})
-    grade_timeout: float = field(default=10.0, metadata={"help": "seconds per graded completion"})
-    grade_workers: int = field(default=0, metadata={"help": "grading processes (0 = all cores, at most 8)"})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs per model"})
-    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: fraction of GPU memory to use"})
+    epoch: int = field(default=0, metadata={"min": 0, "help": "epoch recorded in the table"})
+    batch_size: int = field(default=8, metadata={"min": 1, "max": 1 << 16, "help": "texts per forward / generate batch (hf; raise it on a GPU)"})
+    n: int = field(default=8, metadata={"min": 1, "max": 100_000, "help": "rollouts per problem (rollout, hybrid)"})
+    temperature: float = field(default=1.0, metadata={"min": 0.0, "help": "sampling temperature for rollouts"})
+    weight: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0, "help": "hybrid: weight of the likelihood difficulty"})
+    rollouts_out: Optional[str] = field(default=None, metadata={"io": "out", "help": "rollouts table (default <out stem>.rollouts.parquet)"})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "inference settings"})
+
+    def __post_init__(self) -> None:
+        checks.validate(self)
 
 
 def step_probabilities(scores: TokenScores, spans: list[tuple[int, int]]) -> list[float]:
@@ -113,27 +105,30 @@ def per_step_likelihood(model, tok, row: dict, template: str = "plain") -> float
 
 def rollouts(backend, problems: pa.Table, rows: list[dict], cfg: ScoreConfig) -> tuple[list[float], pa.Table]:
     """Sample cfg.n completions per row, grade them; (pass rate per row, rollouts table)."""
-    records = sample_and_grade(backend, problems, rows, cfg, cfg.temperature)
+    records = sample_and_grade(backend, problems, rows, cfg.generation, cfg.n, cfg.temperature)
     score_by_id: dict[str, list[float]] = {}
     for rec in records:
         score_by_id.setdefault(rec["id"], []).append(rec["score"])
     return [float(np.mean(score_by_id[r["id"]])) for r in rows], rollouts_table(records)
 
 
-def sample_and_grade(backend, problems: pa.Table, rows: list[dict], cfg, temperature: float) -> list[dict]:
-    """cfg.n completions per row, graded: one record (id, sample, completion, score, status,
+def sample_and_grade(backend, problems: pa.Table, rows: list[dict], gen: GenerationConfig, n: int,
+                     temperature: float) -> list[dict]:
+    """n completions per row, graded: one record (id, sample, completion, score, status,
     passed) per completion. Shared by rollout scoring and evaluation."""
-    from p3.verify.grade import grade_completions
+    from p3.verify.grade import grade_completions, shared_sandbox
 
-    texts = [prompts.prompt_text(r, cfg.template, backend.tokenizer) for r in rows]
-    samples = backend.generate(texts, n=cfg.n, temperature=temperature, max_new_tokens=cfg.max_new_tokens,
-                               seed=cfg.seed, top_p=cfg.top_p, add_special_tokens=prompts.add_special_tokens(cfg.template))
+    if any(r["task"] == "apps" for r in rows):  # refuse weak isolation before generating, not after
+        shared_sandbox(gen.workers(), allow_weak_isolation=gen.allow_weak_isolation)
+    texts = [prompts.prompt_text(r, gen.template, backend.tokenizer) for r in rows]
+    samples = backend.generate(texts, n=n, temperature=temperature, max_new_tokens=gen.max_new_tokens,
+                               seed=gen.seed, top_p=gen.top_p, add_special_tokens=prompts.add_special_tokens(gen.template))
     completions = [{"id": r["id"], "sample": j, "completion": c} for r, outs in zip(rows, samples) for j, c in enumerate(outs)]
-    graded = grade_completions(problems, completions, timeout=cfg.grade_timeout,
-                               math_timeout=cfg.grade_timeout, workers=grade_workers(cfg))
+    graded = grade_completions(problems, completions, timeout=gen.grade_timeout, math_timeout=gen.grade_timeout,
+                               workers=gen.workers(), allow_weak_isolation=gen.allow_weak_isolation)
     # grade_completions returns one row per completion, in order
-    return [{**c, "score": float(g["score"]), "status": g["status"], "passed": bool(g["passed"])}
-            for c, g in zip(completions, graded, strict=True)]
+    return [{**c, "score": float(g["score"]), "status": g["status"], "passed": bool(g["passed"]),
+             "isolation": g["isolation"]} for c, g in zip(completions, graded, strict=True)]
 
 
 def rollouts_table(records: list[dict]) -> pa.Table:
@@ -141,8 +136,11 @@ def rollouts_table(records: list[dict]) -> pa.Table:
     return pa.Table.from_pylist([{k: r[k] for k in contracts.ROLLOUTS.names} for r in records], schema=contracts.ROLLOUTS)
 
 
-def grade_workers(cfg) -> int:
-    return cfg.grade_workers or min(8, os.cpu_count() or 2)
+def isolation_used(levels: list) -> Optional[str]:
+    """The sandbox level(s) graded programs ran at, for logs and metrics; None when no
+    program ran (MATH)."""
+    used = sorted({lv for lv in levels if lv})
+    return ",".join(used) if used else None
 
 
 def default_rollouts_path(out: str) -> str:
@@ -150,35 +148,27 @@ def default_rollouts_path(out: str) -> str:
     return stem + ".rollouts.parquet"
 
 
-def backend_options(cfg) -> dict:
-    """Constructor options shared by score and evaluate (each backend takes what it knows)."""
-    return dict(device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, max_len=cfg.max_len,
-                tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
-                seed=cfg.seed)
-
-
 def score(cfg: ScoreConfig) -> None:
     """Score every problem with the current policy and write the difficulty table."""
-    if cfg.mode not in MODES:
-        raise ValueError(f"unknown --mode {cfg.mode!r} (choose from {', '.join(MODES)})")
-    if not 0.0 <= cfg.weight <= 1.0:
-        raise ValueError(f"--weight must be in [0, 1], got {cfg.weight}")
+    checks.validate(cfg)  # again: a config may have been changed since it was made
     problems = load_problems(cfg.problems)
     rows = prompts.rows(problems)
     n = len(rows)
     lik: list[Optional[float]] = [None] * n
     pass_rate: list[Optional[float]] = [None] * n
     rollout_table = None
-    with opened(cfg.backend, cfg.model, **backend_options(cfg)) as backend:
+    gen = cfg.generation
+    with opened(gen.backend, cfg.model, **gen.backend_options(cfg.batch_size)) as backend:
         if cfg.mode in ("likelihood", "hybrid"):
             with step(log, "likelihood") as counts:
-                lik = likelihoods(backend, rows, cfg.template, cfg.problems)
+                lik = likelihoods(backend, rows, gen.template, cfg.problems)
                 counts.update(problems=n, mean=round(float(np.mean(lik)), 4) if n else None)
         if cfg.mode in ("rollout", "hybrid"):
             with step(log, "rollouts") as counts:
                 pass_rate, rollout_table = rollouts(backend, problems, rows, cfg)
                 counts.update(problems=n, samples=rollout_table.num_rows,
-                              pass_rate=round(float(np.mean(pass_rate)), 4) if n else None)
+                              pass_rate=round(float(np.mean(pass_rate)), 4) if n else None,
+                              isolation=isolation_used(rollout_table.column("isolation").to_pylist()))
     if cfg.mode == "likelihood":
         diff = [1.0 - x for x in lik]
     elif cfg.mode == "rollout":
@@ -190,8 +180,9 @@ def score(cfg: ScoreConfig) -> None:
         "id": [r["id"] for r in rows], "epoch": [cfg.epoch] * n, "difficulty": diff, "likelihood": lik,
         "pass_rate": pass_rate, "n_rollouts": [cfg.n if rollout_table is not None else 0] * n,
     }, schema=contracts.DIFFICULTY)
-    if rollout_table is not None:
-        storage.write_table(rollout_table, cfg.rollouts_out or default_rollouts_path(cfg.out))
-    storage.write_table(table, cfg.out)
+    with outputs.Commit() as commit:  # the rollouts first, the difficulty table (primary) last
+        if rollout_table is not None:
+            commit.table(rollout_table, cfg.rollouts_out or default_rollouts_path(cfg.out))
+        commit.table(table, cfg.out)
     log.info(f"wrote {cfg.out}: {n} problems, mean difficulty {np.mean(diff) if n else float('nan'):.4f}")
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from p3 import contracts, data, report, storage
+from p3 import contracts, minimath, report, storage
 from p3.logs import get_logger, progress, step
 
 log = get_logger("bench")
@@ -85,10 +85,10 @@ def make_data(s: Settings, work: Path) -> dict[str, str]:
     """Warm-up set, training pool (disjoint from it) and the held-out test split."""
     paths = {name: str(work / "data" / f"{name}.parquet") for name in ("warmup", "pool", "test")}
     with step(log, "data") as counts:
-        train = data.synth_problems(s.warmup_problems + s.pool, levels="1-5", seed=s.data_seed, split="train")
+        train = minimath.synth_problems(s.warmup_problems + s.pool, levels="1-5", seed=s.data_seed, split="train")
         storage.write_table(train.slice(0, s.warmup_problems), paths["warmup"])
         storage.write_table(train.slice(s.warmup_problems), paths["pool"])
-        storage.write_table(data.synth_problems(s.test, levels="1-5", seed=s.data_seed, split="test"), paths["test"])
+        storage.write_table(minimath.synth_problems(s.test, levels="1-5", seed=s.data_seed, split="test"), paths["test"])
         counts.update(warmup=s.warmup_problems, pool=s.pool, test=s.test)
     return paths
 
@@ -408,7 +408,7 @@ def diagnostics(s: Settings, paths: dict[str, str], emb: str, work: Path) -> lis
                     acc.setdefault("d_trained", []).append(change["mean_delta_trained"])
                     acc.setdefault("d_untrained", []).append(change["mean_delta_untrained"])
                 mix = report.coverage(meta, d.selected, "type")
-                for t in data.MINI_TYPES:
+                for t in minimath.MINI_TYPES:
                     acc.setdefault(f"type_{t}", []).append(mix.get(t, 0) / max(1, len(d.selected)))
                 div = report.diversity_vs_random(d, seed=seed)
                 if div is not None:
@@ -437,12 +437,12 @@ def _epoch_data(work: Path, seed: int, arm: str, e: int) -> report.EpochData:
 
 def diagnostics_table(diag: list[dict]) -> tuple[list[str], list[list[str]]]:
     head = ["arm", "Δ difficulty, trained", "Δ difficulty, not trained",
-            *[f"{t} share" for t in data.MINI_TYPES], "log det sel. / random", "mean cos sel. / random"]
+            *[f"{t} share" for t in minimath.MINI_TYPES], "log det sel. / random", "mean cos sel. / random"]
     rows = []
     for r in diag:
         f = lambda k, d=3: "-" if np.isnan(r.get(k, np.nan)) else f"{r[k]:+.{d}f}"  # noqa: E731
         g = lambda k: "-" if np.isnan(r.get(k, np.nan)) else f"{r[k]:.2f}"  # noqa: E731
-        rows.append([r["arm"], f("d_trained", 4), f("d_untrained", 4), *[g(f"type_{t}") for t in data.MINI_TYPES],
+        rows.append([r["arm"], f("d_trained", 4), f("d_untrained", 4), *[g(f"type_{t}") for t in minimath.MINI_TYPES],
                      f"{r.get('logdet_selected', np.nan):.1f} / {r.get('logdet_random', np.nan):.1f}",
                      f"{r.get('mean_cosine_selected', np.nan):.4f} / {r.get('mean_cosine_random', np.nan):.4f}"])
     return head, rows

@@ -46,7 +46,7 @@ LEVELS = ("1", "2", "3", "4", "5")
 def prepare_and_embed(source: str, split: str, work: Path, limit: int | None, embedder: str,
                       hf_config: str | None = None) -> tuple[str, str]:
     """``p3 data prepare`` then ``p3 embed``: the problems table and its embeddings."""
-    from p3.data import PrepareConfig, prepare
+    from p3.sources import PrepareConfig, prepare
     from p3.embed import EmbedConfig, embed
 
     problems, emb = str(work / "problems.parquet"), str(work / "embeddings.parquet")

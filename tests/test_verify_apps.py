@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from p3 import cli, storage
-from p3.data import PrepareConfig, prepare
+from p3.sources import PrepareConfig, prepare
 from p3.sandbox import Limits, Sandbox
 from p3.verify import apps as vapps
 from p3.verify.grade import grade_completions, mean_pass_at_k, pass_at_k

@@ -16,7 +16,7 @@ import numpy as np
 
 from p3 import checks, outputs, prompts
 from p3.backends import opened
-from p3.data import load_problems, meta_by_id
+from p3.problems import load_problems, meta_by_id
 from p3.score import isolation_used, rollouts_table, sample_and_grade
 from p3.generation import GenerationConfig
 from p3.logs import get_logger, step

@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from p3 import checks, contracts, outputs, storage
-from p3.data import load_problems, meta_by_id
+from p3.problems import load_problems, meta_by_id
 from p3.logs import get_logger, step
 
 log = get_logger("report")

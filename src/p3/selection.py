@@ -56,7 +56,7 @@ import pyarrow as pa
 
 from p3 import checks, contracts, outputs, pacing
 from p3.contracts import ContractError
-from p3.data import load_problems, problem_meta
+from p3.problems import load_problems, problem_meta
 from p3.dpp import dpp_select
 from p3.logs import get_logger, step
 

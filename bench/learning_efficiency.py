@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from p3 import contracts, minimath, report, storage
+from p3 import contracts, minimath, report, rundata, storage
 from p3.logs import get_logger, progress, step
 
 log = get_logger("bench")
@@ -235,7 +235,7 @@ _META: dict[str, dict] = {}
 
 def _pool_meta(path: str) -> dict:
     if path not in _META:
-        _META[path] = report.load_meta(path)
+        _META[path] = rundata.load_meta(path)
     return _META[path]
 
 
@@ -403,14 +403,14 @@ def diagnostics(s: Settings, paths: dict[str, str], emb: str, work: Path) -> lis
             for e in range(s.epochs):
                 d = _epoch_data(work, seed, arm, e)
                 d.embeddings, d.meta = embeddings, meta
-                change = report.difficulty_change(d)
+                change = rundata.difficulty_change(d)
                 if change is not None and "mean_delta_trained" in change:
                     acc.setdefault("d_trained", []).append(change["mean_delta_trained"])
                     acc.setdefault("d_untrained", []).append(change["mean_delta_untrained"])
-                mix = report.coverage(meta, d.selected, "type")
+                mix = rundata.coverage(meta, d.selected, "type")
                 for t in minimath.MINI_TYPES:
                     acc.setdefault(f"type_{t}", []).append(mix.get(t, 0) / max(1, len(d.selected)))
-                div = report.diversity_vs_random(d, seed=seed)
+                div = rundata.diversity_vs_random(d, seed=seed)
                 if div is not None:
                     for who in ("selected", "random"):
                         for key in ("logdet", "mean_cosine"):
@@ -425,10 +425,10 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def _epoch_data(work: Path, seed: int, arm: str, e: int) -> report.EpochData:
+def _epoch_data(work: Path, seed: int, arm: str, e: int) -> rundata.EpochData:
     edir = work / f"seed{seed}" / arm / f"epoch_{e}"
     prev = work / f"seed{seed}" / arm / f"epoch_{e - 1}" if e else None
-    return report.load_epoch(
+    return rundata.load_epoch(
         e, selection_report=str(edir / "selection_report.json"), difficulty=str(edir / "difficulty.parquet"),
         selection=str(edir / "selection.parquet"), metrics=str(edir / "metrics.json"),
         previous_difficulty=str(prev / "difficulty.parquet") if prev else None,

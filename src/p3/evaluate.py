@@ -20,7 +20,7 @@ from p3.problems import load_problems, meta_by_id
 from p3.score import isolation_used, rollouts_table, sample_and_grade
 from p3.generation import GenerationConfig
 from p3.logs import get_logger, step
-from p3.report import natural_key
+from p3.rundata import natural_key
 from p3.sandbox import MODES
 from p3.verify.grade import mean_pass_at_k
 

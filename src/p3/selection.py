@@ -394,7 +394,7 @@ def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, n_conditioned, leve
 
 def _diversity(X, elig, chosen, rng) -> dict:
     """log det(I + S) and mean cosine of the selection vs one random same-size draw."""
-    from p3.report import diversity
+    from p3.rundata import diversity
 
     pool = elig  # every strategy picks from the eligible pool
     # Pool statistics in chunks; only the rows compared are materialised (N may be 1M).

@@ -104,7 +104,7 @@ def torchrun_command(cli_words: list[str], cfg: Any, gpus: int) -> list[str]:
 
 def epoch_file_names() -> dict[str, str]:
     """The name each epoch input gets in a run folder: the report renderer's first choice."""
-    from p3.report import EPOCH_FILES
+    from p3.rundata import EPOCH_FILES
 
     return {key: names[0] for key, names in EPOCH_FILES.items() if key != "problems"}
 

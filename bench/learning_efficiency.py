@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from p3 import contracts, minimath, report, rundata, storage
+from p3 import contracts, minimath, report, rundata, similarity, storage
 from p3.logs import get_logger, progress, step
 
 log = get_logger("bench")
@@ -395,14 +395,16 @@ def diagnostics(s: Settings, paths: dict[str, str], emb: str, work: Path) -> lis
       (log det(I + S), mean cosine: the report's measures).
     """
     meta = _pool_meta(paths["pool"])
-    embeddings = contracts.read_embeddings(emb)
+    emb_ids, matrix = contracts.read_embeddings(emb)
+    index = {pid: i for i, pid in enumerate(emb_ids)}
+    whole_pool = np.arange(len(emb_ids))
     out = []
     for arm in s.arms:
         acc: dict[str, list[float]] = {}
         for seed in s.seeds:
             for e in range(s.epochs):
                 d = _epoch_data(work, seed, arm, e)
-                d.embeddings, d.meta = embeddings, meta
+                d.meta = meta
                 change = rundata.difficulty_change(d)
                 if change is not None and "mean_delta_trained" in change:
                     acc.setdefault("d_trained", []).append(change["mean_delta_trained"])
@@ -410,8 +412,9 @@ def diagnostics(s: Settings, paths: dict[str, str], emb: str, work: Path) -> lis
                 mix = rundata.coverage(meta, d.selected, "type")
                 for t in minimath.MINI_TYPES:
                     acc.setdefault(f"type_{t}", []).append(mix.get(t, 0) / max(1, len(d.selected)))
-                div = rundata.diversity_vs_random(d, seed=seed)
-                if div is not None:
+                chosen = np.array([index[p] for p in d.selected], dtype=np.int64)
+                if len(chosen) >= 2:
+                    div = similarity.diversity_vs_random(matrix, whole_pool, chosen, np.random.default_rng(seed))
                     for who in ("selected", "random"):
                         for key in ("logdet", "mean_cosine"):
                             acc.setdefault(f"{key}_{who}", []).append(div[who][key])

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from p3 import contracts, rundata, storage
+from p3 import contracts, rundata, similarity, storage
 from p3.logs import get_logger, step
 
 log = get_logger("math-coverage")
@@ -108,7 +108,7 @@ def evaluate_budget(meta, ids_pool, x, index, picks: list[str], draws: int, seed
                 row[f"{key}_counts"] = c
                 for fk, fv in coverage_figures(c, pool_counts[key]).items():
                     row[f"{key}_{fk}"] = fv
-            row.update(rundata.diversity(x[[index[p] for p in s]]))
+            row.update(similarity.diversity(x[[index[p] for p in s]]))
             per.append(row)
         agg = {}
         for key in per[0]:
@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
     ids_pool = list(meta)  # row order
     emb_ids, matrix = contracts.read_embeddings(emb)
     index = {pid: i for i, pid in enumerate(emb_ids)}
-    x = rundata.normalized_embeddings(matrix)
+    every = np.arange(len(matrix))
+    x = similarity.standardise(matrix, every, *similarity.pool_scaling(matrix, every))
     results = []
     for b in args.budgets:
         k = int(b) if b >= 1 else max(2, round(b * len(ids_pool)))

@@ -139,6 +139,6 @@ def test_add_epoch_hands_the_run_folder_on(tmp_path):
     for run, epochs in ((run0, [0]), (run1, [0, 1])):
         for e in epochs:
             for key in files:  # under the name the report renderer looks for first
-                assert (tmp_path / run / f"epoch_{e}" / rundata.EPOCH_FILES[key][0]).read_text() == key
+                assert (tmp_path / run / f"epoch_{e}" / rundata.EPOCH_FILES[key]).read_text() == key
         assert (tmp_path / run / "problems.parquet").read_text() == "problems"
     assert not (tmp_path / "run0" / "epoch_1").exists()  # the previous folder is copied, not changed

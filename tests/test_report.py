@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _report_fixtures import make_run
 
-from p3 import report, rundata
+from p3 import report, rundata, similarity
 from p3.cli import main as cli_main
 
 
@@ -52,41 +52,53 @@ def test_first_epoch_says_nothing_to_compare(run_dir):
 def test_missing_inputs_render_instead_of_failing():
     page, md, metrics = report.render_epoch(rundata.EpochData(epoch=2, metrics={"accuracy": 0.5}))
     assert metrics == {"accuracy": 0.5}
-    assert "No difficulty table for this epoch." in page and "No embeddings for this epoch." in md
+    assert "No difficulty table for this epoch." in page and "No embeddings for this epoch" in md
     assert _pngs(page) == []
 
 
-def test_eligible_and_selected_counts_come_from_the_data(run_dir):
+def test_eligibility_is_what_the_selector_wrote_not_rederived(run_dir):
     data = rundata.load_epoch_dir(str(run_dir / "epoch_2"))
-    recorded = data.selection_report.pop("eligible")  # recounted from the tables, it must agree
-    assert rundata.epoch_metrics(data)["eligible"] == recorded
     assert (data.selected_difficulty <= rundata.threshold_of(data) + 1e-12).all()
+    recorded = data.selection_report["eligible"]
+    assert rundata.epoch_metrics(data)["eligible"] == recorded
+    assert data.selection_report["difficulty"]["eligible"]["n"] == recorded
+    data.selection_report.pop("eligible")  # the report has no second way to count it
+    assert "eligible" not in rundata.epoch_metrics(data)
+
+
+def _standardised(M):
+    rows = np.arange(len(M))
+    return similarity.standardise(M, rows, *similarity.pool_scaling(M, rows))
 
 
 def test_diversity_of_spread_vs_clustered_points():
     rng = np.random.default_rng(0)
-    spread = rundata.normalized_embeddings(rng.normal(size=(20, 32)))
-    clustered = rundata.normalized_embeddings(np.ones((20, 32)) + 0.05 * rng.normal(size=(20, 32)))
+    spread = _standardised(rng.normal(size=(20, 32)))
+    clustered = _standardised(np.ones((20, 32)) + 0.05 * rng.normal(size=(20, 32)))
     clustered = clustered + 1.0  # push all rows one way: high mutual cosine
     clustered /= np.linalg.norm(clustered, axis=1, keepdims=True)
-    a, b = rundata.diversity(spread), rundata.diversity(clustered)
+    a, b = similarity.diversity(spread), similarity.diversity(clustered)
     assert a["mean_cosine"] < 0.1 < 0.9 < b["mean_cosine"]
     assert a["logdet"] > b["logdet"]
-    ident = rundata.diversity(np.eye(5))
+    ident = similarity.diversity(np.eye(5))
     assert ident["mean_cosine"] == 0.0 and ident["logdet"] == pytest.approx(5 * np.log(2))
     # more rows than dimensions: still finite, and the same through either Gram form
-    wide = rundata.normalized_embeddings(rng.normal(size=(40, 8))).astype(np.float64)
+    wide = _standardised(rng.normal(size=(40, 8)))
     gram = wide @ wide.T
-    got = rundata.diversity(wide)
+    got = similarity.diversity(wide)
     assert got["logdet"] == pytest.approx(np.linalg.slogdet(np.eye(40) + gram)[1])
     assert got["mean_cosine"] == pytest.approx((gram.sum() - np.trace(gram)) / (40 * 39))
 
 
-def test_diversity_vs_random_uses_same_size(run_dir):
+def test_diversity_vs_random_is_the_selectors_one_row(run_dir):
     data = rundata.load_epoch_dir(str(run_dir / "epoch_0"))
-    div = rundata.diversity_vs_random(data, seed=1)
-    assert div["k"] == len(data.selected) == 48
+    div = data.selection_report["diversity"]
+    assert div["k"] == len(data.selected) == 48 and div["draws"] == similarity.RANDOM_DRAWS
     assert -1 <= div["random"]["mean_cosine"] <= 1 and np.isfinite(div["selected"]["logdet"])
+    _, md, _ = report.render_epoch(data)
+    section = md.split("### Diversity")[1].split("###")[0]
+    assert f"{div['selected']['logdet']:.2f}" in section and f"{div['random']['logdet']:.2f}" in section
+    assert section.count("log det") == 1 and "selector's report" not in section
 
 
 def test_render_run_and_cli_write_every_epoch(run_dir, tmp_path):
@@ -112,14 +124,11 @@ def test_cli_bad_input_is_one_line_error(tmp_path, capsys):
     assert cli_main(["report", "--run-dir", str(tmp_path / "nothing-here")]) == 1
 
 
-def test_pacing_modes_decide_the_eligible_set():
+def test_a_static_threshold_is_not_drawn_on_the_difficulty_axis():
     d = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
-    band = rundata.EpochData(epoch=1, difficulty=d, selection_report={"strategy": "p3", "threshold": 0.4,
-                                                                     "lower_threshold": 0.2})
-    assert rundata.eligible_mask(band).tolist() == [False, True, True, True, False]
     # static paces on level labels: its threshold is not on the difficulty axis
     static = rundata.EpochData(epoch=1, difficulty=d, selection_report={"strategy": "static", "threshold": 0.25})
-    assert rundata.eligible_mask(static).all() and rundata.difficulty_threshold(static) is None
+    assert rundata.difficulty_threshold(static) is None
     assert rundata.epoch_metrics(static)["threshold"] == 0.25
 
 

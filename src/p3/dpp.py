@@ -71,6 +71,7 @@ import time
 import numpy as np
 
 from p3.logs import get_logger
+from p3.similarity import pool_sums, scaling
 
 log = get_logger("dpp")
 
@@ -248,15 +249,8 @@ class _Greedy:
         rows = self.pool_rows()
         self.n_pool = len(rows)
         self.n_at_refresh = self.n_pool
-        self.S1 = np.zeros(self.X.shape[1])
-        self.S2 = np.zeros(self.X.shape[1])
         whole = len(rows) == len(self.X)  # the first time: plain slices, no gather
-        for a in range(0, len(rows), 8192):
-            z = (self.X[a : a + 8192] if whole else self.X[rows[a : a + 8192]]).astype(np.float64)
-            z -= self.m0
-            self.S1 += z.sum(axis=0)
-            z *= z
-            self.S2 += z.sum(axis=0)
+        self.S1, self.S2 = pool_sums(self.X, None if whole else rows, self.m0)
 
     def remove_from_stats(self, pos: int) -> None:
         z = self.X[self.cand[pos]].astype(np.float64) - self.m0
@@ -271,13 +265,7 @@ class _Greedy:
         # has halved so the error stays within a small factor of one pass.
         if self.n_pool * 2 < self.n_at_refresh:
             self.refresh_stats()
-        n = self.n_pool
-        mean_sq = self.S2 / n
-        mu = self.S1 / n
-        var = mean_sq - mu * mu
-        const = var <= 1e-10 * mean_sq
-        inv = np.where(const, 0.0, 1.0 / np.sqrt(np.where(const, 1.0, var)))
-        return mu, inv, int((~const).sum())
+        return scaling(self.S1, self.S2, self.n_pool)
 
     def fallback_pick(self):
         pos = int(np.flatnonzero(self.alive)[0])  # highest quality, lowest index

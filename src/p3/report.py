@@ -40,16 +40,13 @@ from p3 import checks, outputs
 from p3.logs import get_logger, step
 
 from p3.rundata import (
-    PROBLEMS_FILES,
-    RANDOM_DRAWS,
+    PROBLEMS_FILE,
     EpochData,
     _first_existing,
     _join,
     coverage,
     difficulty_change,
     difficulty_threshold,
-    diversity_vs_random,
-    eligible_mask,
     epoch_metrics,
     find_epoch_dirs,
     load_epoch_dir,
@@ -113,9 +110,11 @@ def plot_difficulty(data: EpochData) -> str | None:
     fig, ax = _figure()
     bins = np.linspace(0.0, 1.0, 41)
     ax.hist(data.difficulty, bins=bins, color="#bbbbbb", label=f"pool ({len(data.difficulty)})")
-    mask = eligible_mask(data)
-    if mask is not None and not mask.all():
-        ax.hist(data.difficulty[mask], bins=bins, color="#6baed6", label=f"eligible ({int(mask.sum())})")
+    # eligibility is what the selector decided (and wrote), not re-derived here
+    eligible = (data.selection_report.get("difficulty") or {}).get("eligible") or {}
+    if eligible.get("hist") and eligible["n"] < len(data.difficulty):
+        ax.stairs(eligible["hist"]["counts"], eligible["hist"]["edges"], fill=True, color="#6baed6",
+                  label=f"eligible ({eligible['n']})")
     if data.selected_difficulty is not None:
         ax.hist(data.selected_difficulty, bins=bins, color="#d94801", alpha=0.85,
                 label=f"selected ({len(data.selected_difficulty)})")
@@ -252,7 +251,7 @@ def render_report(cfg: ReportConfig) -> str:
     epoch_dirs = list(cfg.epoch_dirs) or find_epoch_dirs(cfg.run_dir)
     if not epoch_dirs:
         raise ValueError(f"{cfg.run_dir}: no epoch folders (epoch_0, epoch_1, …) found")
-    problems = cfg.problems or (_first_existing(cfg.run_dir, PROBLEMS_FILES) if cfg.run_dir else None)
+    problems = cfg.problems or (_first_existing(cfg.run_dir, PROBLEMS_FILE) if cfg.run_dir else None)
     page, md = render_run(epoch_dirs, title=cfg.title, seed=cfg.seed, problems=problems)
     out = cfg.out or _join(cfg.run_dir or os.path.dirname(epoch_dirs[0].rstrip("/")), "report.html")
     with outputs.Commit() as commit:  # the Markdown first, the HTML page (primary) last
@@ -297,7 +296,7 @@ def _render_sections(d: EpochData, seed: int) -> tuple[str, str]:
     m = epoch_metrics(d)
 
     # Selection in numbers.
-    rows = [["strategy", str(rep.get("strategy", rep.get("arm", "?")))]]
+    rows = [["strategy", str(rep.get("strategy", "?"))]]
     pool_n = rep.get("pool", len(d.ids) if d.ids is not None else None)
     rows += [["pool", _fmt(pool_n, 0)], ["eligible", _fmt(m.get("eligible"), 0)],
              ["selected", _fmt(m.get("selected"), 0)], ["pacing threshold", _fmt(m.get("threshold"))]]
@@ -339,24 +338,19 @@ def _render_sections(d: EpochData, seed: int) -> tuple[str, str]:
         if d.rounds is not None and len(d.rounds):
             h.append(_img(plot_rounds(d.rounds, e), f"epoch {e} DPP rounds", f"plot-rounds-{e}"))
 
-    # Diversity vs random.
-    div = diversity_vs_random(d, seed=seed + e)
+    # Diversity vs random: the selector's numbers (it had the pool's embeddings in memory).
+    div = rep.get("diversity")
     h.append("<h3>Diversity</h3>")
     md.append("### Diversity\n")
-    if div is None:
-        text = "No embeddings for this epoch." if d.embeddings is None else "Selection too small to measure."
+    if not div:
+        text = "No embeddings for this epoch, or a selection too small to measure."
         h.append(f"<p>{text}</p>")
         md.append(text + "\n")
     else:
         drow = [["log det(I + S), S = cosine Gram", _fmt(div["selected"]["logdet"], 2), _fmt(div["random"]["logdet"], 2)],
                 ["mean pairwise cosine (lower = more diverse)", _fmt(div["selected"]["mean_cosine"], 4),
                  _fmt(div["random"]["mean_cosine"], 4)]]
-        own = rep.get("diversity") or {}
-        if own.get("selected") and own.get("random"):
-            drow.append(["selector's report: log-det / mean cosine vs one random draw from the eligible",
-                         f"{_fmt(own['selected'].get('logdet'), 2)} / {_fmt(own['selected'].get('mean_cosine'), 4)}",
-                         f"{_fmt(own['random'].get('logdet'), 2)} / {_fmt(own['random'].get('mean_cosine'), 4)}"])
-        head = ["", f"selected (k={div['k']})", f"random from the pool, same k (mean of {RANDOM_DRAWS})"]
+        head = ["", f"selected (k={div['k']})", f"random from the eligible pool, same k (mean of {div['draws']})"]
         h.append(_html_table(head, drow))
         md.append(_md_table(head, drow))
 
@@ -397,11 +391,8 @@ def _render_sections(d: EpochData, seed: int) -> tuple[str, str]:
 
 
 def _by_level(metrics: dict) -> dict[str, float]:
-    for key in ("accuracy_by_level", "by_level", "level_accuracy"):
-        v = metrics.get(key)
-        if isinstance(v, dict):
-            return {str(k): float(x["accuracy"] if isinstance(x, dict) else x) for k, x in v.items()}
-    return {}
+    v = metrics.get("by_level")
+    return {str(k): float(x["accuracy"]) for k, x in v.items()} if isinstance(v, dict) else {}
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}

@@ -26,21 +26,16 @@ from p3.logs import get_logger
 log = get_logger("report")
 
 
-# Candidate file names per input inside an epoch folder; the first one that exists wins.
-EPOCH_FILES: dict[str, tuple[str, ...]] = {
-    "selection_report": ("selection_report.json", "select_report.json", "selection.json", "report.json"),
-    "difficulty": ("difficulty.parquet",),
-    "selection": ("selection.parquet",),
-    "metrics": ("metrics.json", "eval.json", "evaluation.json"),
-    "embeddings": ("embeddings.parquet",),
-    "problems": ("problems.parquet", "train.parquet"),
+# The file each input has inside an epoch folder (what the pipeline's report step and
+# the learning-efficiency bench write), and the problems table beside the epoch folders.
+EPOCH_FILES: dict[str, str] = {
+    "selection_report": "selection_report.json",
+    "difficulty": "difficulty.parquet",
+    "selection": "selection.parquet",
+    "metrics": "metrics.json",
+    "problems": "problems.parquet",
 }
-PROBLEMS_FILES = ("problems.parquet", "train.parquet", "train_problems.parquet")
-
-# How many random draws the diversity baseline averages over (one draw is noisy).
-RANDOM_DRAWS = 5
-# Pools larger than this estimate the standardisation statistics from a sample.
-STATS_ROWS = 50_000
+PROBLEMS_FILE = "problems.parquet"
 
 
 @dataclass
@@ -57,7 +52,6 @@ class EpochData:
     selected_difficulty: np.ndarray | None = None
     rounds: np.ndarray | None = None  # DPP round per selected item
     metrics: dict = field(default_factory=dict)  # evaluation: accuracy, by level …
-    embeddings: tuple[list[str], np.ndarray] | None = None
     meta: dict[str, dict] | None = None  # problem id -> meta (level, type)
     # seed -> (html, markdown) of this epoch's section: the pipeline's report step renders
     # the epoch's own page and then the run page from the same data
@@ -74,7 +68,6 @@ def load_epoch(
     difficulty: str | None = None,
     selection: str | None = None,
     metrics: str | dict | None = None,
-    embeddings: str | None = None,
     problems: str | None = None,
     previous_difficulty: str | None = None,
     previous_selection: str | None = None,
@@ -100,8 +93,6 @@ def load_epoch(
     if previous_selection:
         t = contracts.read(previous_selection, contracts.SELECTION)
         data.previous_selected = set(t.column("id").to_pylist())
-    if embeddings:
-        data.embeddings = contracts.read_embeddings(embeddings)
     if problems:
         data.meta = load_meta(problems)
     return data
@@ -118,7 +109,7 @@ def find_epoch_dirs(run_dir: str) -> list[str]:
     found = []
     for entry in fs.ls(inner, detail=True):
         name = os.path.basename(entry["name"].rstrip("/"))
-        m = re.fullmatch(r"epoch[_-]?(\d+)", name)
+        m = re.fullmatch(r"epoch_(\d+)", name)
         if m and entry["type"] == "directory":
             found.append((int(m.group(1)), _join(run_dir, name)))
     return [d for _, d in sorted(found)]
@@ -128,7 +119,7 @@ def load_epoch_dir(epoch_dir: str, previous_dir: str | None = None, problems: st
     """Load an epoch folder (files named as in :data:`EPOCH_FILES`)."""
     m = re.search(r"(\d+)/?$", epoch_dir)
     epoch = int(m.group(1)) if m else 0
-    files = {k: _first_existing(epoch_dir, names) for k, names in EPOCH_FILES.items()}
+    files = {k: _first_existing(epoch_dir, name) for k, name in EPOCH_FILES.items()}
     prev = {k: _first_existing(previous_dir, EPOCH_FILES[k]) for k in ("difficulty", "selection")} if previous_dir else {}
     return load_epoch(
         epoch,
@@ -136,7 +127,6 @@ def load_epoch_dir(epoch_dir: str, previous_dir: str | None = None, problems: st
         difficulty=files["difficulty"],
         selection=files["selection"],
         metrics=files["metrics"],
-        embeddings=files["embeddings"],
         problems=problems or files["problems"],
         previous_difficulty=prev.get("difficulty"),
         previous_selection=prev.get("selection"),
@@ -147,13 +137,10 @@ def load_epoch_dir(epoch_dir: str, previous_dir: str | None = None, problems: st
 
 
 def threshold_of(data: EpochData) -> float | None:
-    """The pacing threshold: from the selection report, else the eligible set's max."""
+    """The pacing threshold the selector wrote (None without pacing)."""
     rep = data.selection_report
-    for key in ("threshold", "difficulty_threshold", "pacing_threshold"):
-        v = rep.get(key)
-        if isinstance(v, (int, float)) and v is not None and np.isfinite(v):
-            return float(v)
-    return None
+    v = rep.get("threshold")
+    return float(v) if isinstance(v, (int, float)) and np.isfinite(v) else None
 
 
 def difficulty_threshold(data: EpochData) -> float | None:
@@ -161,84 +148,6 @@ def difficulty_threshold(data: EpochData) -> float | None:
     if str(data.selection_report.get("strategy", "")) == "static":
         return None
     return threshold_of(data)
-
-
-def eligible_mask(data: EpochData) -> np.ndarray | None:
-    """Which pool items were eligible: difficulty within the pacing thresholds (all when none).
-
-    Exact for the threshold and band modes; for momentum pacing (which compares
-    d + α(d − d_prev)) the eligible count in the numbers table is the selector's.
-    """
-    if data.difficulty is None:
-        return None
-    thr = difficulty_threshold(data)
-    mask = np.ones(len(data.difficulty), dtype=bool)
-    if thr is not None:
-        mask &= data.difficulty <= thr + 1e-12
-        lower = data.selection_report.get("lower_threshold")
-        if isinstance(lower, (int, float)):
-            mask &= data.difficulty >= lower - 1e-12
-    return mask
-
-
-def normalized_embeddings(matrix: np.ndarray, stats_rows: int | None = None, seed: int = 0) -> np.ndarray:
-    """Per-dimension standardisation then L2 normalisation (the DPP's similarity space).
-
-    ``stats_rows``: estimate mean/std from a seeded sample of that many rows (a 1M-row
-    pool needs no exact statistics for a report).
-    """
-    x = np.asarray(matrix, dtype=np.float32)
-    sample = x
-    if stats_rows is not None and len(x) > stats_rows:
-        sample = x[np.random.default_rng(seed).choice(len(x), size=stats_rows, replace=False)]
-    mean = sample.mean(axis=0, dtype=np.float64)
-    std = sample.std(axis=0, dtype=np.float64)
-    std[std == 0] = 1.0
-    x = ((x - mean) / std).astype(np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return x / norms
-
-
-def diversity(x: np.ndarray) -> dict[str, float]:
-    """Diversity of rows ``x`` (already normalised): log-det and mean pairwise cosine.
-
-    log-det is log det(I + S) with S the k×k cosine Gram matrix: unlike det(S) it stays
-    finite when k exceeds the embedding dimension (S then has rank ≤ d), and it grows
-    with the volume the set spans. Compare it only between sets of the same size.
-    Never forms S: O(k·d) memory, so k = 100k is fine.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    k, d = x.shape
-    if k < 2:
-        return {"logdet": float("nan"), "mean_cosine": float("nan")}
-    # Σ_{i≠j} x_i·x_j = ‖Σ x_i‖² − Σ ‖x_i‖²
-    total = x.sum(axis=0)
-    mean_cos = (total @ total - np.einsum("ij,ij->", x, x)) / (k * (k - 1))
-    # det(I_k + X Xᵀ) = det(I_d + Xᵀ X): take the smaller of the two.
-    small = x @ x.T if k <= d else x.T @ x
-    sign, logdet = np.linalg.slogdet(np.eye(len(small)) + small)
-    return {"logdet": float(logdet) if sign > 0 else float("-inf"), "mean_cosine": float(mean_cos)}
-
-
-def diversity_vs_random(data: EpochData, seed: int = 0) -> dict[str, Any] | None:
-    """Diversity of the selection vs the mean of random same-size draws from the pool."""
-    if data.embeddings is None or not data.selected:
-        return None
-    ids, matrix = data.embeddings
-    index = {pid: i for i, pid in enumerate(ids)}
-    pool = np.array([index[p] for p in (data.ids or ids) if p in index], dtype=np.int64)
-    sel = [index[p] for p in data.selected if p in index]
-    if len(sel) < 2 or len(pool) < len(sel):
-        return None
-    # Standardise over the pool the selection was drawn from, as the DPP saw it.
-    x = normalized_embeddings(matrix[pool], stats_rows=STATS_ROWS, seed=seed)
-    pos = {int(j): n for n, j in enumerate(pool)}
-    chosen = diversity(x[[pos[j] for j in sel]])
-    rng = np.random.default_rng(seed)
-    draws = [diversity(x[rng.choice(len(pool), size=len(sel), replace=False)]) for _ in range(RANDOM_DRAWS)]
-    rand = {k: float(np.mean([d[k] for d in draws])) for k in ("logdet", "mean_cosine")}
-    return {"k": len(sel), "selected": chosen, "random": rand}
 
 
 def coverage(meta: dict[str, dict], ids: Sequence[str], key: str) -> dict[str, int]:
@@ -259,8 +168,7 @@ def epoch_metrics(data: EpochData) -> dict[str, float]:
     n_sel = len(data.selected) if data.selected is not None else data.selection_report.get("selected")
     if isinstance(n_sel, (int, float)):
         out["selected"] = float(n_sel)
-    mask = eligible_mask(data)
-    n_elig = data.selection_report.get("eligible", int(mask.sum()) if mask is not None else None)
+    n_elig = data.selection_report.get("eligible")
     if isinstance(n_elig, (int, float)):
         out["eligible"] = float(n_elig)
     thr = threshold_of(data)
@@ -302,12 +210,10 @@ def _join(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
 
-def _first_existing(folder: str | None, names: Sequence[str]) -> str | None:
+def _first_existing(folder: str | None, name: str) -> str | None:
+    """``folder/name`` if it exists (every input of an epoch folder is optional)."""
     if not folder:
         return None
-    for name in names:
-        p = _join(folder, name)
-        if storage.exists(p):
-            return p
-    return None
+    p = _join(folder, name)
+    return p if storage.exists(p) else None
 

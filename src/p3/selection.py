@@ -29,17 +29,18 @@ Report JSON (``--report``; also the dict ``select`` returns). Keys:
 - ``pacing``: {mode, shape, start, end, lower_start, lower_end, momentum_alpha,
   momentum_applied}
 - ``difficulty``: {pool, eligible, selected} each {n, mean, std, min, p25, median, p75,
-  max, hist: {edges (0, 0.1, …, 1), counts}} (null values when there is no difficulty)
+  max, hist: {edges (0, 0.025, …, 1), counts}} (null values when there is no difficulty)
 - ``rounds`` (number of DPP rounds; 0 without DPP), ``round_sizes`` (picks per round)
 - ``dpp``: null, or {greedy_picks, fill_picks (zero-quality items added to fill k),
   objective_logdet (Σ log of the greedy gains = Σ_rounds log det L_round[picks]),
   precision, device, full_flushes, seconds, eps, conditioned_on (previous picks used),
   condition_weight}
 - ``logdet``, ``mean_cosine``: diversity of the selection — log det(I + S) and mean
-  pairwise cosine, S the cosine Gram of the embeddings standardised over the pool and
-  L2-normalised (the definition p3.report uses); null without embeddings
-- ``diversity``: {k, selected: {logdet, mean_cosine}, random: {logdet, mean_cosine}}
-  with ``random`` one seeded random draw of the same size from the same pool
+  pairwise cosine, S the cosine Gram of the embeddings standardised over the eligible
+  pool and L2-normalised (:mod:`p3.similarity`); null without embeddings
+- ``diversity``: {k, draws, selected: {logdet, mean_cosine}, random: {logdet,
+  mean_cosine}} with ``random`` the mean over ``draws`` seeded random draws of the same
+  size from the eligible pool (the run report shows these numbers; it does not recompute them)
 - ``coverage``: {level: {pool, eligible, selected}, type: {…}} value → count from meta
 - ``seconds``: wall time of the selection
 """
@@ -59,6 +60,7 @@ from p3.contracts import ContractError
 from p3.problems import load_problems, problem_meta
 from p3.dpp import dpp_select
 from p3.logs import get_logger, step
+from p3.similarity import diversity_vs_random
 
 log = get_logger("select")
 
@@ -66,6 +68,8 @@ STRATEGIES = ("random", "full", "spl", "dpp", "p3", "static")
 QUALITIES = ("difficulty", "easiness", "uniform")
 NEEDS_DIFFICULTY = ("spl", "dpp", "p3")
 NEEDS_EMBEDDINGS = ("dpp", "p3")
+# Difficulty histograms of the report: the run report draws the eligible set from them.
+HIST_BINS = 40
 
 
 @dataclass
@@ -381,7 +385,8 @@ def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, n_conditioned, leve
             "conditioned_on": int(n_conditioned), "condition_weight": cfg.diversity_weight,
         }
     if X is not None and len(chosen) >= 2:
-        rep["diversity"] = _diversity(X, elig, chosen, rng)
+        # every strategy picks from the eligible pool: the baseline draws from it too
+        rep["diversity"] = _clean_diversity(diversity_vs_random(X, elig, chosen, rng))
         rep["logdet"] = rep["diversity"]["selected"]["logdet"]
         rep["mean_cosine"] = rep["diversity"]["selected"]["mean_cosine"]
     for key, labels in (("level", levels), ("type", types)):
@@ -392,41 +397,11 @@ def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, n_conditioned, leve
     return rep
 
 
-def _diversity(X, elig, chosen, rng) -> dict:
-    """log det(I + S) and mean cosine of the selection vs one random same-size draw."""
-    from p3.rundata import diversity
-
-    pool = elig  # every strategy picks from the eligible pool
-    # Pool statistics in chunks; only the rows compared are materialised (N may be 1M).
-    s1, s2 = np.zeros(X.shape[1]), np.zeros(X.shape[1])
-    for a in range(0, len(pool), 8192):
-        z = X[pool[a : a + 8192]].astype(np.float64)
-        s1 += z.sum(axis=0)
-        z *= z
-        s2 += z.sum(axis=0)
-    mean = s1 / len(pool)
-    sd = np.sqrt(np.maximum(s2 / len(pool) - mean * mean, 0.0))
-    sd[sd == 0] = 1.0
-
-    def features(rows):  # in place: at k=100k each float64 temporary is 300 MB
-        F = X[rows].astype(np.float64)
-        F -= mean
-        F /= sd
-        nrm = np.linalg.norm(F, axis=1, keepdims=True)
-        F /= np.where(nrm > 0, nrm, 1.0)
-        return F
-
-    sel = diversity(features(chosen))
-    # a random draw of the whole pool is the selection itself (both measures ignore order)
-    rand = sel if len(chosen) == len(pool) else diversity(features(pool[rng.choice(len(pool), size=len(chosen), replace=False)]))
-    return {"k": int(len(chosen)), "selected": _clean(sel), "random": _clean(rand)}
-
-
 def _stats(v: Optional[np.ndarray]) -> dict:
     if v is None or not len(v) or np.isnan(v).all():
         return {"n": 0 if v is None else int(len(v))}
     v = v[~np.isnan(v)]
-    counts, edges = np.histogram(v, bins=10, range=(0.0, 1.0))
+    counts, edges = np.histogram(v, bins=HIST_BINS, range=(0.0, 1.0))
     p25, med, p75 = np.percentile(v, [25, 50, 75])
     return {
         "n": int(len(v)), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
@@ -447,6 +422,7 @@ def _num(x: float) -> Optional[float]:
     return float(x) if math.isfinite(x) else None
 
 
-def _clean(d: dict) -> dict:
-    return {k: _num(v) for k, v in d.items()}
+def _clean_diversity(div: dict) -> dict:
+    return {**div, "selected": {k: _num(v) for k, v in div["selected"].items()},
+            "random": {k: _num(v) for k, v in div["random"].items()}}
 

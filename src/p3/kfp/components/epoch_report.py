@@ -29,7 +29,7 @@ def epoch_report(
     Args:
         problems: Problems table (levels/types for coverage).
         difficulty: This epoch's difficulty table.
-        embeddings: This epoch's embeddings (diversity vs random).
+        embeddings: This epoch's embeddings; not read: the diversity figures come from the selection report.
         selection: This epoch's selection.
         selection_report: The selector's JSON report.
         evaluation: This epoch's evaluation JSON.
@@ -51,7 +51,7 @@ def epoch_report(
     from p3 import report, rundata, storage
     from p3.kfp.components._glue import add_epoch
 
-    files = {"difficulty": difficulty.path, "selection": selection.path, "embeddings": embeddings.path,
+    files = {"difficulty": difficulty.path, "selection": selection.path,
              "selection_report": selection_report.path, "metrics": evaluation.path}
     epoch_dir = add_epoch(run.path, epoch, files, problems.path, previous_run.path if previous_run else None)
     previous_dir = os.path.join(run.path, f"epoch_{epoch - 1}") if epoch > 0 else None

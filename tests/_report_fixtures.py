@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from p3 import contracts, storage
+from p3.records import EvaluationResults
 from p3.selection import SelectConfig, select_ids
 
 TYPES = ["Algebra", "Counting & Probability", "Geometry", "Number Theory", "Prealgebra"]
@@ -49,9 +50,11 @@ def make_run(root: Path, n: int = 240, k: int = 48, epochs: int = 3, dim: int = 
         storage.write_json(sel.report, d / "selection_report.json")
         picks = np.array([ids.index(i) for i in sel.ids])
         acc_by_level = {str(lv): round(float(max(0.0, 0.9 - 0.15 * lv + 0.05 * e)), 3) for lv in range(1, 6)}
-        storage.write_json({"accuracy": round(0.3 + 0.05 * e, 3), "n_problems": 100,
-                            "by_level": {k: {"accuracy": v, "n_problems": 20} for k, v in acc_by_level.items()}},
-                           d / "metrics.json")
+        result = EvaluationResults(
+            model=f"model_e{e}", problems="test.parquet", epoch=e, n=1, k=1, temperature=0.0, n_problems=100,
+            accuracy=round(0.3 + 0.05 * e, 3), pass_at_k=round(0.3 + 0.05 * e, 3), seconds=1.0,
+            by_level={k: {"accuracy": v, "n_problems": 20} for k, v in acc_by_level.items()})
+        storage.write_json(result.to_json(), d / "metrics.json")
         # The policy learns: trained problems get easier, everything a little easier.
         trained = np.zeros(n, dtype=bool)
         trained[picks] = True

@@ -153,3 +153,35 @@ def test_the_run_page_takes_the_problem_labels_from_an_epoch_that_holds_them(run
     _, md = report.render_run([str(run_dir / "epoch_0"), str(run_dir / "epoch_1"), data], problems=problems)
     assert reads == []  # one read of the table per step, not one per page
     assert "Number Theory" in md.split("## Epoch 1")[1].split("## Epoch 2")[0]  # earlier epochs get the labels
+
+
+def test_records_are_read_exactly_as_written(run_dir, tmp_path):
+    """A selection report or evaluation result with another version, a key no writer
+    writes (an old alias such as difficulty_threshold or accuracy_by_level) or a missing
+    key stops the reader with the file and the field."""
+    import shutil
+
+    from p3 import records, storage
+    from p3.contracts import ContractError
+
+    sel = storage.read_json(run_dir / "epoch_1" / "selection_report.json")
+    ev = storage.read_json(run_dir / "epoch_1" / "metrics.json")
+    assert records.read(records.SelectionReport, sel) == sel and sel["version"] == 1
+    assert records.read(records.EvaluationResults, ev) == ev and ev["version"] == 1
+    for kind, good, change, field in (
+        (records.SelectionReport, sel, {"difficulty_threshold": 0.3}, "difficulty_threshold"),
+        (records.SelectionReport, sel, {"version": 2}, "version"),
+        (records.EvaluationResults, ev, {"accuracy_by_level": {}}, "accuracy_by_level"),
+    ):
+        path = tmp_path / f"{field}.json"
+        storage.write_json({**good, **change}, path)
+        with pytest.raises(ContractError, match=rf"{path}, field '{field}'"):
+            records.read(kind, str(path))
+    missing = {k: v for k, v in ev.items() if k != "pass_at_k"}
+    with pytest.raises(ContractError, match="field 'pass_at_k': missing"):
+        records.read(records.EvaluationResults, missing)
+    # the report folder's reader goes through it
+    shutil.copytree(run_dir / "epoch_1", tmp_path / "epoch_1")
+    storage.write_json({**sel, "arm": "p3"}, tmp_path / "epoch_1" / "selection_report.json")
+    with pytest.raises(ContractError, match="field 'arm'"):
+        rundata.load_epoch_dir(str(tmp_path / "epoch_1"))

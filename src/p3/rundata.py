@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from p3 import contracts, storage
+from p3 import contracts, records, storage
 from p3.problems import load_problems, meta_by_id
 from p3.logs import get_logger
 
@@ -75,9 +75,9 @@ def load_epoch(
     """Read one epoch's artifacts (paths or URIs; dicts accepted for the JSON ones)."""
     data = EpochData(epoch=epoch)
     if selection_report is not None:
-        data.selection_report = _json(selection_report)
+        data.selection_report = records.read(records.SelectionReport, selection_report)
     if metrics is not None:
-        data.metrics = _json(metrics)
+        data.metrics = records.read(records.EvaluationResults, metrics)
     if difficulty:
         t = contracts.read(difficulty, contracts.DIFFICULTY)
         data.ids = t.column("id").to_pylist()
@@ -200,10 +200,6 @@ def difficulty_change(data: EpochData) -> dict[str, Any] | None:
 def natural_key(s: str):
     """Sort key that orders "2" before "10" (levels, labels)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s))]
-
-
-def _json(x: str | dict) -> dict:
-    return dict(x) if isinstance(x, dict) else storage.read_json(x)
 
 
 def _join(base: str, name: str) -> str:

@@ -18,7 +18,8 @@ Entry points: :func:`select` (``p3 select`` and the KFP component: files in, fil
 and :func:`select_ids` (in memory: ids, arrays and a config in, a
 :class:`Selection` out; it reads and writes nothing).
 
-Report JSON (``--report``; also the dict ``select`` returns). Keys:
+Report JSON (``--report``; also the dict ``select`` returns): a
+:class:`p3.records.SelectionReport` (``version`` 1; readers accept exactly these keys). Keys:
 
 - ``strategy``, ``epoch``, ``epochs``, ``budget``, ``seed``, ``quality``
 - ``pool`` (problems considered), ``eligible`` (after pacing; = pool for random, full
@@ -60,6 +61,7 @@ from p3.contracts import ContractError
 from p3.problems import load_problems, problem_meta
 from p3.dpp import dpp_select
 from p3.logs import get_logger, step
+from p3.records import SelectionReport
 from p3.similarity import diversity_vs_random
 
 log = get_logger("select")
@@ -244,6 +246,7 @@ def select_ids(
     report = _report(cfg, ids, d, X, pool_mask, chosen, pace, result, 0 if cond is None else len(cond),
                      levels, types, notes, rng)
     report["seconds"] = round(time.perf_counter() - start, 3)
+    report = SelectionReport(**report).to_json()  # the record's keys, exactly, and its version
     for note in notes:
         log.info(note)
     return Selection([ids[i] for i in chosen], np.asarray(rounds, dtype=np.int64), sel_diff, report)

@@ -91,3 +91,53 @@ def test_a_pool_of_every_row_reaches_the_dpp_without_a_copy_of_the_embeddings():
     alone = _traced_peak(lambda: dpp_select(X, diff.copy(), 200, precision="float32"))
     selecting = _traced_peak(lambda: select_ids(ids, diff, X, cfg))
     assert selecting < alone + 0.5 * X.nbytes, (selecting, alone, X.nbytes)
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "dpp_scale.py"
+    spec = importlib.util.spec_from_file_location("dpp_scale_bench_cli", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_cli_benchmark_runs_p3_select_on_the_arrays_dpp_select_gets(tmp_path):
+    """bench/dpp_scale.py --cli compares the step with dpp_select on the same data: the
+    tables it writes hold exactly the generator's arrays, and `p3 select --strategy dpp`
+    over them picks what dpp_select picks on the arrays."""
+    from p3.selection import select
+
+    bench = _bench()
+    X, q = bench.make_data(3000, 24, seed=0)
+    paths = bench.write_tables(str(tmp_path), X, q)
+    ids, M = contracts.read_embeddings(paths["embeddings"])
+    assert np.array_equal(M, X) and ids[:2] == ["p0000000", "p0000001"]
+    rep = select(SelectConfig(problems=paths["problems"], difficulty=paths["difficulty"], embeddings=paths["embeddings"],
+                              strategy="dpp", budget=200, out=str(tmp_path / "sel.parquet")))
+    from p3.dpp import dpp_select
+
+    picks = storage.read_table(str(tmp_path / "sel.parquet")).column("id").to_pylist()
+    assert rep["selected"] == 200
+    assert [int(p[1:]) for p in picks] == dpp_select(X, q, 200).order.tolist()
+
+
+def test_the_matched_generator_has_the_sample_covariance(tmp_path, monkeypatch):
+    """make_matched draws from N(mean, C) of the sample it is given: its mean, per-dimension
+    scale and eigen-spectrum match the sample's (checked on a synthetic 'sample' here: the
+    real one is not part of a fresh clone)."""
+    bench = _bench()
+    monkeypatch.setattr(bench, "OUT", str(tmp_path))
+    rng = np.random.default_rng(5)
+    sample = (rng.normal(size=(4000, 6)) * [3.0, 1.0, 0.5, 0.1, 0.01, 0.0]) @ np.linalg.qr(rng.normal(size=(6, 6)))[0] + 2.0
+    real = tmp_path / "sample.npy"
+    np.save(real, sample.astype(np.float16))
+    X, _ = bench.make_matched(200_000, 6, str(real))
+    S = np.load(real).astype(np.float64)
+    np.testing.assert_allclose(X.mean(axis=0), S.mean(axis=0), atol=0.02)
+    np.testing.assert_allclose(X.std(axis=0), S.std(axis=0), rtol=0.02, atol=1e-3)
+    got, want = np.linalg.eigvalsh(np.cov(X, rowvar=False)), np.linalg.eigvalsh(np.cov(S, rowvar=False))
+    np.testing.assert_allclose(got, want, rtol=0.05, atol=1e-4)

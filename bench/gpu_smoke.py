@@ -29,7 +29,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKS = ["qlora", "likelihood", "rollout", "vllm", "dpp", "pipeline"]
 # per-check time limits (s) on a GPU; the whole script must stay under 10 minutes
-LIMITS = {"qlora": 120, "likelihood": 60, "rollout": 90, "vllm": 150, "dpp": 120, "pipeline": 240}
+LIMITS = {"qlora": 120, "likelihood": 60, "rollout": 90, "vllm": 180, "dpp": 120, "pipeline": 300}
 
 
 class Skip(Exception):
@@ -64,16 +64,18 @@ def check_qlora(ctx) -> str:
     return f"steps=40 loss {losses[0]:.3f} -> {losses[-1]:.3f} merged={os.path.exists(ctx.model + '/config.json')}"
 
 
-def _score(ctx, mode: str, backend: str, **extra) -> str:
+def _score(ctx, mode: str, backend: str, n: int = 8, **generation) -> str:
     from p3 import contracts
-    from p3.difficulty import ScoreConfig, score
+    from p3.generation import GenerationConfig
+    from p3.score import ScoreConfig, score
 
     if ctx.model is None:
         raise Skip("needs the qlora check's model")
     out = os.path.join(ctx.tmp, f"{mode}-{backend}.parquet")
     t = time.perf_counter()
-    score(ScoreConfig(problems=ctx.problems, model=ctx.model, out=out, mode=mode, backend=backend,
-                      device=ctx.device, batch_size=64 if not ctx.cpu else 8, **extra))
+    score(ScoreConfig(problems=ctx.problems, model=ctx.model, out=out, mode=mode, n=n,
+                      batch_size=64 if not ctx.cpu else 8,
+                      generation=GenerationConfig(backend=backend, device=ctx.device, **generation)))
     took = time.perf_counter() - t
     table = contracts.read(out, contracts.DIFFICULTY)
     values = table.column("difficulty").to_pylist()
@@ -94,7 +96,8 @@ def check_vllm(ctx) -> str:
 
     if ctx.cpu or importlib.util.find_spec("vllm") is None:
         raise Skip("vllm not installed (pip install 'p3-kubeflow[gpu]')" if not ctx.cpu else "GPU only")
-    extra = dict(gpu_memory_utilization=0.3)
+    # vLLM refuses a context longer than the model's positions (the small Llama has 512)
+    extra = dict(gpu_memory_utilization=0.3, max_len=512)
     return "; ".join([_score(ctx, "likelihood", "vllm", **extra),
                       _score(ctx, "rollout", "vllm", n=4, max_new_tokens=32, **extra)])
 
@@ -120,10 +123,16 @@ def check_pipeline(ctx) -> str:
     cmd = [sys.executable, os.path.join(ROOT, "pipelines", "p3_math.py"), "--local", "--runs-dir", runs,
            "--name", "smoke", "--epochs", "2", "--set", "synth_n=40", "--set", "test_synth_n=8",
            "--set", "tiny_steps=4", "--set", "budget=8", "--set", "max_steps=2", "--set", "batch_size=4",
-           "--set", "max_new_tokens=16", "--set", "embedder=policy"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=LIMITS["pipeline"] - 5)
+           "--set", "max_new_tokens=16", "--set", "embedder=policy", "--set", "qlora=on"]
+    # its own process group, so that a time-out also ends the steps kfp.local started
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=ctx.limit("pipeline") - 5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     if proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}: {(proc.stdout + proc.stderr).strip().splitlines()[-1:]}")
+        raise AssertionError(f"exit {proc.returncode}: {out.strip().splitlines()[-1:]}")
     summary = json.load(open(os.path.join(runs, "smoke", "run.json")))
     if summary.get("status") != "succeeded" or summary.get("ran_epochs") != [0, 1]:
         raise AssertionError(f"run.json: {summary}")
@@ -145,7 +154,8 @@ def main(argv=None) -> int:
         print("FAIL gpu no CUDA device visible (use --cpu to test the script on a CPU)")
         return 1
     ctx = argparse.Namespace(cpu=args.cpu, device="cpu" if args.cpu else "cuda", model=None, problems=None,
-                             n_problems=64 if args.cpu else 512)
+                             n_problems=64 if args.cpu else 512,
+                             limit=lambda check: LIMITS[check] * (3 if args.cpu else 1))  # a CPU is slower
     if not args.cpu:
         print(f"INFO gpu {torch.cuda.get_device_name(0)} torch={torch.__version__}", flush=True)
     failed = False
@@ -155,7 +165,7 @@ def main(argv=None) -> int:
             if name not in only:
                 continue
             t = time.perf_counter()
-            signal.alarm(LIMITS[name] * (3 if args.cpu else 1))
+            signal.alarm(ctx.limit(name))
             try:
                 with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its loss dicts
                     figures = globals()[f"check_{name}"](ctx)

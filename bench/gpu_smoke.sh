@@ -5,8 +5,7 @@
 #   rollout     rollout scoring (sampled + graded), hf backend
 #   vllm        both scoring modes with the vllm backend (SKIP when vllm is not installed)
 #   dpp         DPP selection at N=1M, k=100k, d=384 on CUDA
-#   pipeline    the tiny pipeline, two epochs, through kfp.local (QLoRA is the trainer's
-#               `auto` choice on a GPU when bitsandbytes is installed)
+#   pipeline    the tiny pipeline, two epochs, through kfp.local, with qlora=on
 # Usage, after `make install` (or with PY=python of an environment that has p3-kubeflow[qlora]):
 #   bash bench/gpu_smoke.sh                 # all checks; exit 1 when one failed
 #   bash bench/gpu_smoke.sh --only dpp      # some of them
@@ -16,5 +15,11 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 P3_PROGRESS=0 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-# Each check has its own limit inside; this one bounds the whole run (10 minutes).
-timeout --kill-after=10 600 "$PY" bench/gpu_smoke.py "$@" 2> >(grep -E "^(Traceback|[A-Za-z]*Error)" >&2)
+# Each check has its own limit inside; this one bounds the whole run (10 minutes). The libraries'
+# own logging goes to a temp file, whose end is shown on stderr when a check failed.
+LOG=$(mktemp -t p3-gpu-smoke.XXXXXX.log)
+trap 'rm -f "$LOG"' EXIT
+timeout --kill-after=10 600 "$PY" bench/gpu_smoke.py "$@" 2>"$LOG"
+rc=$?
+if [ "$rc" != 0 ]; then echo "gpu_smoke: exit $rc; the end of the libraries' log:" >&2; tail -n 40 "$LOG" >&2; fi
+exit "$rc"

@@ -10,8 +10,8 @@ that clash with an input. Afterwards it checks:
 - lost: an input changed; an output present that is unreadable, fails its contract, or
   disagrees with its sibling (a selection and its report); a clashing run that did not
   exit 2; a successful run whose outputs are missing although no later run touched them;
-- leftovers: temp files, staging folders, lock files, lock objects and unfinished
-  multipart uploads still there after one last clean run per output (the next run is
+- leftovers: temp files, staging folders, lock files, lock objects, unfinished multipart
+  uploads and processes still running on the soak's files after one last clean run per output (the next run is
   what removes a killed run's files; the count before that pass is printed too);
 - hangs: runs that had not ended ``--hang-after`` seconds after they started.
 
@@ -202,7 +202,7 @@ class Soak:
         verb, argv, outs = self.command(i, fault)
         start = time.time()
         proc = subprocess.Popen([sys.executable, "-m", "p3.cli", *argv], env=self.env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
         if fault in ("kill", "term"):
             time.sleep(self.rng.uniform(0.3, 4.0))
             with contextlib.suppress(ProcessLookupError):
@@ -219,7 +219,7 @@ class Soak:
             rc = proc.wait()
         err = proc.stderr.read()
         with self.lock:
-            self.log.append({"i": i, "verb": verb, "fault": fault, "rc": rc, "hung": hung, "outs": outs,
+            self.log.append({"i": i, "pid": proc.pid, "verb": verb, "fault": fault, "rc": rc, "hung": hung, "outs": outs,
                              "start": start, "end": time.time(), "err": err.strip().splitlines()[-1:] if err else [],
                              "traceback": "Traceback" in err})
 
@@ -261,9 +261,25 @@ class Soak:
     def leftovers(self) -> list[str]:
         found = [str(p) for root in [self.tmpdir, *self.dirs, *([self.full] if self.full else [])]
                  for p in Path(root).rglob("*") if p.name.endswith(TEMP_MARKS) or p.name.startswith("p3-")]
+        found += [f"process {pid}: {args}" for pid, args in self.processes()]
         found += [f"s3://{BUCKET}/{k}" for k in self.store.keys() if k.endswith(".p3-lock")]
         found += [f"s3://{BUCKET}/{k} (unfinished upload)" for k in self.store.uploads()]
         return found
+
+    def processes(self) -> list[tuple[int, str]]:
+        """Processes still running from the soak's runs (each run is its own session, so a
+        killed run's workers, e.g. grade's math-verify pool, still carry its session id)."""
+        sessions = {r["pid"] for r in self.log}
+        out = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                session = int(stat.rsplit(")", 1)[1].split()[3])  # fields after "(comm)": state ppid pgrp session
+                if session in sessions:
+                    out.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]))
+        return out
 
     def last_writes(self) -> dict[str, tuple[str, dict]]:
         """Each output place and the kind of step that writes it."""
@@ -277,15 +293,20 @@ class Soak:
         """The next run of every output: one clean invocation per place (what removes the
         files a killed run left beside it, its lease and its unfinished uploads)."""
         time.sleep(float(self.env["P3_S3_LEASE_SECONDS"]) + 0.5)  # killed runs' leases expire
-        for out, (verb, outs) in self.last_writes().items():
-            argv = {"synth": ["data", "synth", "--n", "20", "--out", out],
-                    "prepare": ["data", "prepare", "--task", "math", "--source", str(self.inputs / "source.jsonl"),
-                                "--limit", "5", "--out", out],
-                    "select": ["select", "--problems", str(self.inputs / "problems.parquet"), "--strategy", "random",
-                               "--budget", "3", "--out", out, "--report", outs.get("report", out + ".json")],
-                    "grade": ["grade", "--problems", str(self.inputs / "problems.parquet"), "--completions",
-                              str(self.inputs / "completions.jsonl"), "--workers", "1", "--out", out]}[verb]
-            subprocess.run([sys.executable, "-m", "p3.cli", *argv], env=self.env, capture_output=True, timeout=300)
+        with ThreadPoolExecutor(self.args.parallel) as ex:
+            list(ex.map(self._sweep_one, self.last_writes().items()))
+
+    def _sweep_one(self, item: tuple[str, tuple[str, dict]]) -> None:
+        out, (verb, outs) = item
+        inputs = self.inputs
+        argv = {"synth": ["data", "synth", "--n", "20", "--out", out],
+                "prepare": ["data", "prepare", "--task", "math", "--source", str(inputs / "source.jsonl"),
+                            "--limit", "5", "--out", out],
+                "select": ["select", "--problems", str(inputs / "problems.parquet"), "--strategy", "random",
+                           "--budget", "3", "--out", out, "--report", outs.get("report", out + ".json")],
+                "grade": ["grade", "--problems", str(inputs / "problems.parquet"), "--completions",
+                          str(inputs / "completions.jsonl"), "--workers", "1", "--out", out]}[verb]
+        subprocess.run([sys.executable, "-m", "p3.cli", *argv], env=self.env, capture_output=True, timeout=300)
 
     def run(self) -> dict:
         start = time.time()
@@ -331,6 +352,7 @@ def main() -> int:
     p.add_argument("--hang-after", type=float, default=120.0, help="seconds after which a run counts as hung")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
     args = p.parse_args()
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     soak = Soak(args, work)
     try:
@@ -351,6 +373,8 @@ def main() -> int:
         print(f"{verb}: {len(took)} runs, median {took[len(took) // 2]:.1f}s, max {took[-1]:.1f}s")
     print(f"wall {res['seconds']:.0f}s for {res['runs']} runs, {args.parallel} at a time; "
           f"leftovers before the sweep {len(res['leftovers_before_sweep'])} (killed runs' files, removed by the next run)")
+    print("load average (1, 5, 15 min) before {:.1f} {:.1f} {:.1f}, after {:.1f} {:.1f} {:.1f} on {} cores".format(
+        *load_before, *os.getloadavg(), os.cpu_count()))
     for line in res["lost"][:20] + res["leftovers"][:20]:
         print("  " + line)
     print(f"soak runs={res['runs']} lost={len(res['lost'])} leftovers={len(res['leftovers'])} hangs={res['hangs']}")

@@ -33,3 +33,14 @@ class LoopbackServer:
 
     def close(self):
         self.sock.close()
+
+
+def grading_sandbox(**kwargs):
+    """Full isolation where this machine has it, else the best weak level: tests of the
+    grading rules (not of isolation) still run on a machine without bubblewrap."""
+    from p3.sandbox import Sandbox
+
+    try:
+        return Sandbox(**kwargs)
+    except RuntimeError:
+        return Sandbox(allow_weak=True, **kwargs)

@@ -121,17 +121,24 @@ def test_a_second_writer_of_one_output_fails_cleanly_and_the_first_keeps_it(tmp_
     assert leftovers(tmp_path) == []  # the lock file goes with its holder
 
 
-def test_two_concurrent_grade_processes_one_wins_the_other_refuses(tmp_path, problems, completions):
-    out = str(tmp_path / "r.parquet")
-    argv = ["grade", "--problems", problems, "--completions", completions, "--out", out, "--workers", "1"]
-    procs = [p3_proc(argv) for _ in range(2)]
-    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
-    codes = sorted(rc for rc, _ in results)
-    # either both ran one after the other, or one was refused: never a silent replacement
-    assert codes in ([0, 0], [0, 1]), results
-    for rc, err in results:
-        if rc == 1:
-            assert "is writing this output" in err
+def test_two_grade_processes_on_one_output_the_second_refuses_while_the_first_runs(tmp_path, problems, completions):
+    out = tmp_path / "r.parquet"
+    argv = ["grade", "--problems", problems, "--completions", completions, "--out", str(out), "--workers", "1"]
+    first = p3_proc(argv)
+    lock = tmp_path / f".r.parquet{outputs.LOCK_SUFFIX}"
+    deadline = time.time() + 120
+    while not lock.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # the first writer, paused while it holds the output
+    try:
+        assert lock.exists(), "the first writer took no lock"
+        second = p3_proc(argv)
+        assert second.wait(timeout=120) == 1
+        lines = _one_error_line(second.stderr.read())
+        assert len(lines) == 1 and "is writing this output" in lines[0] and f"pid {first.pid}" in lines[0]
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=120) == 0, first.stderr.read()
     assert pq.read_table(out).num_rows == 12 and leftovers(tmp_path) == []
 
 

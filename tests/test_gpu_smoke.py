@@ -23,9 +23,15 @@ def test_the_script_parses_and_refuses_without_a_gpu():
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: run bench/gpu_smoke.sh itself")  # never on the CPU CI
+    import glob
+    import tempfile
+
+    logs = os.path.join(tempfile.gettempdir(), "p3-gpu-smoke.*")
+    before = set(glob.glob(logs))
     proc = _run("--only", "dpp")
     assert proc.returncode == 1 and proc.stdout.strip() == "FAIL gpu no CUDA device visible (use --cpu to test the script on a CPU)"
     assert _run("--cpu", "--only", "nope").returncode == 2
+    assert set(glob.glob(logs)) <= before  # its temp log goes with it, failed or not
 
 
 @pytest.mark.slow

@@ -412,6 +412,9 @@ def test_each_task_builds_a_kfp_pipeline():
 # and a run can stop between epochs), a few dozen problems, a few optimizer steps.
 SMALLEST = ["--epochs", "2", "--set", "synth_n=40", "--set", "test_synth_n=8", "--set", "tiny_steps=4",
             "--set", "budget=8", "--set", "max_steps=2", "--set", "batch_size=4", "--set", "max_new_tokens=16",
+            # QLoRA, as a GPU run's trainer does by default (bitsandbytes quantizes on the CPU too), so
+            # every local run here trains on a 4-bit base and epoch 1 trains on epoch 0's merged model
+            "--set", "qlora=on",
             # the policy embedder (the tiny model) spares every embed step the sentence-transformers
             # import; `make run` uses the default MiniLM embedder
             "--set", "embedder=policy"]
@@ -472,6 +475,7 @@ def test_local_run_resumes_without_redoing_finished_epochs(resumed_run):
     for step in ("score", "embed", "select", "train", "evaluate", "report"):
         assert f"'epoch 0: {step}' taken from the cache" in out
     assert "'epoch 1: report' finished with status SUCCESS" in out
+    assert re.search(r"\[train epoch 1\] train: .* mode=qlora ", out)
     # what a run leaves: the report with every epoch, selections per epoch, the final model
     page = (run / "report.html").read_text()
     assert 'id="epoch-0"' in page and 'id="epoch-1"' in page and "<img" in page

@@ -249,6 +249,13 @@ def test_the_level_reported_is_the_one_the_canary_proves(fake_bwrap):
     assert sb.level == "none"
     assert sb.findings["network"] and sb.findings["parent_cmdline"] and sb.findings["host_tmp"]
     assert sb.findings["other_uid_file"] is (os.geteuid() != 0)  # root switches to a slot uid
+    # `auto` goes on to a mechanism that proves more, where there is one
+    try:
+        unshare = Sandbox(isolation="unshare", allow_weak=True).level
+    except RuntimeError:
+        unshare = None
+    auto = Sandbox(allow_weak=True)
+    assert (auto.mechanism, auto.level) == (("unshare", "unshare") if unshare == "unshare" else ("bwrap", "none"))
 
 
 def test_canary_findings_of_the_real_levels(level):
@@ -259,3 +266,14 @@ def test_canary_findings_of_the_real_levels(level):
                 "none": {"network", "parent_cmdline", "host_tmp"} | ({"other_uid_file"} if os.geteuid() else set())}
     assert reached == expected[level]
     assert sb.level == level
+
+
+def test_without_bubblewrap_the_best_level_is_refused_by_default(monkeypatch):
+    """A fresh machine without bubblewrap: `auto` falls to what runs, and refuses it."""
+    monkeypatch.setenv("PATH", "/nonexistent")  # no bwrap to find; the sandbox uses absolute paths otherwise
+    with pytest.raises(RuntimeError) as err:
+        Sandbox()
+    msg = str(err.value)
+    assert "bwrap unavailable: bubblewrap (bwrap) is not installed" in msg
+    assert "not 'bwrap'" in msg and "install bubblewrap" in msg and "--allow-weak-isolation" in msg
+    assert Sandbox(allow_weak=True).level in ("unshare", "none")

@@ -12,7 +12,6 @@ nowhere, the grader still healthy.
 
 import json
 import os
-import re
 import secrets
 import shutil
 import stat
@@ -64,35 +63,51 @@ print(blob)
     read_expected = f"""
 import os, re, glob, sys
 pat = re.compile(rb'P3TOK[0-9a-f]{{32}}')
+seen = set()
 def found(data):
     m = pat.search(data)
     if m:
         print(m.group().decode())
         sys.exit(0)
-paths = []
-ancestors, pid = [], os.getppid()
-while pid > 1 and len(ancestors) < 8:  # the parent may be a keeper: walk up to the grader
-    ancestors.append('/proc/%d/cmdline' % pid)
+def scan(path, depth):  # a file, or a folder's newest entries first (fresh tables and artifacts)
+    if path in seen:
+        return
+    seen.add(path)
+    try:
+        if os.path.isfile(path):
+            with open(path, 'rb') as fh:
+                found(fh.read(1 << 22))
+        elif depth and os.path.isdir(path):
+            names = sorted(os.listdir(path), key=lambda n: -os.lstat(os.path.join(path, n)).st_mtime)
+            for name in names[:300]:
+                scan(os.path.join(path, name), depth - 1)
+    except OSError:
+        pass
+def cmdline_paths(f):
+    try:
+        args = open(f, 'rb').read().split(b'\\0')
+    except OSError:
+        return
+    for arg in args:
+        found(arg)
+        if arg.startswith(b'/'):
+            scan(arg.decode(), 1)
+# 1. the parents' command lines (the parent may be a keeper: up to the grader), and what they name
+pid = os.getppid()
+for _ in range(8):
+    if pid <= 1:
+        break
+    cmdline_paths('/proc/%d/cmdline' % pid)
     try:
         pid = int(open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         break
-for f in ancestors + ['/proc/{grader_pid}/cmdline'] + glob.glob('/proc/*/cmdline'):
-    try:
-        args = open(f, 'rb').read().split(b'\\0')
-    except OSError:
-        continue
-    for arg in args:
-        found(arg)
-        if arg.startswith(b'/'):
-            paths += [arg.decode(), os.path.dirname(arg.decode())]
-for p in paths + ['/tmp']:
-    for root, dirs, files in ([(os.path.dirname(p), [], [os.path.basename(p)])] if os.path.isfile(p) else os.walk(p)):
-        for name in files[:200]:
-            try:
-                found(open(os.path.join(root, name), 'rb').read(1 << 22))
-            except OSError:
-                pass
+cmdline_paths('/proc/{grader_pid}/cmdline')
+# 2. the temp folders, newest first; 3. whatever any other process names
+for d in ('/tmp', '/var/tmp', '/dev/shm'):
+    scan(d, 2)
+for f in glob.glob('/proc/*/cmdline'):
+    cmdline_paths(f)
 print('nothing')
 """
     return {
@@ -130,7 +145,7 @@ print('nothing')
             False, {"runtime_error", "timeout", "ok"}),
         "sys_exit_before_print": ("import sys\nsys.exit(0)\nprint('x')\n", False, {"ok"}),
         "os_exit_before_print": ("import os\nos._exit(0)\n", False, {"ok"}),
-        "read_expected_outputs": (read_expected, False, {"ok"}),
+        "read_expected_outputs": (read_expected, False, {"ok", "timeout"}),  # a long search may time out
         "ignore_signals_patch_builtins": (
             "import signal, builtins\nfor s in (signal.SIGALRM, signal.SIGTERM, signal.SIGXCPU, signal.SIGINT, signal.SIGHUP):\n"
             "    signal.signal(s, signal.SIG_IGN)\nsignal.alarm(0)\nbuiltins.print = lambda *a, **k: None\n"
@@ -365,6 +380,10 @@ def test_reading_graders_files_works_without_isolation_and_not_with_it(tmp_path)
 
         passed = {}
         for level in ("none", "unshare", "bwrap"):
+            try:
+                Sandbox(workers=1, isolation=level, allow_weak=True).close()
+            except RuntimeError:
+                continue  # not on this machine
             if level != "bwrap":  # refused by default, before any program ran: no results
                 proc, out = grade(level)
                 assert proc.returncode == 1 and not out.exists(), proc.stderr
@@ -378,6 +397,7 @@ def test_reading_graders_files_works_without_isolation_and_not_with_it(tmp_path)
             passed[level] = row["passed"]
         # the files are world-readable (0644), so whoever the program runs as can read them
         assert passed["none"] is True, "the attack should work without isolation (else this test proves nothing)"
-        assert passed["unshare"] is False and passed["bwrap"] is False
+        assert not any(passed.get(level) for level in ("unshare", "bwrap"))
+        assert len(passed) > 1, "only level none here: nothing to compare with"
     finally:
         shutil.rmtree(work, ignore_errors=True)

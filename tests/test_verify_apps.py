@@ -9,9 +9,11 @@ from importlib import resources
 import pyarrow as pa
 import pytest
 
+from _sandbox_fixtures import grading_sandbox
+
 from p3 import cli, storage
+from p3.sandbox import Limits
 from p3.sources import PrepareConfig, prepare
-from p3.sandbox import Limits, Sandbox
 from p3.verify import apps as vapps
 from p3.verify.grade import grade_completions, mean_pass_at_k, pass_at_k
 
@@ -50,7 +52,7 @@ def apps_problems(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sandbox():
-    return Sandbox(workers=2, limits=Limits(timeout=2.0))
+    return grading_sandbox(workers=2, limits=Limits(timeout=2.0))
 
 
 def _raw_rows():
@@ -206,8 +208,10 @@ def test_cli_grade_end_to_end(tmp_path, apps_problems, capsys):
     ]
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(c) + "\n" for c in comps))
     out = tmp_path / "results.parquet"
+    level = grading_sandbox(workers=1).level  # bwrap where installed; weak levels must be asked for
+    weak_ok = [] if level == "bwrap" else ["--allow-weak-isolation"]
     rc = cli.main(["grade", "--problems", str(tmp_path / "problems.parquet"), "--completions",
-                   str(tmp_path / "c.jsonl"), "--out", str(out), "--timeout", "2", "--workers", "2"])
+                   str(tmp_path / "c.jsonl"), "--out", str(out), "--timeout", "2", "--workers", "2", *weak_ok])
     assert rc == 0
     res = storage.read_table(out).to_pylist()
     assert [(r["id"], r["sample"], r["status"], r["passed"]) for r in res] == [
@@ -224,7 +228,7 @@ def test_cli_grade_end_to_end(tmp_path, apps_problems, capsys):
     assert "bad.jsonl, row 2, field 'id'" in err and not (tmp_path / "r2.parquet").exists()
 
     # the isolation level the programs ran at is recorded per row; MATH runs none
-    assert [r["isolation"] for r in res] == ["bwrap", "bwrap", None, None, None]
+    assert [r["isolation"] for r in res] == [level, level, None, None, None]
 
     # refusing weak isolation is about programs: MATH completions alone need no sandbox,
     # even from a table that holds APPS rows; an APPS completion is refused by default
@@ -285,7 +289,7 @@ def test_an_answer_too_deep_to_parse_is_the_programs_fault(sandbox):
                                           ("--timeout", "inf"), ("--memory-mb", "1"), ("--budget", "0")])
 def test_limits_no_program_can_meet_are_rejected_at_parse_time(option, value, capsys):
     """Before: accepted, and every correct program then "failed" with exit 0."""
-    code = cli.main(["grade", "--problems", "missing.parquet", "--completions", "missing.jsonl", "--out", "r.parquet",
-                     option, value])
-    assert code == 2  # a usage error, before the (missing) inputs are even looked at
-    assert option in capsys.readouterr().err
+    rc = cli.main(["grade", "--problems", "missing.parquet", "--completions", "missing.jsonl", "--out", "r.parquet",
+                   option, value])
+    assert rc == 2  # a usage error, before the (missing) inputs are even looked at
+    assert f"{option}: must be" in capsys.readouterr().err

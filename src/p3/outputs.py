@@ -271,6 +271,11 @@ def claim(cfg: Any) -> Iterator[None]:
     remove what killed runs left, run the body, and release the leases."""
     inputs, outputs = paths_of(cfg)
     check_distinct(inputs, outputs)
+    if int(os.environ.get("RANK", "0") or 0) > 0:
+        # a torchrun rank other than 0: the job is one writer, and rank 0 holds its leases
+        # (every rank runs the same command; a second lease would refuse the job itself)
+        yield
+        return
     storage.remove_stale()
     held = []
     try:

@@ -372,10 +372,12 @@ def _lock_dir() -> str:
     raise RuntimeError("no root-owned folder for the sandbox's uid locks (/run/p3-sandbox)")
 
 
-def _lease_uids(base: int, n: int) -> tuple[list[int], list[int]]:
+def _lease_uids(base: int, n: int, clean) -> tuple[list[int], list[int]]:
     """``n`` slot uids no other grader on this host holds: an exclusive flock per uid,
     kept open for the Sandbox's life (the kernel drops it when the process dies, even on
-    kill -9). Two graders sharing a uid would kill each other's programs in cleanup."""
+    kill -9). Two graders sharing a uid would kill each other's programs in cleanup. A
+    uid that still has processes after ``clean`` (zombies an init never reaps count
+    against RLIMIT_NPROC) is passed over."""
     folder = _lock_dir()
     uids, fds = [], []
     for uid in range(base, base + UID_RANGE):
@@ -387,6 +389,11 @@ def _lease_uids(base: int, n: int) -> tuple[list[int], list[int]]:
         except BlockingIOError:
             os.close(fd)
             continue
+        clean(uid)
+        if _has_processes(uid):
+            log.warning("sandbox uid %d still has processes after cleanup; using another", uid)
+            os.close(fd)
+            continue
         uids.append(uid)
         fds.append(fd)
     if len(uids) < n:
@@ -394,6 +401,14 @@ def _lease_uids(base: int, n: int) -> tuple[list[int], list[int]]:
             os.close(fd)
         raise RuntimeError(f"all {UID_RANGE} sandbox uids from {base} are held by other graders")
     return uids, fds
+
+
+def _has_processes(uid: int) -> bool:
+    for entry in os.scandir("/proc"):
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                return True
+    return False
 
 
 def _remove_stale_workdirs(tmp_root: str | None) -> None:
@@ -477,10 +492,8 @@ class Sandbox:
         self.bwrap = shutil.which("bwrap")
         self.uids: list[int] = []
         self._locks: list[int] = []
-        if self.is_root:
-            self.uids, self._locks = _lease_uids(uid_base, self.workers)
-            for uid in self.uids:  # what a killed grader's programs may have left under these uids
-                self._clean_uid(uid)
+        if self.is_root:  # cleaned first: what a killed grader's programs may have left under them
+            self.uids, self._locks = _lease_uids(uid_base, self.workers, self._clean_uid)
         _remove_stale_workdirs(tmp_root)
         self._slots: queue.Queue[int] = queue.Queue()
         for i in range(self.workers):
@@ -507,9 +520,11 @@ class Sandbox:
 
     # ---- isolation level -------------------------------------------------------------
     def _choose_level(self, isolation: str) -> tuple[str, str, dict]:
-        """(mechanism, proven level, canary findings) of the first mechanism that runs."""
+        """(mechanism, proven level, canary findings): the first mechanism that proves its
+        own level, else the one that proved the most."""
         candidates = LEVELS if isolation == "auto" else (isolation,)
         findings: dict = {"unavailable": {}}
+        best = None
         for mechanism in candidates:
             if mechanism == "bwrap" and not self.bwrap:
                 findings["unavailable"]["bwrap"] = "bubblewrap (bwrap) is not installed"
@@ -519,8 +534,13 @@ class Sandbox:
                 findings["unavailable"][mechanism] = why
                 log.debug("sandbox level %s unavailable: %s", mechanism, why)
                 continue
-            findings.update(found)
-            return mechanism, proven_level(mechanism, found), findings
+            level = proven_level(mechanism, found)
+            if best is None or MODES[level] > MODES[best[1]]:
+                best = (mechanism, level, found)
+            if level == mechanism:
+                break
+        if best is not None:
+            return best[0], best[1], {**findings, **best[2]}
         raise RuntimeError(
             f"sandbox isolation '{isolation}' is not available on this machine: "
             + "; ".join(f"{k}: {v}" for k, v in findings["unavailable"].items())

@@ -105,6 +105,7 @@ _FIELDS = {
     "embedder": of(EmbedConfig, "embedder"),
     "lora": of(TrainConfig, "lora"),
     "full_finetune": of(TrainConfig, "full"),
+    "qlora": of(TrainConfig, "qlora"),
     "lr": of(TrainConfig, "lr"),
     "max_steps": of(TrainConfig, "max_steps"),
     "batch_size": of(TrainConfig, "batch_size"),

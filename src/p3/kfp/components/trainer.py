@@ -13,6 +13,7 @@ def trainer(
     model: Output[Model],
     lora: str = "64,16,0.1",
     full: bool = False,
+    qlora: str = "auto",
     lr: float = 4e-4,
     max_steps: int = -1,
     batch_size: int = 8,
@@ -31,6 +32,7 @@ def trainer(
         model: Output: the trained model dir (merged weights, adapter in adapter/).
         lora: LoRA r,alpha,dropout.
         full: Full fine-tuning instead of LoRA.
+        qlora: 4-bit base for LoRA: auto = on a GPU with bitsandbytes; on = wherever bitsandbytes quantizes (CPU too) (one of: auto, on, off)
         lr: Peak learning rate.
         max_steps: Stop after this many optimizer steps (-1 = full passes).
         batch_size: Per-device batch size.
@@ -48,7 +50,7 @@ def trainer(
     from p3.train import TrainConfig, train
 
     cfg = TrainConfig(problems=problems.path, selection=selection.path, model=model_ref(policy, base_model),
-                      out=model.path, lora=lora, full=full, lr=lr, max_steps=max_steps,
+                      out=model.path, lora=lora, full=full, qlora=qlora, lr=lr, max_steps=max_steps,
                       batch_size=batch_size, max_len=max_len, seed=seed)
     import torch
 

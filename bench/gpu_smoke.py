@@ -41,13 +41,13 @@ def _alarm(signum, frame):
 
 
 def check_qlora(ctx) -> str:
-    from p3 import data, storage
+    from p3 import minimath, storage
     from p3.selection import SelectConfig, select
     from p3.tiny import TinyConfig, build_tiny_model
     from p3.train import TrainConfig, train
 
     problems = os.path.join(ctx.tmp, "problems.parquet")
-    storage.write_table(data.synth_problems(ctx.n_problems, "1-5", seed=0, split="train"), problems)
+    storage.write_table(minimath.synth_problems(ctx.n_problems, "1-5", seed=0, split="train"), problems)
     base = os.path.join(ctx.tmp, "base")
     size = dict(hidden=64, layers=2, heads=4) if ctx.cpu else dict(hidden=512, layers=8, heads=8)
     build_tiny_model(TinyConfig(out=base, train_on=problems, steps=0, **size))

@@ -242,7 +242,7 @@ _META: dict[str, list[dict]] = {}
 
 def _meta(path: str) -> list[dict]:
     if path not in _META:
-        from p3.data import load_problems, problem_meta
+        from p3.problems import load_problems, problem_meta
 
         _META[path] = problem_meta(load_problems(path))
     return _META[path]
@@ -250,7 +250,7 @@ def _meta(path: str) -> list[dict]:
 
 def oracle_selector(pool: str):
     """Select the frontier level by its label (then the next levels), at random within it."""
-    from p3.data import load_problems
+    from p3.problems import load_problems
 
     table = load_problems(pool)
     ids, levels = table.column("id").to_pylist(), [m["level"] for m in _meta(pool)]
@@ -343,7 +343,7 @@ def run_cell(s: Settings, cell: Cell, paths: dict[str, str], emb: dict[str, str]
 
 def selection_mix(files, pool: str) -> dict:
     """The level mix of an epoch's selection, its size, and the pacing's eligible count."""
-    from p3.data import load_problems
+    from p3.problems import load_problems
 
     level_of = dict(zip(load_problems(pool).column("id").to_pylist(), (m["level"] for m in _meta(pool))))
     ids = contracts.read(files.selection, contracts.SELECTION).column("id").to_pylist()

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from p3 import contracts, report, storage
+from p3 import contracts, rundata, similarity, storage
 from p3.logs import get_logger, step
 
 log = get_logger("math-coverage")
@@ -46,7 +46,7 @@ LEVELS = ("1", "2", "3", "4", "5")
 def prepare_and_embed(source: str, split: str, work: Path, limit: int | None, embedder: str,
                       hf_config: str | None = None) -> tuple[str, str]:
     """``p3 data prepare`` then ``p3 embed``: the problems table and its embeddings."""
-    from p3.data import PrepareConfig, prepare
+    from p3.sources import PrepareConfig, prepare
     from p3.embed import EmbedConfig, embed
 
     problems, emb = str(work / "problems.parquet"), str(work / "embeddings.parquet")
@@ -78,7 +78,7 @@ def dpp_selection(problems: str, emb: str, difficulty: str, budget: int, out: Pa
 
 def mix(meta: dict[str, dict], ids: list[str], key: str, values: tuple[str, ...]) -> np.ndarray:
     """Counts of each of ``values`` of meta[key] over ``ids`` (levels compared as strings)."""
-    counts = report.coverage(meta, ids, key)
+    counts = rundata.coverage(meta, ids, key)
     return np.array([counts.get(v, 0) for v in values], dtype=float)
 
 
@@ -108,7 +108,7 @@ def evaluate_budget(meta, ids_pool, x, index, picks: list[str], draws: int, seed
                 row[f"{key}_counts"] = c
                 for fk, fv in coverage_figures(c, pool_counts[key]).items():
                     row[f"{key}_{fk}"] = fv
-            row.update(report.diversity(x[[index[p] for p in s]]))
+            row.update(similarity.diversity(x[[index[p] for p in s]]))
             per.append(row)
         agg = {}
         for key in per[0]:
@@ -179,11 +179,12 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     problems, emb = prepare_and_embed(args.source, args.split, work, args.limit, args.embedder, args.hf_config)
     difficulty = args.difficulty or uniform_difficulty(problems, str(work / "difficulty.parquet"))
-    meta = report.load_meta(problems)
+    meta = rundata.load_meta(problems)
     ids_pool = list(meta)  # row order
     emb_ids, matrix = contracts.read_embeddings(emb)
     index = {pid: i for i, pid in enumerate(emb_ids)}
-    x = report.normalized_embeddings(matrix)
+    every = np.arange(len(matrix))
+    x = similarity.standardise(matrix, every, *similarity.pool_scaling(matrix, every))
     results = []
     for b in args.budgets:
         k = int(b) if b >= 1 else max(2, round(b * len(ids_pool)))

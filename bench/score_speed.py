@@ -44,15 +44,15 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from p3 import data, storage
+    from p3 import minimath, problems, storage
     from p3.backends import opened
     from p3.score import likelihoods, per_step_likelihood
     from p3.tiny import TinyConfig, build_tiny_model
 
     if args.problems:
-        table = data.load_problems(args.problems).slice(0, args.n)
+        table = problems.load_problems(args.problems).slice(0, args.n)
     else:
-        table = data.synth_problems(args.n, args.levels, seed=0, split="train")
+        table = minimath.synth_problems(args.n, args.levels, seed=0, split="train")
     rows = table.to_pylist()
     # Both methods must see every step: the batched path truncates at max_len, the per-step one never does.
     longest = max(len(r["prompt"]) + len(r["solution"]) for r in rows) + 8

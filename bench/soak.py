@@ -45,7 +45,8 @@ sys.path.insert(0, SRC)
 import pyarrow.parquet as pq  # noqa: E402
 
 from p3 import contracts, storage  # noqa: E402
-from p3.data import load_problems, synth_problems  # noqa: E402
+from p3.minimath import synth_problems  # noqa: E402
+from p3.problems import load_problems  # noqa: E402
 from p3.selection import SelectConfig, select_ids  # noqa: E402
 from p3.verify.grade import RESULTS  # noqa: E402
 

@@ -19,12 +19,12 @@ def write_selection(path, ids, epoch=0):
 @pytest.fixture(scope="session")
 def mini_math(tmp_path_factory):
     """Paths of a small mini-MATH train table (60 problems, levels 1-5) and test table (20)."""
-    from p3 import data, storage
+    from p3 import minimath, storage
 
     root = tmp_path_factory.mktemp("mini_math")
     paths = {"train": str(root / "train.parquet"), "test": str(root / "test.parquet")}
-    storage.write_table(data.synth_problems(60, "1-5", seed=0, split="train"), paths["train"])
-    storage.write_table(data.synth_problems(20, "1-5", seed=1, split="test"), paths["test"])
+    storage.write_table(minimath.synth_problems(60, "1-5", seed=0, split="train"), paths["train"])
+    storage.write_table(minimath.synth_problems(20, "1-5", seed=1, split="test"), paths["test"])
     return paths
 
 

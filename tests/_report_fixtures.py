@@ -1,8 +1,7 @@
-"""A fabricated but realistic P3 run folder for the report tests (owned by the report area).
+"""A realistic P3 run folder for the report tests: fabricated difficulty, the real selector.
 
 Three epochs of the files a pipeline run leaves: problems table, and per epoch the
-difficulty table, selection table, selection report JSON, evaluation metrics JSON and
-embeddings. Difficulty follows the level and drops a little for trained problems, as a
+difficulty table, selection table, selection report JSON and evaluation metrics JSON. Difficulty follows the level and drops a little for trained problems, as a
 learning policy's would.
 """
 
@@ -15,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 
 from p3 import contracts, storage
+from p3.records import EvaluationResults
+from p3.selection import SelectConfig, select_ids
 
 TYPES = ["Algebra", "Counting & Probability", "Geometry", "Number Theory", "Prealgebra"]
 
@@ -33,8 +34,6 @@ def make_run(root: Path, n: int = 240, k: int = 48, epochs: int = 3, dim: int = 
     storage.write_table(problems, root / "problems.parquet")
     centers = rng.normal(size=(len(TYPES), dim))
     emb = (centers[types] + 0.7 * rng.normal(size=(n, dim))).astype(np.float32)
-    emb_table = pa.table({"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), dim)},
-                         schema=contracts.embeddings_schema(dim))
     diff = np.clip(0.5 + 0.08 * (levels - 3) + 0.05 * rng.normal(size=n), 0, 1)
     for e in range(epochs):
         d = root / f"epoch_{e}"
@@ -42,22 +41,20 @@ def make_run(root: Path, n: int = 240, k: int = 48, epochs: int = 3, dim: int = 
         storage.write_table(pa.table({
             "id": ids, "epoch": [e] * n, "difficulty": diff, "likelihood": 1 - diff,
             "pass_rate": [None] * n, "n_rollouts": [0] * n}, schema=contracts.DIFFICULTY), d / "difficulty.parquet")
-        pct = 45 + e * (95 - 45) / epochs
-        thr = float(np.percentile(diff, pct))
-        eligible = np.nonzero(diff <= thr)[0]
-        picks = rng.choice(eligible, size=min(k, len(eligible)), replace=False)
-        rounds = (np.arange(len(picks)) // dim).astype(np.int64)
+        # the selection and its report are what the selector writes
+        sel = select_ids(ids, diff, emb, SelectConfig(strategy="p3", epoch=e, epochs=epochs, budget=k, seed=seed),
+                         levels=[int(lv) for lv in levels], types=[TYPES[t] for t in types])
         storage.write_table(pa.table({
-            "id": [ids[i] for i in picks], "rank": np.arange(len(picks)), "round": rounds,
-            "difficulty": diff[picks], "epoch": [e] * len(picks)}, schema=contracts.SELECTION), d / "selection.parquet")
-        storage.write_json({"strategy": "p3", "epoch": e, "pool": n, "eligible": int(len(eligible)),
-                            "selected": int(len(picks)), "threshold": thr, "percentile": pct,
-                            "rounds": int(rounds.max() + 1)}, d / "selection_report.json")
+            "id": sel.ids, "rank": np.arange(len(sel.ids)), "round": sel.round,
+            "difficulty": sel.difficulty, "epoch": [e] * len(sel.ids)}, schema=contracts.SELECTION), d / "selection.parquet")
+        storage.write_json(sel.report, d / "selection_report.json")
+        picks = np.array([ids.index(i) for i in sel.ids])
         acc_by_level = {str(lv): round(float(max(0.0, 0.9 - 0.15 * lv + 0.05 * e)), 3) for lv in range(1, 6)}
-        storage.write_json({"accuracy": round(0.3 + 0.05 * e, 3), "n_problems": 100,
-                            "by_level": {k: {"accuracy": v, "n_problems": 20} for k, v in acc_by_level.items()}},
-                           d / "metrics.json")
-        storage.write_table(emb_table, d / "embeddings.parquet")
+        result = EvaluationResults(
+            model=f"model_e{e}", problems="test.parquet", epoch=e, n=1, k=1, temperature=0.0, n_problems=100,
+            accuracy=round(0.3 + 0.05 * e, 3), pass_at_k=round(0.3 + 0.05 * e, 3), seconds=1.0,
+            by_level={k: {"accuracy": v, "n_problems": 20} for k, v in acc_by_level.items()})
+        storage.write_json(result.to_json(), d / "metrics.json")
         # The policy learns: trained problems get easier, everything a little easier.
         trained = np.zeros(n, dtype=bool)
         trained[picks] = True

@@ -7,7 +7,8 @@ import pytest
 
 from p3 import prompts
 from p3.compmath import comp_problems, expression_and_steps
-from p3.data import check_problems, mini_split
+from p3.minimath import mini_split
+from p3.problems import check_problems
 from p3.verify.answers import last_boxed
 
 

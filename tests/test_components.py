@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 import p3.kfp.components
-from p3 import contracts, report, storage
+from p3 import contracts, rundata, storage
 from p3.kfp.components import _glue, images
 from kfp.dsl.base_component import BaseComponent
 
@@ -141,6 +141,6 @@ def test_add_epoch_hands_the_run_folder_on(tmp_path):
     for run, epochs in ((run0, [0]), (run1, [0, 1])):
         for e in epochs:
             for key in files:  # under the name the report renderer looks for first
-                assert (tmp_path / run / f"epoch_{e}" / report.EPOCH_FILES[key][0]).read_text() == key
+                assert (tmp_path / run / f"epoch_{e}" / rundata.EPOCH_FILES[key]).read_text() == key
         assert (tmp_path / run / "problems.parquet").read_text() == "problems"
     assert not (tmp_path / "run0" / "epoch_1").exists()  # the previous folder is copied, not changed

@@ -1,4 +1,4 @@
-"""p3.data: problem tables from MATH / APPS sources, load_problems, last_boxed, mini-MATH."""
+"""p3.problems, p3.sources, p3.minimath: problem tables from MATH / APPS sources, load_problems, last_boxed, mini-MATH."""
 
 from __future__ import annotations
 
@@ -15,17 +15,9 @@ import pytest
 from p3 import storage
 from p3.cli import main
 from p3.contracts import PROBLEMS, ContractError
-from p3.data import (
-    MINI_TYPES,
-    PrepareConfig,
-    SynthConfig,
-    load_problems,
-    mini_split,
-    prepare,
-    problem_meta,
-    synth,
-    synth_problems,
-)
+from p3.minimath import MINI_TYPES, SynthConfig, mini_split, synth, synth_problems
+from p3.problems import load_problems, problem_meta
+from p3.sources import PrepareConfig, prepare
 from p3.verify.answers import last_boxed
 
 MATH_ROWS = [

@@ -282,3 +282,42 @@ def test_the_benchmarks_dense_baseline_picks_what_the_selector_picks():
     spec.loader.exec_module(bench)
     X, q = bench.make_data(300, 12, seed=3)
     assert bench.dense_select(X, q, 60) == dpp_select(X, q, 60).order.tolist()
+
+
+def _near_singular(n, d, seed):
+    """Embedding-like rows whose covariance has a few near-zero eigenvalues (as real
+    MiniLM embeddings do): the last picks of a round then have residuals inside the
+    float32 screen's margin."""
+    rng = np.random.default_rng(seed)
+    scale = np.geomspace(1.0, 1e-3, d)
+    rot, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    X = (rng.normal(size=(n, d)) * scale) @ rot.T + 0.3
+    return X.astype(np.float32), rng.uniform(0.05, 1.0, n)
+
+
+@pytest.mark.parametrize("device", ["cpu", "torch:cpu"])
+def test_an_unseparable_leader_is_picked_by_an_exact_sweep_not_a_pool_sized_hot_set(monkeypatch, device):
+    """When float32 bounds cannot separate the leader, the hot (float64) set stops at
+    HOT_MAX_ROWS and an exact sweep of the pool picks; the picks stay the dense
+    reference's. On the old code the hot set grew to the whole pool (at N=1M, d=384:
+    3 GB of float64 rows)."""
+    import p3.dpp as dpp
+
+    monkeypatch.setattr(dpp, "HOT_MAX_ROWS", 32)
+    seen = {"sweeps": 0, "largest_hot": 0}
+    exact_pick, build_hot = dpp._Round.exact_pick, dpp._Round.build_hot
+
+    def counted_exact_pick(self):
+        seen["sweeps"] += 1
+        return exact_pick(self)
+
+    def counted_build_hot(self, local):
+        seen["largest_hot"] = max(seen["largest_hot"], len(local))
+        return build_hot(self, local)
+
+    monkeypatch.setattr(dpp._Round, "exact_pick", counted_exact_pick)
+    monkeypatch.setattr(dpp._Round, "build_hot", counted_build_hot)
+    X, q = _near_singular(1500, 16, 31)
+    assert_same(X, q, 200, hot_size=16, device=device, precision="float32")
+    assert seen["sweeps"] > 0
+    assert seen["largest_hot"] <= 32

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from p3 import cli, contracts, outputs, storage
-from p3.data import synth_problems
+from p3.minimath import synth_problems
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -460,7 +460,7 @@ def test_an_unfinished_multipart_upload_of_an_output_is_aborted_by_its_next_writ
 
 
 def test_importing_p3_configures_no_logging_and_the_cli_does(tmp_path):
-    code = ("import logging, sys, p3.selection, p3.score, p3.data, p3.embed, p3.evaluate, p3.train, p3.report, "
+    code = ("import logging, sys, p3.selection, p3.score, p3.problems, p3.sources, p3.minimath, p3.embed, p3.evaluate, p3.train, p3.report, "
             "p3.verify.grade, p3.kfp.builder; sys.exit(len(logging.getLogger().handlers))")
     assert subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SRC}).returncode == 0
     p = p3_proc(["data", "synth", "--n", "5", "--out", str(tmp_path / "s.parquet")])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _report_fixtures import make_run
 
-from p3 import report
+from p3 import report, rundata, similarity
 from p3.cli import main as cli_main
 
 
@@ -23,7 +23,7 @@ def _pngs(page: str) -> list[bytes]:
 
 
 def test_render_epoch_has_plots_tables_and_metrics(run_dir):
-    data = report.load_epoch_dir(str(run_dir / "epoch_1"), previous_dir=str(run_dir / "epoch_0"),
+    data = rundata.load_epoch_dir(str(run_dir / "epoch_1"), previous_dir=str(run_dir / "epoch_0"),
                                  problems=str(run_dir / "problems.parquet"))
     page, md, metrics = report.render_epoch(data)
     pngs = _pngs(page)
@@ -32,61 +32,73 @@ def test_render_epoch_has_plots_tables_and_metrics(run_dir):
     assert all(p.startswith(b"\x89PNG\r\n\x1a\n") and len(p) > 2000 for p in pngs)
     for ident in ("plot-difficulty-1", "plot-change-1", "plot-rounds-1", "plot-coverage-level-1", "plot-coverage-type-1"):
         assert f'id="{ident}"' in page
-    sel = report.storage.read_json(run_dir / "epoch_1" / "selection_report.json")
+    sel = rundata.storage.read_json(run_dir / "epoch_1" / "selection_report.json")
     assert metrics == {"accuracy": 0.35, "selected": 48.0, "eligible": float(sel["eligible"]),
                        "threshold": pytest.approx(sel["threshold"])}
     assert "## Epoch 1" in md and "### Diversity" in md and "| level | pool | selected |" in md
     assert "Number Theory" in md and "| test problems | 100 |" in md and "| level 5 | 0.200 |" in md
     # trained problems got easier by construction: the report must show it
-    change = report.difficulty_change(data)
+    change = rundata.difficulty_change(data)
     assert change["mean_delta_trained"] < change["mean_delta_untrained"] < 0
 
 
 def test_first_epoch_says_nothing_to_compare(run_dir):
-    data = report.load_epoch_dir(str(run_dir / "epoch_0"))
+    data = rundata.load_epoch_dir(str(run_dir / "epoch_0"))
     page, md, _ = report.render_epoch(data)
     assert "First epoch (nothing to compare with)." in md
     assert 'id="plot-change-0"' not in page
 
 
 def test_missing_inputs_render_instead_of_failing():
-    page, md, metrics = report.render_epoch(report.EpochData(epoch=2, metrics={"accuracy": 0.5}))
+    page, md, metrics = report.render_epoch(rundata.EpochData(epoch=2, metrics={"accuracy": 0.5}))
     assert metrics == {"accuracy": 0.5}
-    assert "No difficulty table for this epoch." in page and "No embeddings for this epoch." in md
+    assert "No difficulty table for this epoch." in page and "No embeddings for this epoch" in md
     assert _pngs(page) == []
 
 
-def test_eligible_and_selected_counts_come_from_the_data(run_dir):
-    data = report.load_epoch_dir(str(run_dir / "epoch_2"))
-    recorded = data.selection_report.pop("eligible")  # recounted from the tables, it must agree
-    assert report.epoch_metrics(data)["eligible"] == recorded
-    assert (data.selected_difficulty <= report.threshold_of(data) + 1e-12).all()
+def test_eligibility_is_what_the_selector_wrote_not_rederived(run_dir):
+    data = rundata.load_epoch_dir(str(run_dir / "epoch_2"))
+    assert (data.selected_difficulty <= rundata.threshold_of(data) + 1e-12).all()
+    recorded = data.selection_report["eligible"]
+    assert rundata.epoch_metrics(data)["eligible"] == recorded
+    assert data.selection_report["difficulty"]["eligible"]["n"] == recorded
+    data.selection_report.pop("eligible")  # the report has no second way to count it
+    assert "eligible" not in rundata.epoch_metrics(data)
+
+
+def _standardised(M):
+    rows = np.arange(len(M))
+    return similarity.standardise(M, rows, *similarity.pool_scaling(M, rows))
 
 
 def test_diversity_of_spread_vs_clustered_points():
     rng = np.random.default_rng(0)
-    spread = report.normalized_embeddings(rng.normal(size=(20, 32)))
-    clustered = report.normalized_embeddings(np.ones((20, 32)) + 0.05 * rng.normal(size=(20, 32)))
+    spread = _standardised(rng.normal(size=(20, 32)))
+    clustered = _standardised(np.ones((20, 32)) + 0.05 * rng.normal(size=(20, 32)))
     clustered = clustered + 1.0  # push all rows one way: high mutual cosine
     clustered /= np.linalg.norm(clustered, axis=1, keepdims=True)
-    a, b = report.diversity(spread), report.diversity(clustered)
+    a, b = similarity.diversity(spread), similarity.diversity(clustered)
     assert a["mean_cosine"] < 0.1 < 0.9 < b["mean_cosine"]
     assert a["logdet"] > b["logdet"]
-    ident = report.diversity(np.eye(5))
+    ident = similarity.diversity(np.eye(5))
     assert ident["mean_cosine"] == 0.0 and ident["logdet"] == pytest.approx(5 * np.log(2))
     # more rows than dimensions: still finite, and the same through either Gram form
-    wide = report.normalized_embeddings(rng.normal(size=(40, 8))).astype(np.float64)
+    wide = _standardised(rng.normal(size=(40, 8)))
     gram = wide @ wide.T
-    got = report.diversity(wide)
+    got = similarity.diversity(wide)
     assert got["logdet"] == pytest.approx(np.linalg.slogdet(np.eye(40) + gram)[1])
     assert got["mean_cosine"] == pytest.approx((gram.sum() - np.trace(gram)) / (40 * 39))
 
 
-def test_diversity_vs_random_uses_same_size(run_dir):
-    data = report.load_epoch_dir(str(run_dir / "epoch_0"))
-    div = report.diversity_vs_random(data, seed=1)
-    assert div["k"] == len(data.selected) == 48
+def test_diversity_vs_random_is_the_selectors_one_row(run_dir):
+    data = rundata.load_epoch_dir(str(run_dir / "epoch_0"))
+    div = data.selection_report["diversity"]
+    assert div["k"] == len(data.selected) == 48 and div["draws"] == similarity.RANDOM_DRAWS
     assert -1 <= div["random"]["mean_cosine"] <= 1 and np.isfinite(div["selected"]["logdet"])
+    _, md, _ = report.render_epoch(data)
+    section = md.split("### Diversity")[1].split("###")[0]
+    assert f"{div['selected']['logdet']:.2f}" in section and f"{div['random']['logdet']:.2f}" in section
+    assert section.count("log det") == 1 and "selector's report" not in section
 
 
 def test_render_run_and_cli_write_every_epoch(run_dir, tmp_path):
@@ -112,19 +124,16 @@ def test_cli_bad_input_is_one_line_error(tmp_path, capsys):
     assert cli_main(["report", "--run-dir", str(tmp_path / "nothing-here")]) == 1
 
 
-def test_pacing_modes_decide_the_eligible_set():
+def test_a_static_threshold_is_not_drawn_on_the_difficulty_axis():
     d = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
-    band = report.EpochData(epoch=1, difficulty=d, selection_report={"strategy": "p3", "threshold": 0.4,
-                                                                     "lower_threshold": 0.2})
-    assert report.eligible_mask(band).tolist() == [False, True, True, True, False]
     # static paces on level labels: its threshold is not on the difficulty axis
-    static = report.EpochData(epoch=1, difficulty=d, selection_report={"strategy": "static", "threshold": 0.25})
-    assert report.eligible_mask(static).all() and report.difficulty_threshold(static) is None
-    assert report.epoch_metrics(static)["threshold"] == 0.25
+    static = rundata.EpochData(epoch=1, difficulty=d, selection_report={"strategy": "static", "threshold": 0.25})
+    assert rundata.difficulty_threshold(static) is None
+    assert rundata.epoch_metrics(static)["threshold"] == 0.25
 
 
 def test_an_epoch_rendered_for_its_own_page_is_not_rendered_again_for_the_run_page(run_dir, monkeypatch):
-    data = report.load_epoch_dir(str(run_dir / "epoch_2"), str(run_dir / "epoch_1"))
+    data = rundata.load_epoch_dir(str(run_dir / "epoch_2"), str(run_dir / "epoch_1"))
     calls = []
     real = report._render_sections
     monkeypatch.setattr(report, "_render_sections", lambda d, seed: calls.append(d.epoch) or real(d, seed))
@@ -137,10 +146,42 @@ def test_an_epoch_rendered_for_its_own_page_is_not_rendered_again_for_the_run_pa
 
 def test_the_run_page_takes_the_problem_labels_from_an_epoch_that_holds_them(run_dir, monkeypatch):
     problems = str(run_dir / "problems.parquet")
-    data = report.load_epoch_dir(str(run_dir / "epoch_2"), str(run_dir / "epoch_1"), problems=problems)
+    data = rundata.load_epoch_dir(str(run_dir / "epoch_2"), str(run_dir / "epoch_1"), problems=problems)
     reads = []
-    real = report.load_meta
+    real = rundata.load_meta
     monkeypatch.setattr(report, "load_meta", lambda path: reads.append(path) or real(path))
     _, md = report.render_run([str(run_dir / "epoch_0"), str(run_dir / "epoch_1"), data], problems=problems)
     assert reads == []  # one read of the table per step, not one per page
     assert "Number Theory" in md.split("## Epoch 1")[1].split("## Epoch 2")[0]  # earlier epochs get the labels
+
+
+def test_records_are_read_exactly_as_written(run_dir, tmp_path):
+    """A selection report or evaluation result with another version, a key no writer
+    writes (an old alias such as difficulty_threshold or accuracy_by_level) or a missing
+    key stops the reader with the file and the field."""
+    import shutil
+
+    from p3 import records, storage
+    from p3.contracts import ContractError
+
+    sel = storage.read_json(run_dir / "epoch_1" / "selection_report.json")
+    ev = storage.read_json(run_dir / "epoch_1" / "metrics.json")
+    assert records.read(records.SelectionReport, sel) == sel and sel["version"] == 1
+    assert records.read(records.EvaluationResults, ev) == ev and ev["version"] == 1
+    for kind, good, change, field in (
+        (records.SelectionReport, sel, {"difficulty_threshold": 0.3}, "difficulty_threshold"),
+        (records.SelectionReport, sel, {"version": 2}, "version"),
+        (records.EvaluationResults, ev, {"accuracy_by_level": {}}, "accuracy_by_level"),
+    ):
+        path = tmp_path / f"{field}.json"
+        storage.write_json({**good, **change}, path)
+        with pytest.raises(ContractError, match=rf"{path}, field '{field}'"):
+            records.read(kind, str(path))
+    missing = {k: v for k, v in ev.items() if k != "pass_at_k"}
+    with pytest.raises(ContractError, match="field 'pass_at_k': missing"):
+        records.read(records.EvaluationResults, missing)
+    # the report folder's reader goes through it
+    shutil.copytree(run_dir / "epoch_1", tmp_path / "epoch_1")
+    storage.write_json({**sel, "arm": "p3"}, tmp_path / "epoch_1" / "selection_report.json")
+    with pytest.raises(ContractError, match="field 'arm'"):
+        rundata.load_epoch_dir(str(tmp_path / "epoch_1"))

@@ -1,4 +1,4 @@
-"""Every model step reads problems through p3.data.load_problems: bad rows stop it at once,
+"""Every model step reads problems through p3.problems.load_problems: bad rows stop it at once,
 with file, row and field, before any model is loaded."""
 
 import pyarrow as pa

@@ -24,15 +24,15 @@ def _put(local: str, uri: str) -> None:
 
 
 def test_problem_tables_round_trip_through_s3(s3_tmp, tmp_path):
-    from p3 import data
+    from p3 import sources
     from p3.kfp.builder import apps_fixture
 
     raw = f"{s3_tmp}/raw/apps.jsonl"
     _put(apps_fixture(), raw)
     remote = f"{s3_tmp}/problems.parquet"
     local = str(tmp_path / "problems.parquet")
-    data.prepare(data.PrepareConfig(task="apps", source=raw, out=remote))
-    data.prepare(data.PrepareConfig(task="apps", source=apps_fixture(), out=local))
+    sources.prepare(sources.PrepareConfig(task="apps", source=raw, out=remote))
+    sources.prepare(sources.PrepareConfig(task="apps", source=apps_fixture(), out=local))
     got = contracts.read(remote, contracts.PROBLEMS)
     assert got.num_rows > 0
     want = contracts.read(local, contracts.PROBLEMS)
@@ -53,13 +53,13 @@ def test_problem_tables_round_trip_through_s3(s3_tmp, tmp_path):
 
 @pytest.mark.slow
 def test_model_dir_round_trips_and_scores_the_same_from_s3(s3_tmp, tmp_path):
-    from p3 import data
+    from p3 import minimath
     from p3.score import ScoreConfig, score
     from p3.generation import GenerationConfig
     from p3.tiny import TinyConfig, build_tiny_model
 
     problems = str(tmp_path / "problems.parquet")
-    data.synth(data.SynthConfig(out=problems, n=12, seed=1))
+    minimath.synth(minimath.SynthConfig(out=problems, n=12, seed=1))
     local_model = str(tmp_path / "model")
     build_tiny_model(TinyConfig(out=local_model, train_on=problems, steps=5, seed=0))
     remote_model = f"{s3_tmp}/model"
@@ -83,23 +83,24 @@ def test_model_dir_round_trips_and_scores_the_same_from_s3(s3_tmp, tmp_path):
 
 
 def test_report_renders_from_and_to_s3(s3_tmp, tmp_path):
-    from p3 import data
+    from p3 import minimath
+    from p3.records import EvaluationResults
     from p3.report import ReportConfig, render_report
+    from p3.selection import SelectConfig, select
 
     problems = str(tmp_path / "problems.parquet")
-    table = data.synth(data.SynthConfig(out=problems, n=20, seed=2))
+    table = minimath.synth(minimath.SynthConfig(out=problems, n=20, seed=2))
     ids = table.column("id").to_pylist()
     difficulty = str(tmp_path / "difficulty.parquet")
     storage.write_table(pa.table({"id": ids, "epoch": [0] * 20, "difficulty": [i / 20 for i in range(20)],
                                   "likelihood": [1 - i / 20 for i in range(20)], "pass_rate": [None] * 20,
                                   "n_rollouts": [0] * 20}, schema=contracts.DIFFICULTY), difficulty)
-    selection = str(tmp_path / "selection.parquet")
-    storage.write_table(pa.table({"id": ids[:5], "rank": list(range(5)), "round": [0] * 5,
-                                  "difficulty": [i / 20 for i in range(5)], "epoch": [0] * 5},
-                                 schema=contracts.SELECTION), selection)
-    sel_report, metrics = str(tmp_path / "sel.json"), str(tmp_path / "eval.json")
-    storage.write_json({"pool": 20, "eligible": 9, "selected": 5, "threshold": 0.45}, sel_report)
-    storage.write_json({"accuracy": 0.25, "n": 8}, metrics)
+    selection, sel_report = str(tmp_path / "selection.parquet"), str(tmp_path / "sel.json")
+    select(SelectConfig(problems=problems, difficulty=difficulty, strategy="spl", epochs=1, budget=5,
+                        out=selection, report=sel_report))
+    metrics = str(tmp_path / "eval.json")
+    storage.write_json(EvaluationResults(model="m", problems=problems, epoch=0, n=1, k=1, temperature=0.0,
+                                         n_problems=8, accuracy=0.25, pass_at_k=0.25, seconds=1.0).to_json(), metrics)
     run = str(tmp_path / "run")
     _glue.add_epoch(run, 0, {"difficulty": difficulty, "selection": selection, "selection_report": sel_report,
                              "metrics": metrics}, problems, None)

@@ -12,8 +12,8 @@ import pytest
 from _sandbox_fixtures import grading_sandbox
 
 from p3 import cli, storage
-from p3.data import PrepareConfig, prepare
 from p3.sandbox import Limits
+from p3.sources import PrepareConfig, prepare
 from p3.verify import apps as vapps
 from p3.verify.grade import grade_completions, mean_pass_at_k, pass_at_k
 

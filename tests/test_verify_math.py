@@ -289,7 +289,7 @@ def test_a_reference_with_several_boxes_is_graded_as_a_set(tmp_path):
     give both answers (one box with a list, or two boxes, in either order) pass, one alone fails."""
     import json
 
-    from p3.data import PrepareConfig, prepare
+    from p3.sources import PrepareConfig, prepare
     from p3.verify.grade import grade_completions
 
     source = tmp_path / "math.jsonl"

@@ -27,8 +27,8 @@ from p3.checks import ConfigError
 # (words, module, config class, function). Modules import lazily so that `p3 grade`
 # never pays for torch and `p3 --help` is instant.
 COMMANDS: list[tuple[str, str, str, str]] = [
-    ("data prepare", "p3.data", "PrepareConfig", "prepare"),
-    ("data synth", "p3.data", "SynthConfig", "synth"),
+    ("data prepare", "p3.sources", "PrepareConfig", "prepare"),
+    ("data synth", "p3.minimath", "SynthConfig", "synth"),
     ("select", "p3.selection", "SelectConfig", "select"),
     ("grade", "p3.verify.grade", "GradeConfig", "grade"),
     ("model tiny", "p3.tiny", "TinyConfig", "build_tiny_model"),

@@ -21,7 +21,7 @@ than a fine-tuning budget teaches), though its first line is level 4's skill.
 
 Prompts are worded eight ways, so the low levels have enough distinct problems and the
 wording varies as real problems' does. The train/test partition is mini-MATH's: fixed
-by the prompt alone (:func:`p3.data.mini_split`), so no test prompt is ever a training one.
+by the prompt alone (:func:`p3.minimath.mini_split`), so no test prompt is ever a training one.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import random
 
 import pyarrow as pa
 
-from p3.data import distinct_problems, parse_levels
+from p3.minimath import distinct_problems, parse_levels
 
 WORDINGS = ("What is {}?", "Compute {}.", "Find the value of {}.", "Evaluate {}.", "Calculate {}.", "Work out {}.",
             "Simplify {}.", "Determine {}.")

@@ -6,6 +6,7 @@ with one error naming the file, the row and the field, before any work is done.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterable
 
@@ -73,6 +74,9 @@ def embeddings_schema(dim: int) -> pa.Schema:
     return pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32(), dim))])
 
 
+# Rows of an embeddings table converted at a time (25 MB at d=384).
+EMBEDDING_BATCH_ROWS = 16384
+
 # Columns that may be null; every other column of a contract must be present on every row.
 NULLABLE = {"answer", "tests", "starter_code", "likelihood", "pass_rate", "isolation"}
 
@@ -126,33 +130,54 @@ def read(path: str, schema: pa.Schema, unique_id: bool = True) -> pa.Table:
 def read_parquet(path: str) -> pa.Table:
     """Read a Parquet table; a file that is not one (truncated, another format) is a
     ContractError naming it; a missing file or an unreachable store stays an OSError."""
-    try:
+    with _parquet_errors(path):
         return storage.read_table(path)
+
+
+@contextlib.contextmanager
+def _parquet_errors(path: str):
+    try:
+        yield
     except Exception as exc:  # pyarrow raises many kinds (some OSError) for a file that is not Parquet
-        if isinstance(exc, OSError) and not type(exc).__module__.startswith("pyarrow"):
+        if isinstance(exc, (OSError, ContractError)) and not type(exc).__module__.startswith("pyarrow"):
             raise
         raise ContractError(path, "-", f"not a readable Parquet file: {exc}") from exc
 
 
 def read_embeddings(path: str) -> tuple[list[str], "np.ndarray"]:  # noqa: F821
-    """Read an embeddings table: ids and an (N, d) float32 matrix."""
-    import numpy as np
+    """Read an embeddings table: ids and an (N, d) float32 matrix.
 
-    table = read_parquet(path)
-    for name in ("id", "embedding"):
-        if name not in table.column_names:
-            raise ContractError(path, name, "missing column")
-    col = table.column("embedding").combine_chunks()
-    if not pa.types.is_fixed_size_list(col.type):
-        raise ContractError(path, "embedding", f"must be a fixed-size list of float32, got {col.type}")
-    if col.null_count:
-        raise ContractError(path, "embedding", "is null", row=_first_true(col.is_null()) + 1)
-    dim = col.type.list_size
-    matrix = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
-    if not np.isfinite(matrix).all():
-        row = int(np.nonzero(~np.isfinite(matrix).all(axis=1))[0][0])
-        raise ContractError(path, "embedding", "contains NaN or inf", row=row + 1)
-    ids = validate(table.select(["id"]), pa.schema([("id", pa.string())]), path).column("id").to_pylist()
+    The matrix is filled one record batch at a time, so reading never holds the Arrow
+    table beside it (at N=1M, d=384 each is 1.5 GB).
+    """
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    with storage.open_file(path, "rb") as fh, _parquet_errors(path):
+        # a buffered stream decodes page by page: not even one row group is held whole
+        reader = pq.ParquetFile(fh, buffer_size=1 << 20, pre_buffer=False)
+        schema = reader.schema_arrow
+        for name in ("id", "embedding"):
+            if name not in schema.names:
+                raise ContractError(path, name, "missing column")
+        typ = schema.field("embedding").type
+        if not pa.types.is_fixed_size_list(typ):
+            raise ContractError(path, "embedding", f"must be a fixed-size list of float32, got {typ}")
+        dim = typ.list_size
+        matrix = np.empty((reader.metadata.num_rows, dim), dtype=np.float32)
+        a = 0
+        for batch in reader.iter_batches(batch_size=EMBEDDING_BATCH_ROWS, columns=["embedding"]):
+            col = batch.column(0)
+            if col.null_count:
+                raise ContractError(path, "embedding", "is null", row=a + _first_true(col.is_null()) + 1)
+            block = matrix[a : a + len(col)]
+            block[:] = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+            bad = ~np.isfinite(block).all(axis=1)
+            if bad.any():
+                raise ContractError(path, "embedding", "contains NaN or inf", row=a + int(np.flatnonzero(bad)[0]) + 1)
+            a += len(col)
+        id_table = reader.read(columns=["id"])
+    ids = validate(id_table, pa.schema([("id", pa.string())]), path).column("id").to_pylist()
     return ids, matrix
 
 

@@ -23,6 +23,12 @@ on many columns at once. Late in a round the basis leaves out fewer directions t
 block has columns to catch up on; the block is then projected on that complement
 instead, which gives its residual directly. Big float32 screens run through torch's
 CPU kernels (numpy's BLAS is held to one thread meanwhile, so the two do not compete).
+When the float32 bounds cannot separate the leader (late in a round on real
+embeddings, whose last directions carry almost no variance, every residual lies inside
+the screen's margin) the hot set stops growing at HOT_MAX_ROWS and one exact float64
+sweep of the pool, a chunk at a time, through the complement of the basis, makes the
+pick: on data with the covariance of real MiniLM embeddings the hot set otherwise grew
+to the whole pool (at N=1M, d=384: 3 GB of float64 rows, and most of the time).
 A round stops without a check once it has as many picks as the pool's features have
 rank (at most the number of non-constant dimensions, and pool size − 1 because of the
 centring): in exact arithmetic every residual is then 0.
@@ -65,6 +71,7 @@ import time
 import numpy as np
 
 from p3.logs import get_logger
+from p3.similarity import pool_sums, scaling
 
 log = get_logger("dpp")
 
@@ -83,6 +90,10 @@ COMPLEMENT_MIN_SAVING = 5
 # Warm-set size: max(WARM_PER_HOT·h, N / WARM_FRACTION); flops per round are ≈ (N + w + h)·d².
 WARM_PER_HOT = 4
 WARM_FRACTION = 32
+# Beyond these the hot (float64) and warm sets stop growing: the pick comes from an exact
+# sweep of the pool instead (exact_pick), which holds one chunk in float64 at a time.
+HOT_MAX_ROWS = 4096
+WARM_MAX_FRACTION = 8
 
 
 @dataclasses.dataclass
@@ -238,15 +249,8 @@ class _Greedy:
         rows = self.pool_rows()
         self.n_pool = len(rows)
         self.n_at_refresh = self.n_pool
-        self.S1 = np.zeros(self.X.shape[1])
-        self.S2 = np.zeros(self.X.shape[1])
         whole = len(rows) == len(self.X)  # the first time: plain slices, no gather
-        for a in range(0, len(rows), 8192):
-            z = (self.X[a : a + 8192] if whole else self.X[rows[a : a + 8192]]).astype(np.float64)
-            z -= self.m0
-            self.S1 += z.sum(axis=0)
-            z *= z
-            self.S2 += z.sum(axis=0)
+        self.S1, self.S2 = pool_sums(self.X, None if whole else rows, self.m0)
 
     def remove_from_stats(self, pos: int) -> None:
         z = self.X[self.cand[pos]].astype(np.float64) - self.m0
@@ -261,13 +265,7 @@ class _Greedy:
         # has halved so the error stays within a small factor of one pass.
         if self.n_pool * 2 < self.n_at_refresh:
             self.refresh_stats()
-        n = self.n_pool
-        mean_sq = self.S2 / n
-        mu = self.S1 / n
-        var = mean_sq - mu * mu
-        const = var <= 1e-10 * mean_sq
-        inv = np.where(const, 0.0, 1.0 / np.sqrt(np.where(const, 1.0, var)))
-        return mu, inv, int((~const).sum())
+        return scaling(self.S1, self.S2, self.n_pool)
 
     def fallback_pick(self):
         pos = int(np.flatnonzero(self.alive)[0])  # highest quality, lowest index
@@ -319,7 +317,7 @@ class _Round:
         n_cols_max = cols.shape[1] + cap
         self.cols = np.zeros((dim, n_cols_max))
         self.omega = np.zeros(n_cols_max)
-        self.n_cols = cols.shape[1]
+        self.n_cols = self.n_cols0 = cols.shape[1]
         self.cols[:, : self.n_cols] = cols
         self.omega[: self.n_cols] = omega
         self.U = np.zeros((cap, dim))  # orthonormal basis of g-space, one row per pick
@@ -341,6 +339,7 @@ class _Round:
         self.dims = np.flatnonzero(inv > 0)  # the non-constant dimensions
         self.h = min(g.hot_size, g.n_alive_cand)
         self.w = min(max(WARM_PER_HOT * self.h, n // WARM_FRACTION), g.n_alive_cand)
+        self.w_max = max(WARM_PER_HOT * HOT_MAX_ROWS, n // WARM_MAX_FRACTION)
         self.tau = g.tau * (g.q2[0] if n else 0.0)
 
     def run(self):
@@ -354,7 +353,14 @@ class _Round:
             if not best > self.out_hot:
                 if best < g.eps and self.out_hot < g.eps:
                     break
-                if not best > self.out_warm:  # the warm set no longer holds the leader
+                warm_holds_leader = best > self.out_warm
+                if (fresh_mini and 2 * self.h > HOT_MAX_ROWS) if warm_holds_leader else (fresh_full and 2 * self.w > self.w_max):
+                    pick = self.exact_pick()  # growing the set further would cost more than a sweep
+                    if pick is None:
+                        break
+                    picks.append(pick)
+                    fresh_full = fresh_mini = False
+                elif not warm_holds_leader:
                     if fresh_full:
                         self.w = min(2 * self.w, g.n_alive_cand)
                     self.full_flush()
@@ -370,15 +376,62 @@ class _Round:
             ties = np.flatnonzero(r == best)
             i = ties[np.argmin(self.hot_idx[ties])] if len(ties) > 1 else ties[0]
             pos = int(self.hot[i])
-            self.add_basis(self.Yh[i] / math.sqrt(self.nrm_h[i]), len(picks))
-            picks.append((pos, float(best)))
-            g.remove_from_stats(pos)
-            self.s[pos] = -np.inf
-            e = self.Yh @ self.cols[:, self.n_cols - 1]
-            self.acc_h += e * e
-            self.r_h = self.hot_residual()
+            picks.append(self.take(pos, self.Yh[i], self.nrm_h[i], float(best), len(picks)))
             fresh_full = fresh_mini = False
         return picks
+
+    def take(self, pos: int, y: np.ndarray, nrm: float, gain: float, j: int):
+        """Pick row ``pos`` (standardised row y, ‖y‖² = nrm) as the round's j-th pick."""
+        g = self.g
+        self.add_basis(y / math.sqrt(nrm), j)
+        g.remove_from_stats(pos)
+        self.s[pos] = -np.inf
+        e = self.Yh @ self.cols[:, self.n_cols - 1]
+        self.acc_h += e * e
+        self.r_h = self.hot_residual()
+        return pos, gain
+
+    def exact_pick(self):
+        """The next pick from exact float64 residuals of every alive row, a chunk at a time;
+        None when the best is < eps.
+
+        Used when the screen cannot separate the leader: late in a round on real
+        embeddings (a near-singular last direction) every residual sits inside the float32
+        screen's margin tau, and growing the hot set would hold the whole pool in float64.
+        The residual comes straight from the complement of the basis (its columns: the
+        directions not yet spanned), so a sweep costs about N·d·(3 + their number) flops.
+        The screen keeps the exact values as its new bounds."""
+        g = self.g
+        B = self.complement()
+        n = len(g.cand)
+        for a in range(0, n, CHUNK_ROWS):
+            b = min(n, a + CHUNK_ROWS)
+            if not g.alive[a:b].any():
+                continue
+            Y = g.X[g.cand[a:b]].astype(np.float64)
+            Y -= g.m0 + self.mu
+            Y *= self.inv
+            nrm = np.einsum("ij,ij->i", Y, Y)
+            res = Y @ B
+            res = np.einsum("ij,ij->i", res, res)
+            self.nrm[a:b], self.acc[a:b] = nrm, nrm - res
+            with np.errstate(divide="ignore", invalid="ignore"):
+                s = g.q2[a:b] * np.where(nrm > 0, res / nrm, 0.0)
+            s[~g.alive[a:b]] = -np.inf
+            self.s[a:b] = s
+        self.done_b[:] = self.n_cols
+        self.smax_b = np.maximum.reduceat(self.s, self.starts)
+        best = float(self.s.max())
+        if not best >= g.eps:
+            return None
+        ties = np.flatnonzero(self.s == best)
+        pos = int(ties[np.argmin(g.cand[ties])])
+        y = (g.X[g.cand[pos]].astype(np.float64) - (g.m0 + self.mu)) * self.inv
+        return self.take(pos, y, float(y @ y), best, self.n_picks())
+
+    def n_picks(self) -> int:
+        """Picks of this round so far: one basis row each."""
+        return self.n_cols - self.n_cols0
 
     # -- level 1: the screen ----------------------------------------------------------
     def full_flush(self) -> None:

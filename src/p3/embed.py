@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from p3 import checks, contracts, prompts, storage
-from p3.data import load_problems
+from p3.problems import load_problems
 from p3.logs import get_logger, progress, progress_enabled, step
 
 log = get_logger("embed")

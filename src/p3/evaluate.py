@@ -16,11 +16,12 @@ import numpy as np
 
 from p3 import checks, outputs, prompts
 from p3.backends import opened
-from p3.data import load_problems, meta_by_id
+from p3.problems import load_problems, meta_by_id
 from p3.score import isolation_used, rollouts_table, sample_and_grade
 from p3.generation import GenerationConfig
 from p3.logs import get_logger, step
-from p3.report import natural_key
+from p3.records import EvaluationResults
+from p3.rundata import natural_key
 from p3.sandbox import MODES
 from p3.verify.grade import mean_pass_at_k
 
@@ -74,7 +75,8 @@ def isolation_record(levels: list) -> dict:
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:
-    """Evaluate ``cfg.model`` on ``cfg.problems``; write and return the results dict."""
+    """Evaluate ``cfg.model`` on ``cfg.problems``; write and return the results (a
+    :class:`p3.records.EvaluationResults`, version 1, as its JSON dict)."""
     checks.validate(cfg)  # again: a config may have been changed since it was made
     temperature = cfg.temperature if cfg.temperature is not None else (0.0 if cfg.n == 1 else 0.8)
     problems = load_problems(cfg.problems)
@@ -85,16 +87,15 @@ def evaluate(cfg: EvaluateConfig) -> dict:
             step(log, "generate and grade") as counts:
         records = sample_and_grade(backend, problems, rows, gen, cfg.n, temperature)
         counts.update(problems=len(rows), samples=len(records), passed=sum(r["passed"] for r in records))
-    result = {
-        "model": cfg.model, "problems": cfg.problems, "epoch": cfg.epoch, "n": cfg.n, "k": cfg.k,
-        "temperature": temperature, **summarize(records, cfg.k), **grouped(records, meta_by_id(problems), cfg.k),
-        "seconds": round(time.perf_counter() - start, 2),
-        **isolation_record([r["isolation"] for r in records]),
-    }
+    result = EvaluationResults(
+        model=cfg.model, problems=cfg.problems, epoch=cfg.epoch, n=cfg.n, k=cfg.k, temperature=temperature,
+        **summarize(records, cfg.k), **grouped(records, meta_by_id(problems), cfg.k),
+        seconds=round(time.perf_counter() - start, 2), **isolation_record([r["isolation"] for r in records]),
+    ).to_json()
     with outputs.Commit() as commit:  # the graded samples first, the results (primary) last
         if cfg.completions_out:
             commit.table(rollouts_table(records), cfg.completions_out)
         commit.json(result, cfg.out)
     log.info(f"accuracy={result['accuracy']:.4f} pass@{cfg.k}={result['pass_at_k']:.4f} on {len(rows)} problems"
-             + (f", programs graded at sandbox isolation {result['isolation']}" if "isolation" in result else ""))
+             + (f", programs graded at sandbox isolation {result['isolation']}" if result["isolation"] else ""))
     return result

@@ -15,18 +15,12 @@ For every epoch it shows what P3 decided and why:
 Plots are real matplotlib images (Agg) embedded as base64 PNG, so one HTML file is
 self-contained and opens in any browser or in the Kubeflow UI's HTML viewer.
 
-Entry points:
+Entry points (the run data they render is loaded by :mod:`p3.rundata`):
 
-- :func:`load_epoch` reads one epoch's files into an :class:`EpochData`;
 - :func:`render_epoch` -> ``(html, markdown, metrics)`` for one epoch (the KFP report
   component writes them to its ``HTML``, ``Markdown`` and ``Metrics`` outputs);
 - :func:`render_run` -> one HTML page with every epoch and a run summary;
 - :func:`render_report` (``p3 report``) renders a run folder to ``report.html`` (+ ``.md``).
-
-A run folder holds one sub-folder per epoch named ``epoch_<e>`` (``epoch<e>``/``epoch-<e>``
-also work) with the files named in :data:`EPOCH_FILES`; the problems table may sit in
-the run folder or in each epoch folder (:data:`PROBLEMS_FILES`). Every file is optional:
-a section whose inputs are missing says so instead of failing.
 """
 
 from __future__ import annotations
@@ -42,28 +36,25 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from p3 import checks, contracts, outputs, storage
-from p3.data import load_problems, meta_by_id
+from p3 import checks, outputs
 from p3.logs import get_logger, step
 
+from p3.rundata import (
+    PROBLEMS_FILE,
+    EpochData,
+    _first_existing,
+    _join,
+    coverage,
+    difficulty_change,
+    difficulty_threshold,
+    epoch_metrics,
+    find_epoch_dirs,
+    load_epoch_dir,
+    load_meta,
+    natural_key,
+)
+
 log = get_logger("report")
-
-# Candidate file names per input inside an epoch folder; the first one that exists wins.
-EPOCH_FILES: dict[str, tuple[str, ...]] = {
-    "selection_report": ("selection_report.json", "select_report.json", "selection.json", "report.json"),
-    "difficulty": ("difficulty.parquet",),
-    "selection": ("selection.parquet",),
-    "metrics": ("metrics.json", "eval.json", "evaluation.json"),
-    "embeddings": ("embeddings.parquet",),
-    "problems": ("problems.parquet", "train.parquet"),
-}
-PROBLEMS_FILES = ("problems.parquet", "train.parquet", "train_problems.parquet")
-
-# How many random draws the diversity baseline averages over (one draw is noisy).
-RANDOM_DRAWS = 5
-# Pools larger than this estimate the standardisation statistics from a sample.
-STATS_ROWS = 50_000
-
 
 @dataclass
 class ReportConfig:
@@ -88,232 +79,6 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         checks.validate(self)
-
-
-@dataclass
-class EpochData:
-    """Everything one epoch's report shows; any part may be missing (None)."""
-
-    epoch: int
-    selection_report: dict = field(default_factory=dict)
-    ids: list[str] | None = None  # scored pool ids (difficulty table order)
-    difficulty: np.ndarray | None = None  # this epoch's difficulty per pool id
-    previous: dict[str, float] | None = None  # last epoch's difficulty by id
-    previous_selected: set[str] | None = None  # ids trained on in the last epoch
-    selected: list[str] | None = None  # selection ids in pick order
-    selected_difficulty: np.ndarray | None = None
-    rounds: np.ndarray | None = None  # DPP round per selected item
-    metrics: dict = field(default_factory=dict)  # evaluation: accuracy, by level …
-    embeddings: tuple[list[str], np.ndarray] | None = None
-    meta: dict[str, dict] | None = None  # problem id -> meta (level, type)
-    # seed -> (html, markdown) of this epoch's section: the pipeline's report step renders
-    # the epoch's own page and then the run page from the same data
-    sections: dict = field(default_factory=dict, repr=False, compare=False)
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def load_epoch(
-    epoch: int,
-    *,
-    selection_report: str | dict | None = None,
-    difficulty: str | None = None,
-    selection: str | None = None,
-    metrics: str | dict | None = None,
-    embeddings: str | None = None,
-    problems: str | None = None,
-    previous_difficulty: str | None = None,
-    previous_selection: str | None = None,
-) -> EpochData:
-    """Read one epoch's artifacts (paths or URIs; dicts accepted for the JSON ones)."""
-    data = EpochData(epoch=epoch)
-    if selection_report is not None:
-        data.selection_report = _json(selection_report)
-    if metrics is not None:
-        data.metrics = _json(metrics)
-    if difficulty:
-        t = contracts.read(difficulty, contracts.DIFFICULTY)
-        data.ids = t.column("id").to_pylist()
-        data.difficulty = np.asarray(t.column("difficulty").to_pylist(), dtype=np.float64)
-    if previous_difficulty:
-        t = contracts.read(previous_difficulty, contracts.DIFFICULTY)
-        data.previous = dict(zip(t.column("id").to_pylist(), t.column("difficulty").to_pylist()))
-    if selection:
-        t = contracts.read(selection, contracts.SELECTION).sort_by("rank")
-        data.selected = t.column("id").to_pylist()
-        data.selected_difficulty = np.asarray(t.column("difficulty").to_pylist(), dtype=np.float64)
-        data.rounds = np.asarray(t.column("round").to_pylist(), dtype=np.int64)
-    if previous_selection:
-        t = contracts.read(previous_selection, contracts.SELECTION)
-        data.previous_selected = set(t.column("id").to_pylist())
-    if embeddings:
-        data.embeddings = contracts.read_embeddings(embeddings)
-    if problems:
-        data.meta = load_meta(problems)
-    return data
-
-
-def load_meta(path: str) -> dict[str, dict]:
-    """id -> parsed ``meta`` JSON of a problems table."""
-    return meta_by_id(load_problems(path))
-
-
-def find_epoch_dirs(run_dir: str) -> list[str]:
-    """Epoch sub-folders of ``run_dir`` sorted by epoch number."""
-    fs, inner = storage.filesystem(run_dir)
-    found = []
-    for entry in fs.ls(inner, detail=True):
-        name = os.path.basename(entry["name"].rstrip("/"))
-        m = re.fullmatch(r"epoch[_-]?(\d+)", name)
-        if m and entry["type"] == "directory":
-            found.append((int(m.group(1)), _join(run_dir, name)))
-    return [d for _, d in sorted(found)]
-
-
-def load_epoch_dir(epoch_dir: str, previous_dir: str | None = None, problems: str | None = None) -> EpochData:
-    """Load an epoch folder (files named as in :data:`EPOCH_FILES`)."""
-    m = re.search(r"(\d+)/?$", epoch_dir)
-    epoch = int(m.group(1)) if m else 0
-    files = {k: _first_existing(epoch_dir, names) for k, names in EPOCH_FILES.items()}
-    prev = {k: _first_existing(previous_dir, EPOCH_FILES[k]) for k in ("difficulty", "selection")} if previous_dir else {}
-    return load_epoch(
-        epoch,
-        selection_report=files["selection_report"],
-        difficulty=files["difficulty"],
-        selection=files["selection"],
-        metrics=files["metrics"],
-        embeddings=files["embeddings"],
-        problems=problems or files["problems"],
-        previous_difficulty=prev.get("difficulty"),
-        previous_selection=prev.get("selection"),
-    )
-
-
-# ----------------------------------------------------------------------------- numbers
-
-
-def threshold_of(data: EpochData) -> float | None:
-    """The pacing threshold: from the selection report, else the eligible set's max."""
-    rep = data.selection_report
-    for key in ("threshold", "difficulty_threshold", "pacing_threshold"):
-        v = rep.get(key)
-        if isinstance(v, (int, float)) and v is not None and np.isfinite(v):
-            return float(v)
-    return None
-
-
-def difficulty_threshold(data: EpochData) -> float | None:
-    """The threshold on the *difficulty* axis; None for ``static`` (it paces on level labels)."""
-    if str(data.selection_report.get("strategy", "")) == "static":
-        return None
-    return threshold_of(data)
-
-
-def eligible_mask(data: EpochData) -> np.ndarray | None:
-    """Which pool items were eligible: difficulty within the pacing thresholds (all when none).
-
-    Exact for the threshold and band modes; for momentum pacing (which compares
-    d + α(d − d_prev)) the eligible count in the numbers table is the selector's.
-    """
-    if data.difficulty is None:
-        return None
-    thr = difficulty_threshold(data)
-    mask = np.ones(len(data.difficulty), dtype=bool)
-    if thr is not None:
-        mask &= data.difficulty <= thr + 1e-12
-        lower = data.selection_report.get("lower_threshold")
-        if isinstance(lower, (int, float)):
-            mask &= data.difficulty >= lower - 1e-12
-    return mask
-
-
-def normalized_embeddings(matrix: np.ndarray, stats_rows: int | None = None, seed: int = 0) -> np.ndarray:
-    """Per-dimension standardisation then L2 normalisation (the DPP's similarity space).
-
-    ``stats_rows``: estimate mean/std from a seeded sample of that many rows (a 1M-row
-    pool needs no exact statistics for a report).
-    """
-    x = np.asarray(matrix, dtype=np.float32)
-    sample = x
-    if stats_rows is not None and len(x) > stats_rows:
-        sample = x[np.random.default_rng(seed).choice(len(x), size=stats_rows, replace=False)]
-    mean = sample.mean(axis=0, dtype=np.float64)
-    std = sample.std(axis=0, dtype=np.float64)
-    std[std == 0] = 1.0
-    x = ((x - mean) / std).astype(np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return x / norms
-
-
-def diversity(x: np.ndarray) -> dict[str, float]:
-    """Diversity of rows ``x`` (already normalised): log-det and mean pairwise cosine.
-
-    log-det is log det(I + S) with S the k×k cosine Gram matrix: unlike det(S) it stays
-    finite when k exceeds the embedding dimension (S then has rank ≤ d), and it grows
-    with the volume the set spans. Compare it only between sets of the same size.
-    Never forms S: O(k·d) memory, so k = 100k is fine.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    k, d = x.shape
-    if k < 2:
-        return {"logdet": float("nan"), "mean_cosine": float("nan")}
-    # Σ_{i≠j} x_i·x_j = ‖Σ x_i‖² − Σ ‖x_i‖²
-    total = x.sum(axis=0)
-    mean_cos = (total @ total - (x * x).sum()) / (k * (k - 1))
-    # det(I_k + X Xᵀ) = det(I_d + Xᵀ X): take the smaller of the two.
-    small = x @ x.T if k <= d else x.T @ x
-    sign, logdet = np.linalg.slogdet(np.eye(len(small)) + small)
-    return {"logdet": float(logdet) if sign > 0 else float("-inf"), "mean_cosine": float(mean_cos)}
-
-
-def diversity_vs_random(data: EpochData, seed: int = 0) -> dict[str, Any] | None:
-    """Diversity of the selection vs the mean of random same-size draws from the pool."""
-    if data.embeddings is None or not data.selected:
-        return None
-    ids, matrix = data.embeddings
-    index = {pid: i for i, pid in enumerate(ids)}
-    pool = np.array([index[p] for p in (data.ids or ids) if p in index], dtype=np.int64)
-    sel = [index[p] for p in data.selected if p in index]
-    if len(sel) < 2 or len(pool) < len(sel):
-        return None
-    # Standardise over the pool the selection was drawn from, as the DPP saw it.
-    x = normalized_embeddings(matrix[pool], stats_rows=STATS_ROWS, seed=seed)
-    pos = {int(j): n for n, j in enumerate(pool)}
-    chosen = diversity(x[[pos[j] for j in sel]])
-    rng = np.random.default_rng(seed)
-    draws = [diversity(x[rng.choice(len(pool), size=len(sel), replace=False)]) for _ in range(RANDOM_DRAWS)]
-    rand = {k: float(np.mean([d[k] for d in draws])) for k in ("logdet", "mean_cosine")}
-    return {"k": len(sel), "selected": chosen, "random": rand}
-
-
-def coverage(meta: dict[str, dict], ids: Sequence[str], key: str) -> dict[str, int]:
-    """Counts of ``meta[key]`` over ``ids`` (missing -> '?'), sorted by value."""
-    counts: dict[str, int] = {}
-    for pid in ids:
-        v = str(meta.get(pid, {}).get(key, "?"))
-        counts[v] = counts.get(v, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: natural_key(kv[0])))
-
-
-def epoch_metrics(data: EpochData) -> dict[str, float]:
-    """The scalar Metrics the pipeline logs for an epoch."""
-    out: dict[str, float] = {}
-    acc = data.metrics.get("accuracy")
-    if isinstance(acc, (int, float)):
-        out["accuracy"] = float(acc)
-    n_sel = len(data.selected) if data.selected is not None else data.selection_report.get("selected")
-    if isinstance(n_sel, (int, float)):
-        out["selected"] = float(n_sel)
-    mask = eligible_mask(data)
-    n_elig = data.selection_report.get("eligible", int(mask.sum()) if mask is not None else None)
-    if isinstance(n_elig, (int, float)):
-        out["eligible"] = float(n_elig)
-    thr = threshold_of(data)
-    if thr is not None:
-        out["threshold"] = thr
-    return out
 
 
 # ----------------------------------------------------------------------------- plots
@@ -345,9 +110,11 @@ def plot_difficulty(data: EpochData) -> str | None:
     fig, ax = _figure()
     bins = np.linspace(0.0, 1.0, 41)
     ax.hist(data.difficulty, bins=bins, color="#bbbbbb", label=f"pool ({len(data.difficulty)})")
-    mask = eligible_mask(data)
-    if mask is not None and not mask.all():
-        ax.hist(data.difficulty[mask], bins=bins, color="#6baed6", label=f"eligible ({int(mask.sum())})")
+    # eligibility is what the selector decided (and wrote), not re-derived here
+    eligible = (data.selection_report.get("difficulty") or {}).get("eligible") or {}
+    if eligible.get("hist") and eligible["n"] < len(data.difficulty):
+        ax.stairs(eligible["hist"]["counts"], eligible["hist"]["edges"], fill=True, color="#6baed6",
+                  label=f"eligible ({eligible['n']})")
     if data.selected_difficulty is not None:
         ax.hist(data.selected_difficulty, bins=bins, color="#d94801", alpha=0.85,
                 label=f"selected ({len(data.selected_difficulty)})")
@@ -362,26 +129,6 @@ def plot_difficulty(data: EpochData) -> str | None:
     ax.set_title(f"Epoch {data.epoch}: difficulty of pool, eligible, selected")
     ax.legend(fontsize=8)
     return _png(fig)
-
-
-def difficulty_change(data: EpochData) -> dict[str, Any] | None:
-    """Δ difficulty since last epoch, overall and for trained / untrained problems."""
-    if data.previous is None or data.ids is None or data.difficulty is None:
-        return None
-    pairs = [(pid, self_d, data.previous[pid]) for pid, self_d in zip(data.ids, data.difficulty) if pid in data.previous]
-    if not pairs:
-        return None
-    ids = [p for p, _, _ in pairs]
-    cur = np.array([c for _, c, _ in pairs])
-    prev = np.array([p for _, _, p in pairs])
-    delta = cur - prev
-    out: dict[str, Any] = {"n": len(pairs), "mean_delta": float(delta.mean()), "prev": prev, "cur": cur}
-    if data.previous_selected is not None:
-        trained = np.array([p in data.previous_selected for p in ids])
-        out["trained"] = trained
-        out["mean_delta_trained"] = float(delta[trained].mean()) if trained.any() else float("nan")
-        out["mean_delta_untrained"] = float(delta[~trained].mean()) if (~trained).any() else float("nan")
-    return out
 
 
 def plot_difficulty_change(change: dict[str, Any], epoch: int) -> str:
@@ -504,7 +251,7 @@ def render_report(cfg: ReportConfig) -> str:
     epoch_dirs = list(cfg.epoch_dirs) or find_epoch_dirs(cfg.run_dir)
     if not epoch_dirs:
         raise ValueError(f"{cfg.run_dir}: no epoch folders (epoch_0, epoch_1, …) found")
-    problems = cfg.problems or (_first_existing(cfg.run_dir, PROBLEMS_FILES) if cfg.run_dir else None)
+    problems = cfg.problems or (_first_existing(cfg.run_dir, PROBLEMS_FILE) if cfg.run_dir else None)
     page, md = render_run(epoch_dirs, title=cfg.title, seed=cfg.seed, problems=problems)
     out = cfg.out or _join(cfg.run_dir or os.path.dirname(epoch_dirs[0].rstrip("/")), "report.html")
     with outputs.Commit() as commit:  # the Markdown first, the HTML page (primary) last
@@ -549,7 +296,7 @@ def _render_sections(d: EpochData, seed: int) -> tuple[str, str]:
     m = epoch_metrics(d)
 
     # Selection in numbers.
-    rows = [["strategy", str(rep.get("strategy", rep.get("arm", "?")))]]
+    rows = [["strategy", str(rep.get("strategy", "?"))]]
     pool_n = rep.get("pool", len(d.ids) if d.ids is not None else None)
     rows += [["pool", _fmt(pool_n, 0)], ["eligible", _fmt(m.get("eligible"), 0)],
              ["selected", _fmt(m.get("selected"), 0)], ["pacing threshold", _fmt(m.get("threshold"))]]
@@ -591,24 +338,19 @@ def _render_sections(d: EpochData, seed: int) -> tuple[str, str]:
         if d.rounds is not None and len(d.rounds):
             h.append(_img(plot_rounds(d.rounds, e), f"epoch {e} DPP rounds", f"plot-rounds-{e}"))
 
-    # Diversity vs random.
-    div = diversity_vs_random(d, seed=seed + e)
+    # Diversity vs random: the selector's numbers (it had the pool's embeddings in memory).
+    div = rep.get("diversity")
     h.append("<h3>Diversity</h3>")
     md.append("### Diversity\n")
-    if div is None:
-        text = "No embeddings for this epoch." if d.embeddings is None else "Selection too small to measure."
+    if not div:
+        text = "No embeddings for this epoch, or a selection too small to measure."
         h.append(f"<p>{text}</p>")
         md.append(text + "\n")
     else:
         drow = [["log det(I + S), S = cosine Gram", _fmt(div["selected"]["logdet"], 2), _fmt(div["random"]["logdet"], 2)],
                 ["mean pairwise cosine (lower = more diverse)", _fmt(div["selected"]["mean_cosine"], 4),
                  _fmt(div["random"]["mean_cosine"], 4)]]
-        own = rep.get("diversity") or {}
-        if own.get("selected") and own.get("random"):
-            drow.append(["selector's report: log-det / mean cosine vs one random draw from the eligible",
-                         f"{_fmt(own['selected'].get('logdet'), 2)} / {_fmt(own['selected'].get('mean_cosine'), 4)}",
-                         f"{_fmt(own['random'].get('logdet'), 2)} / {_fmt(own['random'].get('mean_cosine'), 4)}"])
-        head = ["", f"selected (k={div['k']})", f"random from the pool, same k (mean of {RANDOM_DRAWS})"]
+        head = ["", f"selected (k={div['k']})", f"random from the eligible pool, same k (mean of {div['draws']})"]
         h.append(_html_table(head, drow))
         md.append(_md_table(head, drow))
 
@@ -649,11 +391,8 @@ def _render_sections(d: EpochData, seed: int) -> tuple[str, str]:
 
 
 def _by_level(metrics: dict) -> dict[str, float]:
-    for key in ("accuracy_by_level", "by_level", "level_accuracy"):
-        v = metrics.get(key)
-        if isinstance(v, dict):
-            return {str(k): float(x["accuracy"] if isinstance(x, dict) else x) for k, x in v.items()}
-    return {}
+    v = metrics.get("by_level")
+    return {str(k): float(x["accuracy"]) for k, x in v.items()} if isinstance(v, dict) else {}
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
@@ -690,32 +429,3 @@ def _fmt(v: Any, digits: int = 3, sign: bool = False) -> str:
     if isinstance(v, (int, float)):
         return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
     return str(v)
-
-
-def natural_key(s: str):
-    """Sort key that orders "2" before "10" (levels, labels)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s))]
-
-
-def _json(x: str | dict) -> dict:
-    return dict(x) if isinstance(x, dict) else storage.read_json(x)
-
-
-def _join(base: str, name: str) -> str:
-    return base.rstrip("/") + "/" + name
-
-
-def _first_existing(folder: str | None, names: Sequence[str]) -> str | None:
-    if not folder:
-        return None
-    for name in names:
-        p = _join(folder, name)
-        if storage.exists(p):
-            return p
-    return None
-
-
-__all__ = [
-    "ReportConfig", "EpochData", "load_epoch", "load_epoch_dir", "find_epoch_dirs", "render_epoch",
-    "render_run", "render_report", "epoch_metrics", "diversity", "diversity_vs_random",
-]

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from p3 import checks, contracts, outputs, prompts
 from p3.backends import TokenScores, opened
-from p3.data import load_problems
+from p3.problems import load_problems
 from p3.generation import GenerationConfig
 from p3.verify.answers import last_boxed
 from p3.logs import get_logger, step

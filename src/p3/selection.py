@@ -26,7 +26,8 @@ Entry points: :func:`select` (``p3 select`` and the KFP component: files in, fil
 and :func:`select_ids` (in memory: ids, arrays and a config in, a
 :class:`Selection` out; it reads and writes nothing).
 
-Report JSON (``--report``; also the dict ``select`` returns). Keys:
+Report JSON (``--report``; also the dict ``select`` returns): a
+:class:`p3.records.SelectionReport` (``version`` 1; readers accept exactly these keys). Keys:
 
 - ``strategy``, ``epoch``, ``epochs``, ``budget``, ``seed``, ``quality``, ``reserve``
   (problems drawn by the uniform reserve)
@@ -38,17 +39,18 @@ Report JSON (``--report``; also the dict ``select`` returns). Keys:
 - ``pacing``: {mode, shape, start, end, lower_start, lower_end, momentum_alpha,
   momentum_applied}
 - ``difficulty``: {pool, eligible, selected} each {n, mean, std, min, p25, median, p75,
-  max, hist: {edges (0, 0.1, …, 1), counts}} (null values when there is no difficulty)
+  max, hist: {edges (0, 0.025, …, 1), counts}} (null values when there is no difficulty)
 - ``rounds`` (number of DPP rounds; 0 without DPP), ``round_sizes`` (picks per round)
 - ``dpp``: null, or {greedy_picks, fill_picks (zero-quality items added to fill k),
   objective_logdet (Σ log of the greedy gains = Σ_rounds log det L_round[picks]),
   precision, device, full_flushes, seconds, eps, conditioned_on (previous picks used),
   condition_weight}
 - ``logdet``, ``mean_cosine``: diversity of the selection — log det(I + S) and mean
-  pairwise cosine, S the cosine Gram of the embeddings standardised over the pool and
-  L2-normalised (the definition p3.report uses); null without embeddings
-- ``diversity``: {k, selected: {logdet, mean_cosine}, random: {logdet, mean_cosine}}
-  with ``random`` one seeded random draw of the same size from the same pool
+  pairwise cosine, S the cosine Gram of the embeddings standardised over the eligible
+  pool and L2-normalised (:mod:`p3.similarity`); null without embeddings
+- ``diversity``: {k, draws, selected: {logdet, mean_cosine}, random: {logdet,
+  mean_cosine}} with ``random`` the mean over ``draws`` seeded random draws of the same
+  size from the eligible pool (the run report shows these numbers; it does not recompute them)
 - ``coverage``: {level: {pool, eligible, selected}, type: {…}} value → count from meta
 - ``seconds``: wall time of the selection
 """
@@ -65,9 +67,11 @@ import pyarrow as pa
 
 from p3 import checks, contracts, outputs, pacing
 from p3.contracts import ContractError
-from p3.data import load_problems, problem_meta
+from p3.problems import load_problems, problem_meta
 from p3.dpp import dpp_select
 from p3.logs import get_logger, step
+from p3.records import SelectionReport
+from p3.similarity import diversity_vs_random
 
 log = get_logger("select")
 
@@ -75,6 +79,8 @@ STRATEGIES = ("random", "full", "spl", "dpp", "p3", "static")
 QUALITIES = ("difficulty", "easiness", "uniform", "learnability")
 NEEDS_DIFFICULTY = ("spl", "dpp", "p3")
 NEEDS_EMBEDDINGS = ("dpp", "p3")
+# Difficulty histograms of the report: the run report draws the eligible set from them.
+HIST_BINS = 40
 
 
 @dataclass
@@ -143,7 +149,8 @@ def select(cfg: SelectConfig) -> dict:
     with step(log, "select") as counts:
         problems = load_problems(cfg.problems)
         ids = problems.column("id").to_pylist()
-        metas = _labels(problems)
+        levels, types = _labels(problems)
+        del problems  # at N=1M its strings are ~100 MB that the selection never reads
         diff = _difficulty_for(cfg.difficulty, ids) if cfg.difficulty else None
         if diff is None and cfg.strategy in NEEDS_DIFFICULTY:
             raise ValueError(f"strategy {cfg.strategy!r} needs --difficulty")
@@ -156,9 +163,12 @@ def select(cfg: SelectConfig) -> dict:
         prev_ids = _previous_ids(cfg.previous) if cfg.previous and _uses_previous_picks(cfg) else None
         prev_diff = (_difficulty_for(cfg.previous_difficulty, ids, allow_missing=True)
                      if cfg.previous_difficulty and _uses_previous_difficulty(cfg) else None)
+        # Arrow's allocator keeps the pages the readers freed (~100 MB per 200k rows of
+        # embeddings read); hand them back before the DPP allocates its screen
+        pa.default_memory_pool().release_unused()
         sel = select_ids(
             ids, diff, emb, cfg,
-            levels=[m.get("level") for m in metas], types=[m.get("type") for m in metas],
+            levels=levels, types=types,
             previous_ids=prev_ids, previous_difficulty=prev_diff, static_source=cfg.problems,
         )
         table = pa.table(
@@ -237,8 +247,10 @@ def select_ids(
     else:  # dpp, p3
         q = _quality(d[eligible_idx], cfg.quality)
         cond = _condition_rows(ids, X, previous_ids, cfg)
+        # every row eligible (strategy dpp, or a pacing that admits all): no copy of X
+        pool_X = X if len(eligible_idx) == n else X[eligible_idx]
         result = dpp_select(
-            X[eligible_idx], q, k, eps=cfg.eps, precision=cfg.precision, device=cfg.device,
+            pool_X, q, k, eps=cfg.eps, precision=cfg.precision, device=cfg.device,
             condition_on=cond, condition_weight=cfg.diversity_weight,
         )
         chosen = eligible_idx[result.order]
@@ -258,6 +270,7 @@ def select_ids(
     report = _report(cfg, ids, d, X, pool_mask, chosen, pace, result, 0 if cond is None else len(cond),
                      levels, types, notes, rng, reserved)
     report["seconds"] = round(time.perf_counter() - start, 3)
+    report = SelectionReport(**report).to_json()  # the record's keys, exactly, and its version
     for note in notes:
         log.info(note)
     return Selection([ids[i] for i in chosen], np.asarray(rounds, dtype=np.int64), sel_diff, report)
@@ -310,10 +323,14 @@ def _static_difficulty(levels, source: str) -> np.ndarray:
     return (v - v.min()) / span if span > 0 else np.zeros_like(v)
 
 
-def _labels(table: pa.Table) -> list[dict]:
-    """Each row's meta; a dataset's own ``difficulty`` label stands in for a missing level."""
-    return [m if m.get("level") is not None or m.get("difficulty") is None else {**m, "level": m["difficulty"]}
-            for m in problem_meta(table)]
+def _labels(table: pa.Table) -> tuple[list, list]:
+    """Each row's meta level and type; a dataset's own ``difficulty`` label stands in for
+    a missing level. Only the two labels are kept, not the parsed meta dicts."""
+    levels, types = [], []
+    for m in problem_meta(table):
+        levels.append(m.get("level") if m.get("level") is not None else m.get("difficulty"))
+        types.append(m.get("type"))
+    return levels, types
 
 
 def _difficulty_for(path: str, ids: Sequence[str], allow_missing: bool = False) -> np.ndarray:
@@ -399,7 +416,8 @@ def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, n_conditioned, leve
             "conditioned_on": int(n_conditioned), "condition_weight": cfg.diversity_weight,
         }
     if X is not None and len(chosen) >= 2:
-        rep["diversity"] = _diversity(X, elig, chosen, rng)
+        # every strategy picks from the eligible pool: the baseline draws from it too
+        rep["diversity"] = _clean_diversity(diversity_vs_random(X, elig, chosen, rng))
         rep["logdet"] = rep["diversity"]["selected"]["logdet"]
         rep["mean_cosine"] = rep["diversity"]["selected"]["mean_cosine"]
     for key, labels in (("level", levels), ("type", types)):
@@ -410,37 +428,11 @@ def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, n_conditioned, leve
     return rep
 
 
-def _diversity(X, elig, chosen, rng) -> dict:
-    """log det(I + S) and mean cosine of the selection vs one random same-size draw."""
-    from p3.report import diversity
-
-    pool = elig  # every strategy picks from the eligible pool
-    # Pool statistics in chunks; only the rows compared are materialised (N may be 1M).
-    s1, s2 = np.zeros(X.shape[1]), np.zeros(X.shape[1])
-    for a in range(0, len(pool), 65536):
-        z = X[pool[a : a + 65536]].astype(np.float64)
-        s1 += z.sum(axis=0)
-        s2 += (z * z).sum(axis=0)
-    mean = s1 / len(pool)
-    sd = np.sqrt(np.maximum(s2 / len(pool) - mean * mean, 0.0))
-    sd[sd == 0] = 1.0
-
-    def features(rows):
-        F = (X[rows].astype(np.float64) - mean) / sd
-        nrm = np.linalg.norm(F, axis=1, keepdims=True)
-        return F / np.where(nrm > 0, nrm, 1.0)
-
-    sel = diversity(features(chosen))
-    # a random draw of the whole pool is the selection itself (both measures ignore order)
-    rand = sel if len(chosen) == len(pool) else diversity(features(pool[rng.choice(len(pool), size=len(chosen), replace=False)]))
-    return {"k": int(len(chosen)), "selected": _clean(sel), "random": _clean(rand)}
-
-
 def _stats(v: Optional[np.ndarray]) -> dict:
     if v is None or not len(v) or np.isnan(v).all():
         return {"n": 0 if v is None else int(len(v))}
     v = v[~np.isnan(v)]
-    counts, edges = np.histogram(v, bins=10, range=(0.0, 1.0))
+    counts, edges = np.histogram(v, bins=HIST_BINS, range=(0.0, 1.0))
     p25, med, p75 = np.percentile(v, [25, 50, 75])
     return {
         "n": int(len(v)), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
@@ -461,6 +453,7 @@ def _num(x: float) -> Optional[float]:
     return float(x) if math.isfinite(x) else None
 
 
-def _clean(d: dict) -> dict:
-    return {k: _num(v) for k, v in d.items()}
+def _clean_diversity(div: dict) -> dict:
+    return {**div, "selected": {k: _num(v) for k, v in div["selected"].items()},
+            "random": {k: _num(v) for k, v in div["random"].items()}}
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from p3 import checks, prompts
-from p3.data import load_problems
+from p3.problems import load_problems
 from p3.logs import get_logger, progress, step
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from p3 import checks, contracts, prompts, storage
-from p3.data import load_problems
+from p3.problems import load_problems
 from p3.logs import get_logger, progress_enabled, step
 
 log = get_logger("train")

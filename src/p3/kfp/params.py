@@ -16,7 +16,8 @@ from importlib import resources
 from typing import Any
 
 from p3 import configs
-from p3.data import PrepareConfig, SynthConfig
+from p3.minimath import SynthConfig
+from p3.sources import PrepareConfig
 from p3.score import ScoreConfig
 from p3.embed import EmbedConfig
 from p3.evaluate import EvaluateConfig

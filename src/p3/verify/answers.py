@@ -1,6 +1,6 @@
 """Where a MATH answer is in a text: the final ``\\boxed{…}`` or "final answer is" statement.
 
-String-only and free of project imports, so that both the problem tables (``p3.data``,
+String-only and free of project imports, so that both the problem tables (``p3.sources``,
 the reference answer of a solution) and the grader (``p3.verify.math``) can use it.
 
 Rules (docs/data.md, "MATH grading", says why):

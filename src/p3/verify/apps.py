@@ -21,7 +21,7 @@ import time
 from dataclasses import replace
 from typing import Any, Optional
 
-from p3.data import parse_tests
+from p3.problems import parse_tests
 from p3.sandbox import Job, Limits, RunResult, Sandbox, decode_call_result
 
 # A fenced block: ```lang\n ... ``` ; an unterminated last fence (a cut-off generation)
@@ -45,7 +45,7 @@ def extract_code(text: Optional[str]) -> str:
 
 def load_tests(tests: Any) -> Optional[dict]:
     """The ``input_output`` JSON as a dict, or None when there are no usable tests
-    (what :func:`p3.data.parse_tests` would refuse)."""
+    (what :func:`p3.problems.parse_tests` would refuse)."""
     if tests is None or tests == "":
         return None
     try:

@@ -225,7 +225,7 @@ def read_completions(path: str) -> list[dict]:
 
 def grade(cfg: GradeConfig) -> pa.Table:
     """CLI entry: read problems + completions, grade, write results atomically."""
-    from p3.data import load_problems
+    from p3.problems import load_problems
 
     problems = load_problems(cfg.problems)
     completions = read_completions(cfg.completions)

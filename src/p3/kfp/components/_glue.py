@@ -119,10 +119,10 @@ def torchrun_command(cli_words: list[str], cfg: Any, gpus: int) -> list[str]:
 
 
 def epoch_file_names() -> dict[str, str]:
-    """The name each epoch input gets in a run folder: the report renderer's first choice."""
-    from p3.report import EPOCH_FILES
+    """The name each epoch input gets in a run folder (the names the report reads)."""
+    from p3.rundata import EPOCH_FILES
 
-    return {key: names[0] for key, names in EPOCH_FILES.items() if key != "problems"}
+    return {key: name for key, name in EPOCH_FILES.items() if key != "problems"}
 
 
 def add_epoch(run_dir: str, epoch: int, files: dict[str, str], problems: str, previous_run: str | None) -> str:

@@ -29,7 +29,7 @@ def epoch_report(
     Args:
         problems: Problems table (levels/types for coverage).
         difficulty: This epoch's difficulty table.
-        embeddings: This epoch's embeddings (diversity vs random).
+        embeddings: This epoch's embeddings; not read: the diversity figures come from the selection report.
         selection: This epoch's selection.
         selection_report: The selector's JSON report.
         evaluation: This epoch's evaluation JSON.
@@ -48,14 +48,14 @@ def epoch_report(
     configure()  # an entry point: the step's log lines go to its pod log
     import os
 
-    from p3 import report, storage
+    from p3 import report, rundata, storage
     from p3.kfp.components._glue import add_epoch
 
-    files = {"difficulty": difficulty.path, "selection": selection.path, "embeddings": embeddings.path,
+    files = {"difficulty": difficulty.path, "selection": selection.path,
              "selection_report": selection_report.path, "metrics": evaluation.path}
     epoch_dir = add_epoch(run.path, epoch, files, problems.path, previous_run.path if previous_run else None)
     previous_dir = os.path.join(run.path, f"epoch_{epoch - 1}") if epoch > 0 else None
-    data = report.load_epoch_dir(epoch_dir, previous_dir, problems=problems.path)
+    data = rundata.load_epoch_dir(epoch_dir, previous_dir, problems=problems.path)
     page, md, scalars = report.render_epoch(data, seed=seed)
     storage.write_text(page, html.path)
     storage.write_text(md, markdown.path)
@@ -64,7 +64,7 @@ def epoch_report(
         metrics.log_metric(name, value)
     storage.write_json(scalars, metrics.path)  # a real file, as in the evaluator
     # this epoch as loaded and rendered above; the earlier ones from their folders
-    earlier = report.find_epoch_dirs(run.path)[:-1]
+    earlier = rundata.find_epoch_dirs(run.path)[:-1]
     run_page, run_md = report.render_run([*earlier, data], seed=seed, problems=problems.path)
     storage.write_text(run_page, run_html.path)
     storage.write_text(run_md, run_markdown.path)

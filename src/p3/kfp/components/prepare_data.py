@@ -37,11 +37,11 @@ def prepare_data(
     from p3.logs import configure
 
     configure()  # an entry point: the step's log lines go to its pod log
-    from p3 import data
+    from p3 import minimath, sources
 
     if source.startswith("synth:"):
-        data.synth(data.SynthConfig(out=problems.path, n=synth_n, levels=synth_levels, seed=seed, split=split))
+        minimath.synth(minimath.SynthConfig(out=problems.path, n=synth_n, levels=synth_levels, seed=seed, split=split))
     else:
-        data.prepare(data.PrepareConfig(task=task, source=source, out=problems.path, split=split,
+        sources.prepare(sources.PrepareConfig(task=task, source=source, out=problems.path, split=split,
                                         limit=limit or None, seed=seed, skip_invalid=skip_invalid,
                                         hf_config=hf_config or None))

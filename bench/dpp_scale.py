@@ -1,6 +1,6 @@
 """DPP selection at scale: p3.dpp vs a dense implementation of the paper's algorithm.
 
-One run, side by side (DESIGN.md §5):
+One run, side by side (docs/design.md §5):
 
 1. N=10k, k=1k, d=384: the project's selector vs the dense greedy below (full N×N
    kernel per round, Chen et al.'s fast greedy MAP as in the paper's code): same picks?,

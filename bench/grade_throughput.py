@@ -10,7 +10,7 @@ and the median rate is reported, so a noisy neighbour hits every arm alike.
   bwrap     p3 sandbox, full isolation (user, net, pid, mount, ipc, uts namespaces)
 
 The last line is ``runs_per_s=…`` of the best isolation level available (bwrap when
-present), which DESIGN.md §5 wants ≥ 25 on 2 cores.
+present), which docs/design.md §5 wants ≥ 25 on 2 cores.
 """
 
 from __future__ import annotations

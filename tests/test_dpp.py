@@ -1,4 +1,4 @@
-"""The scalable DPP selector against a dense reference written here from DESIGN.md §1.3.
+"""The scalable DPP selector against a dense reference written here from docs/design.md §1.3.
 
 The reference builds the full kernel per round and runs Chen et al.'s fast greedy MAP
 (incremental Cholesky rows), with per-round standardisation, eps, zero-quality fill

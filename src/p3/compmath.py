@@ -81,7 +81,7 @@ def comp_problems(n: int, levels: "str | list[int]" = "1-5", seed: int = 0, spli
     """``n`` distinct comp-MATH problems of ``split`` over ``levels``; deterministic.
 
     ``shares`` (one per level, summing to any positive total) sets the level mix; the
-    default is even. Same schema and solution layout as mini-MATH (DESIGN.md §3), with
+    default is even. Same schema and solution layout as mini-MATH (docs/design.md §3), with
     meta ``{"level", "type": "Level L", "source": "comp-math", "split", "seed", "steps"}``.
     """
     if split not in ("train", "test"):

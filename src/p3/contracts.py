@@ -1,4 +1,4 @@
-"""The Parquet tables that pass between steps (DESIGN.md §3), and their checks.
+"""The Parquet tables that pass between steps (docs/design.md §3), and their checks.
 
 Every reader validates what it reads with :func:`validate` so that bad input stops
 with one error naming the file, the row and the field, before any work is done.

@@ -1,4 +1,4 @@
-"""Exact greedy MAP for the P3 diversity DPP without the N×N kernel (DESIGN.md §1.3).
+"""Exact greedy MAP for the P3 diversity DPP without the N×N kernel (docs/design.md §1.3).
 
 The method
 ----------

@@ -1,4 +1,4 @@
-"""Self-paced learning: which problems are easy enough for this epoch (DESIGN.md §1.2).
+"""Self-paced learning: which problems are easy enough for this epoch (docs/design.md §1.2).
 
 Pure functions. With progress ``t = e / E`` for epoch ``e`` of ``E`` (e = 0 … E−1):
 

@@ -1,4 +1,4 @@
-"""Run one untrusted Python program, once, in a fresh sandboxed process (DESIGN.md §6).
+"""Run one untrusted Python program, once, in a fresh sandboxed process (docs/design.md §6).
 
 Every run is a new process that:
 

@@ -1,4 +1,4 @@
-"""Policy-driven difficulty (DESIGN.md §1.1): likelihood, rollout or hybrid.
+"""Policy-driven difficulty (docs/design.md §1.1): likelihood, rollout or hybrid.
 
 ``likelihood`` (the paper's): the reference solution's non-empty lines are the steps
 a_1..a_K; p(a_k) = exp(mean log-prob of a_k's tokens given everything before it);

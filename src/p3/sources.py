@@ -2,7 +2,7 @@
 
 ``prepare`` reads a source in the dataset's own raw schema (a local or ``s3://``
 .jsonl/.json/.parquet file, or a Hugging Face dataset name or folder) and writes the
-problems table of DESIGN.md §3.
+problems table of docs/design.md §3.
 
 Bad input stops with a :class:`~p3.contracts.ContractError` naming the file, the row
 (the 1-based line number for JSONL, the 1-based record otherwise) and the field; with

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
+from p3.rundata import EPOCH_FILES
 from p3.score import ScoreConfig, score
 from p3.selection import SelectConfig, select
 from p3.train import TrainConfig, train
@@ -28,17 +29,18 @@ class EpochFiles:
 
     dir: str
 
+    # the names the report reads a run folder by (one place: rundata.EPOCH_FILES)
     @property
     def difficulty(self) -> str:
-        return os.path.join(self.dir, "difficulty.parquet")
+        return os.path.join(self.dir, EPOCH_FILES["difficulty"])
 
     @property
     def selection(self) -> str:
-        return os.path.join(self.dir, "selection.parquet")
+        return os.path.join(self.dir, EPOCH_FILES["selection"])
 
     @property
     def report(self) -> str:
-        return os.path.join(self.dir, "selection_report.json")
+        return os.path.join(self.dir, EPOCH_FILES["selection_report"])
 
     @property
     def model(self) -> str:

@@ -321,3 +321,26 @@ def test_an_unseparable_leader_is_picked_by_an_exact_sweep_not_a_pool_sized_hot_
     assert_same(X, q, 200, hot_size=16, device=device, precision="float32")
     assert seen["sweeps"] > 0
     assert seen["largest_hot"] <= 32
+
+
+@pytest.mark.parametrize("precision,device", [("float64", "cpu"), ("float32", "torch:cpu")])
+def test_a_row_subset_picks_exactly_what_a_copy_of_those_rows_picks(precision, device):
+    # p3 select's pacing pool is a subset of the embeddings; `rows` spares the copy X[rows]
+    X, q = _data(3000, 24, 16)
+    rows = np.flatnonzero(np.random.default_rng(0).random(3000) < 0.6)
+    q[rows[::7]] = 0.0  # zero-quality rows of the pool fill the budget last
+    kw = dict(precision=precision, device=device, condition_on=X[:4], condition_weight=0.5)
+    k = len(rows) - 20  # past the positive-quality rows: the pool halves, and zero-quality rows fill
+    copy = dpp_select(X[rows], q[rows], k, **kw)
+    subset = dpp_select(X, q[rows], k, rows=rows, **kw)
+    assert copy.n_fill > 0 and copy.n_rounds > 2
+    assert subset.order.tolist() == copy.order.tolist()
+    assert subset.rounds.tolist() == copy.rounds.tolist()
+    assert np.array_equal(subset.gains, copy.gains)  # same sums in the same order: bit for bit
+
+
+def test_rows_must_be_ascending_unique_rows_of_the_features():
+    X, q = _data(10, 3, 17)
+    for rows in ([3, 1], [1, 1], [0, 10], [-1, 2]):
+        with pytest.raises(ValueError, match="rows must be ascending"):
+            dpp_select(X, q[:2], 2, rows=rows)

@@ -132,6 +132,7 @@ def dpp_select(
     condition_on=None,
     condition_weight: float = 1.0,
     hot_size: int = 512,
+    rows=None,
 ) -> DppResult:
     """Greedy MAP DPP selection of ``k`` rows of ``features`` (N×d) with quality ``quality``.
 
@@ -140,6 +141,11 @@ def dpp_select(
     float32 screens of ≥ TORCH_MIN_ENTRIES entries), "numpy", or a torch device string ("cuda",
     "cuda:1", "torch:cpu"). ``hot_size``: rows whose residuals are kept exact pick by pick
     (speed only: the picks do not depend on it). Deterministic: no randomness is involved.
+
+    ``rows``: the pool is these rows of ``features`` (ascending, unique), in that order;
+    ``quality`` and ``order`` then refer to positions in ``rows``. Same picks as
+    ``dpp_select(features[rows], …)`` without that copy of the matrix (at N=1M, d=384 it
+    is 1.5 GB; the screen gathers its own copy in quality order either way).
     """
     start = time.perf_counter()
     X = np.asarray(features)
@@ -147,7 +153,12 @@ def dpp_select(
         X = X.astype(np.float32)
     if X.ndim != 2:
         raise ValueError(f"features must be a 2-D matrix, got shape {X.shape}")
-    n_items, dim = X.shape
+    dim = X.shape[1]
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows) and (rows[0] < 0 or rows[-1] >= len(X) or (np.diff(rows) <= 0).any()):
+            raise ValueError(f"rows must be ascending, unique row numbers of features (0..{len(X) - 1})")
+    n_items = len(X) if rows is None else len(rows)
     q = np.asarray(quality, dtype=np.float64).reshape(-1)
     if len(q) != n_items:
         raise ValueError(f"quality has {len(q)} values for {n_items} feature rows")
@@ -160,13 +171,13 @@ def dpp_select(
         precision = "float64" if n_items * dim <= FLOAT64_MAX_ENTRIES else "float32"
     if precision not in TAU:
         raise ValueError(f"precision must be auto, float64 or float32, got {precision!r}")
-    backend = _make_backend(device, precision, X.size)
+    backend = _make_backend(device, precision, n_items * dim)
 
     fill = np.flatnonzero(q * q < eps)
     cand = np.flatnonzero(q * q >= eps)
     cand = cand[np.lexsort((cand, -q[cand]))]  # quality descending, then index
     with _blas_threads_for(backend):
-        state = _Greedy(X, q, cand, fill, eps, precision, backend, hot_size)
+        state = _Greedy(X, rows, q, cand, fill, eps, precision, backend, hot_size)
         picks, rounds, gains, sizes = _run_rounds(state, k, condition_on, condition_weight, dim, start)
     n_greedy = len(picks)
     n_fill = min(k - n_greedy, len(fill))
@@ -223,10 +234,14 @@ def _run_rounds(state, k, condition_on, condition_weight, dim, start):
 
 
 class _Greedy:
-    """State across rounds: the screened matrix in quality order, pool statistics."""
+    """State across rounds: the screened matrix in quality order, pool statistics.
+    ``cand`` and ``fill`` are pool positions; ``xrow`` and ``fill_x`` their rows of X."""
 
-    def __init__(self, X, q, cand, fill, eps, precision, backend, hot_size):
+    def __init__(self, X, rows, q, cand, fill, eps, precision, backend, hot_size):
         self.X, self.q, self.cand, self.fill, self.eps = X, q, cand, fill, eps
+        self.rows, self.n_items = rows, len(cand) + len(fill)
+        self.xrow = cand if rows is None else rows[cand]
+        self.fill_x = fill if rows is None else rows[fill]
         self.precision, self.bk, self.hot_size = precision, backend, max(16, int(hot_size))
         self.dtype = np.float64 if precision == "float64" else np.float32
         self.tau = TAU[precision]
@@ -237,23 +252,24 @@ class _Greedy:
         self.flushes = 0
         # Centring reference: keeps float32 screening well conditioned and the running
         # sums below free of cancellation.
-        self.m0 = _mean_rows(X, np.arange(len(X)))
-        self.Z = backend.gather_centered(X, cand, self.m0, self.dtype)
+        self.m0 = _mean_rows(X, np.arange(len(X)) if rows is None else rows)
+        self.Z = backend.gather_centered(X, self.xrow, self.m0, self.dtype)
         self.refresh_stats()
 
     # -- pool statistics (running sums of the pool rows, centred at m0) ------------
     def pool_rows(self) -> np.ndarray:
-        return np.concatenate([self.cand[self.alive], self.fill])
+        return np.concatenate([self.xrow[self.alive], self.fill_x])
 
     def refresh_stats(self) -> None:
         rows = self.pool_rows()
         self.n_pool = len(rows)
         self.n_at_refresh = self.n_pool
-        whole = len(rows) == len(self.X)  # the first time: plain slices, no gather
-        self.S1, self.S2 = pool_sums(self.X, None if whole else rows, self.m0)
+        if len(rows) == self.n_items:  # the first time: the pool in input order (no rows: plain slices)
+            rows = self.rows
+        self.S1, self.S2 = pool_sums(self.X, rows, self.m0)
 
     def remove_from_stats(self, pos: int) -> None:
-        z = self.X[self.cand[pos]].astype(np.float64) - self.m0
+        z = self.X[self.xrow[pos]].astype(np.float64) - self.m0
         self.S1 -= z
         self.S2 -= z * z
         self.n_pool -= 1
@@ -408,7 +424,7 @@ class _Round:
             b = min(n, a + CHUNK_ROWS)
             if not g.alive[a:b].any():
                 continue
-            Y = g.X[g.cand[a:b]].astype(np.float64)
+            Y = g.X[g.xrow[a:b]].astype(np.float64)
             Y -= g.m0 + self.mu
             Y *= self.inv
             nrm = np.einsum("ij,ij->i", Y, Y)
@@ -426,7 +442,7 @@ class _Round:
             return None
         ties = np.flatnonzero(self.s == best)
         pos = int(ties[np.argmin(g.cand[ties])])
-        y = (g.X[g.cand[pos]].astype(np.float64) - (g.m0 + self.mu)) * self.inv
+        y = (g.X[g.xrow[pos]].astype(np.float64) - (g.m0 + self.mu)) * self.inv
         return self.take(pos, y, float(y @ y), best, self.n_picks())
 
     def n_picks(self) -> int:
@@ -553,7 +569,7 @@ class _Round:
             Y[kept], nrm[kept], acc[kept] = self.Yh[at[kept]], self.nrm_h[at[kept]], self.acc_h[at[kept]]
         new = ~kept
         if new.any():
-            Yn = g.X[g.cand[hot[new]]].astype(np.float64)
+            Yn = g.X[g.xrow[hot[new]]].astype(np.float64)
             Yn -= g.m0 + self.mu
             Yn *= self.inv
             Y[new] = Yn

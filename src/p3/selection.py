@@ -247,11 +247,10 @@ def select_ids(
     else:  # dpp, p3
         q = _quality(d[eligible_idx], cfg.quality)
         cond = _condition_rows(ids, X, previous_ids, cfg)
-        # every row eligible (strategy dpp, or a pacing that admits all): no copy of X
-        pool_X = X if len(eligible_idx) == n else X[eligible_idx]
         result = dpp_select(
-            pool_X, q, k, eps=cfg.eps, precision=cfg.precision, device=cfg.device,
+            X, q, k, eps=cfg.eps, precision=cfg.precision, device=cfg.device,
             condition_on=cond, condition_weight=cfg.diversity_weight,
+            rows=None if len(eligible_idx) == n else eligible_idx,  # the eligible rows, not a copy of them
         )
         chosen = eligible_idx[result.order]
         rounds = result.rounds

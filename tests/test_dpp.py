@@ -344,3 +344,62 @@ def test_rows_must_be_ascending_unique_rows_of_the_features():
     for rows in ([3, 1], [1, 1], [0, 10], [-1, 2]):
         with pytest.raises(ValueError, match="rows must be ascending"):
             dpp_select(X, q[:2], 2, rows=rows)
+
+
+@pytest.mark.parametrize("precision,device", [("float32", "numpy"), ("float32", "torch:cpu"), ("float64", "cpu")])
+def test_in_place_shares_the_features_picks_the_same_and_puts_the_rows_back(precision, device):
+    X, q = _data(3000, 24, 18)
+    X = X.astype(np.float32 if precision == "float32" else np.float64)
+    rows = np.flatnonzero(np.random.default_rng(1).random(3000) < 0.7)
+    q[rows[::9]] = 0.0
+    before = X.copy()
+    kw = dict(precision=precision, device=device, condition_on=X[:3].copy(), condition_weight=1.0, rows=rows)
+    copy = dpp_select(X, q[rows], len(rows) - 10, **kw)
+    shared = dpp_select(X, q[rows], len(rows) - 10, in_place=True, **kw)
+    assert not copy.in_place and shared.in_place
+    assert np.array_equal(X, before)  # every row back in its place, bit for bit
+    assert shared.order.tolist() == copy.order.tolist()
+    assert shared.rounds.tolist() == copy.rounds.tolist()
+    np.testing.assert_allclose(shared.gains, copy.gains, rtol=1e-9)
+
+
+def test_in_place_does_not_allocate_a_copy_of_the_features():
+    X, q = _data(100_000, 128, 19)  # big enough that chunked temporaries are small beside X
+    peaks = {}
+    for in_place in (False, True):
+        tracemalloc.start()
+        dpp_select(X, q, 100, precision="float32", device="numpy", in_place=in_place)
+        peaks[in_place] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    # the screen's copy is what in_place saves (chunked float64 temporaries remain in both)
+    assert peaks[False] - peaks[True] > 0.75 * X.nbytes
+
+
+def test_in_place_is_declined_for_features_far_from_zero_and_for_read_only_ones():
+    X, q = _data(2000, 16, 20)
+    far = X + np.float32(500.0)  # |mean| / std ≈ 500: an uncentred float32 screen would lose the margin
+    ref = dpp_select(far, q, 200, precision="float32", device="numpy")
+    got = dpp_select(far, q, 200, precision="float32", device="numpy", in_place=True)
+    assert not got.in_place and got.order.tolist() == ref.order.tolist()
+    X.flags.writeable = False
+    assert not dpp_select(X, q, 50, precision="float32", device="numpy", in_place=True).in_place
+
+
+def test_in_place_puts_the_rows_back_when_the_selection_fails(monkeypatch):
+    import p3.dpp as dpp
+
+    X, q = _data(2000, 16, 21)
+    before = X.copy()
+    calls = []
+
+    def fail_in_the_second_round(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("stopped")
+        return real(self)
+
+    real = dpp._Round.run
+    monkeypatch.setattr(dpp._Round, "run", fail_in_the_second_round)
+    with pytest.raises(RuntimeError, match="stopped"):
+        dpp_select(X, q, 500, precision="float32", device="numpy", in_place=True)
+    assert len(calls) == 2 and np.array_equal(X, before)

@@ -141,3 +141,50 @@ def test_the_matched_generator_has_the_sample_covariance(tmp_path, monkeypatch):
     np.testing.assert_allclose(X.std(axis=0), S.std(axis=0), rtol=0.02, atol=1e-3)
     got, want = np.linalg.eigvalsh(np.cov(X, rowvar=False)), np.linalg.eigvalsh(np.cov(S, rowvar=False))
     np.testing.assert_allclose(got, want, rtol=0.05, atol=1e-4)
+
+
+def test_the_step_lets_the_dpp_share_its_matrix_and_picks_the_same(tmp_path, monkeypatch):
+    """`p3 select` reads the embeddings for itself, so the DPP's screen reorders that matrix
+    in place instead of gathering a copy of the eligible rows (dpp_select(in_place=True));
+    a paced pool (strategy p3) reaches the DPP as row numbers of the matrix, not X[eligible]."""
+    import p3.selection as selection
+    from p3.selection import select
+
+    bench = _bench()
+    X, q = bench.make_data(60_000, 96, seed=2)
+    paths = bench.write_tables(str(tmp_path), X, q)
+    real = selection.dpp_select
+    calls = []
+
+    def traced_dpp(features, quality, k, **kw):  # what the DPP allocates beyond what it was given
+        kw["in_place"] = kw["in_place"] and force_share
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        res = real(features, quality, k, **kw)
+        calls.append((features.shape[0], kw["rows"], tracemalloc.get_traced_memory()[1] - before))
+        return res
+
+    monkeypatch.setattr(selection, "dpp_select", traced_dpp)
+    import p3.dpp
+    import p3.similarity
+
+    # chunked float64 temporaries small beside this test's matrix (at N=1M they are anyway)
+    monkeypatch.setattr(p3.dpp, "CHUNK_ROWS", 2048)
+    monkeypatch.setattr(p3.similarity, "CHUNK_ROWS", 1024)
+    reports, picks = [], []
+    for force_share in (True, False):
+        out = str(tmp_path / f"sel_{force_share}.parquet")
+        cfg = SelectConfig(problems=paths["problems"], difficulty=paths["difficulty"], embeddings=paths["embeddings"],
+                           strategy="p3", budget=300, epoch=1, epochs=3, precision="float32", out=out)
+        tracemalloc.start()
+        try:
+            reports.append(select(cfg))
+        finally:
+            tracemalloc.stop()
+        picks.append(storage.read_table(out).column("id").to_pylist())
+    (n_shared, rows, grown_shared), (_, _, grown_copy) = calls
+    assert n_shared == len(X) and rows is not None and 0 < len(rows) < len(X)  # row numbers, not a copy
+    assert reports[0]["dpp"]["in_place"] and not reports[1]["dpp"]["in_place"]
+    assert grown_copy - grown_shared > 0.75 * len(rows) * X.shape[1] * 4, (grown_copy, grown_shared)
+    assert picks[0] == picks[1]
+    assert reports[0]["diversity"] == reports[1]["diversity"]  # the matrix was put back exactly

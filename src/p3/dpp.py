@@ -80,6 +80,9 @@ FLOAT64_MAX_ENTRIES = 2**21
 TAU = {"float64": 1e-11, "float32": 1e-3}
 CHUNK_ROWS = 32768
 TORCH_CHUNK_ROWS = 16384
+# Rows of an exact float64 sweep (exact_pick) at a time: its two float64 blocks are
+# 2·8192·d·8 B (50 MB at d=384), held while the screen and the warm set are.
+EXACT_CHUNK_ROWS = 8192
 TORCH_MIN_ENTRIES = 2**25
 # The screen's blocks: about SCREEN_BLOCKS of them, of at least MIN_BLOCK_ROWS rows.
 SCREEN_BLOCKS = 64
@@ -94,6 +97,10 @@ WARM_FRACTION = 32
 # sweep of the pool instead (exact_pick), which holds one chunk in float64 at a time.
 HOT_MAX_ROWS = 4096
 WARM_MAX_FRACTION = 8
+# A screen that shares the caller's features (in_place) holds them uncentred; its float32
+# rounding then grows with |mean| / std of a dimension. Up to this ratio the error stays
+# ~1e-4 of q², inside tau (1e-3·max q²); beyond it the screen is a centred copy.
+IN_PLACE_MAX_OFFSET = 64.0
 
 
 @dataclasses.dataclass
@@ -113,6 +120,7 @@ class DppResult:
     device: str
     flushes: int
     seconds: float
+    in_place: bool = False
 
     @property
     def logdet(self) -> float:
@@ -133,6 +141,7 @@ def dpp_select(
     condition_weight: float = 1.0,
     hot_size: int = 512,
     rows=None,
+    in_place: bool = False,
 ) -> DppResult:
     """Greedy MAP DPP selection of ``k`` rows of ``features`` (N×d) with quality ``quality``.
 
@@ -146,6 +155,14 @@ def dpp_select(
     ``quality`` and ``order`` then refer to positions in ``rows``. Same picks as
     ``dpp_select(features[rows], …)`` without that copy of the matrix (at N=1M, d=384 it
     is 1.5 GB; the screen gathers its own copy in quality order either way).
+
+    ``in_place``: the screen may use the memory of ``features`` instead of its own copy
+    (another 1.5 GB at N=1M, d=384): the rows are reordered in place while the selection
+    runs and put back, bit for bit, before it returns (also on an error), so nothing else
+    may read ``features`` meanwhile. Taken only when ``features`` is a writable C-ordered
+    array of the screen's dtype and its mean is small against its spread (the shared
+    screen is not centred: see IN_PLACE_MAX_OFFSET); ``DppResult.in_place`` says whether
+    it was. The picks are the same either way.
     """
     start = time.perf_counter()
     X = np.asarray(features)
@@ -172,13 +189,17 @@ def dpp_select(
     if precision not in TAU:
         raise ValueError(f"precision must be auto, float64 or float32, got {precision!r}")
     backend = _make_backend(device, precision, n_items * dim)
+    shareable = in_place and X is features and X.flags.c_contiguous and X.flags.writeable
 
     fill = np.flatnonzero(q * q < eps)
     cand = np.flatnonzero(q * q >= eps)
     cand = cand[np.lexsort((cand, -q[cand]))]  # quality descending, then index
     with _blas_threads_for(backend):
-        state = _Greedy(X, rows, q, cand, fill, eps, precision, backend, hot_size)
-        picks, rounds, gains, sizes = _run_rounds(state, k, condition_on, condition_weight, dim, start)
+        state = _Greedy(X, rows, q, cand, fill, eps, precision, backend, hot_size, shareable)
+        try:
+            picks, rounds, gains, sizes = _run_rounds(state, k, condition_on, condition_weight, dim, start)
+        finally:
+            state.give_back()
     n_greedy = len(picks)
     n_fill = min(k - n_greedy, len(fill))
     if n_fill:
@@ -200,6 +221,7 @@ def dpp_select(
         device=backend.name,
         flushes=state.flushes,
         seconds=took,
+        in_place=state.shared,
     )
 
 
@@ -237,9 +259,9 @@ class _Greedy:
     """State across rounds: the screened matrix in quality order, pool statistics.
     ``cand`` and ``fill`` are pool positions; ``xrow`` and ``fill_x`` their rows of X."""
 
-    def __init__(self, X, rows, q, cand, fill, eps, precision, backend, hot_size):
+    def __init__(self, X, rows, q, cand, fill, eps, precision, backend, hot_size, shareable=False):
         self.X, self.q, self.cand, self.fill, self.eps = X, q, cand, fill, eps
-        self.rows, self.n_items = rows, len(cand) + len(fill)
+        self.n_items = len(cand) + len(fill)
         self.xrow = cand if rows is None else rows[cand]
         self.fill_x = fill if rows is None else rows[fill]
         self.precision, self.bk, self.hot_size = precision, backend, max(16, int(hot_size))
@@ -252,20 +274,53 @@ class _Greedy:
         self.flushes = 0
         # Centring reference: keeps float32 screening well conditioned and the running
         # sums below free of cancellation.
-        self.m0 = _mean_rows(X, np.arange(len(X)) if rows is None else rows)
-        self.Z = backend.gather_centered(X, self.xrow, self.m0, self.dtype)
-        self.refresh_stats()
+        self.m0 = _mean_rows(X, rows)
+        self.set_stats(rows)  # the whole pool in input order (no rows: plain slices, no gather)
+        self.perm = None
+        self.shared = shareable and X.dtype == self.dtype and len(cand) > 0 and self.mild_offset()
+        if self.shared:
+            # X's rows in screen order: the candidates by quality, the fill rows, the rest;
+            # from here on a pool position is also its row of X
+            self.perm = np.concatenate([self.xrow, self.fill_x, np.setdiff1d(np.arange(len(X)), self.pool_rows())])
+            _permute_rows(X, self.perm)
+            self.xrow = np.arange(len(cand))
+            self.fill_x = np.arange(len(cand), self.n_items)
+            try:
+                self.Z = backend.share(X, len(cand))
+            except BaseException:
+                self.give_back()
+                raise
+            self.shift = self.m0  # the screen's rows are not centred: its offsets add m0
+        else:
+            self.Z = backend.gather_centered(X, self.xrow, self.m0, self.dtype)
+            self.shift = np.zeros_like(self.m0)
+
+    def mild_offset(self) -> bool:
+        """Whether an uncentred float32 screen stays within the margin tau: its rounding
+        grows with |mean| / std per dimension (IN_PLACE_MAX_OFFSET)."""
+        n = max(1, self.n_pool)
+        var = self.S2 / n - (self.S1 / n) ** 2
+        live = var > 0
+        offset = np.abs(self.m0 + self.S1 / n)[live] / np.sqrt(var[live])
+        return not len(offset) or float(offset.max()) <= IN_PLACE_MAX_OFFSET
+
+    def give_back(self) -> None:
+        """Put a shared X's rows back in their input order."""
+        if self.perm is not None:
+            back = np.empty_like(self.perm)
+            back[self.perm] = np.arange(len(self.perm))
+            _permute_rows(self.X, back)
+            self.perm = None
 
     # -- pool statistics (running sums of the pool rows, centred at m0) ------------
     def pool_rows(self) -> np.ndarray:
         return np.concatenate([self.xrow[self.alive], self.fill_x])
 
     def refresh_stats(self) -> None:
-        rows = self.pool_rows()
-        self.n_pool = len(rows)
-        self.n_at_refresh = self.n_pool
-        if len(rows) == self.n_items:  # the first time: the pool in input order (no rows: plain slices)
-            rows = self.rows
+        self.set_stats(self.pool_rows())
+
+    def set_stats(self, rows) -> None:
+        self.n_pool = self.n_at_refresh = len(self.X) if rows is None else len(rows)
         self.S1, self.S2 = pool_sums(self.X, rows, self.m0)
 
     def remove_from_stats(self, pos: int) -> None:
@@ -329,6 +384,7 @@ class _Round:
 
     def __init__(self, g: _Greedy, mu, inv, cols, omega, V, c_shrink, cap):
         self.g, self.mu, self.inv, self.V, self.c = g, mu, inv, V, c_shrink
+        self.zmu = mu + g.shift  # the pool mean in the screen's coordinates
         dim = len(mu)
         n_cols_max = cols.shape[1] + cap
         self.cols = np.zeros((dim, n_cols_max))
@@ -420,8 +476,8 @@ class _Round:
         g = self.g
         B = self.complement()
         n = len(g.cand)
-        for a in range(0, n, CHUNK_ROWS):
-            b = min(n, a + CHUNK_ROWS)
+        for a in range(0, n, EXACT_CHUNK_ROWS):
+            b = min(n, a + EXACT_CHUNK_ROWS)
             if not g.alive[a:b].any():
                 continue
             Y = g.X[g.xrow[a:b]].astype(np.float64)
@@ -499,10 +555,10 @@ class _Round:
         first get ‖y‖² (and acc 0)."""
         g = self.g
         if fresh:
-            g.bk.activate(g.Z, a0, a1, self.mu, self.inv, cols, omega, self.acc, self.nrm)
+            g.bk.activate(g.Z, a0, a1, self.zmu, self.inv, cols, omega, self.acc, self.nrm)
         else:
             cz = self.inv[:, None] * cols
-            g.bk.project(g.Z, a0, a1, cz, self.mu @ cz, omega, self.acc)
+            g.bk.project(g.Z, a0, a1, cz, self.zmu @ cz, omega, self.acc)
 
     def prepare_complement(self, stale: np.ndarray) -> None:
         """Compute the complement for this flush when the row-columns it can save on the
@@ -541,7 +597,7 @@ class _Round:
         if self.n_cols > self.done_w:
             new = slice(self.done_w, self.n_cols)
             cz = self.inv[:, None] * self.cols[:, new]
-            g.bk.project(self.Zw, 0, len(self.W), cz, self.mu @ cz, self.omega[new], self.acc_w)
+            g.bk.project(self.Zw, 0, len(self.W), cz, self.zmu @ cz, self.omega[new], self.acc_w)
             self.done_w = self.n_cols
         s_w = self.screen(self.acc_w, self.nrm_w, self.W)
         local, out = _top(s_w, self.h, g.alive[self.W])
@@ -640,11 +696,34 @@ def _orthonormal_rows(Y: np.ndarray) -> np.ndarray:
     return U[:, :r]
 
 
-def _mean_rows(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def _permute_rows(X: np.ndarray, perm: np.ndarray) -> None:
+    """X[i] = X[perm[i]] for every i, in place, one cycle of the permutation at a time
+    with one row of scratch (~2 s per million rows; a gather would copy X)."""
+    p = perm.tolist()
+    seen = bytearray(len(p))
+    tmp = np.empty(X.shape[1], X.dtype)
+    for start in range(len(p)):
+        if seen[start] or p[start] == start:
+            continue
+        tmp[:] = X[start]
+        i = start
+        while True:
+            seen[i] = 1
+            j = p[i]
+            if j == start:
+                X[i] = tmp
+                break
+            X[i] = X[j]
+            i = j
+
+
+def _mean_rows(X: np.ndarray, rows) -> np.ndarray:
+    """Mean of the rows ``rows`` of X (None: every row, by slices: no gathered copy)."""
+    n = len(X) if rows is None else len(rows)
     total = np.zeros(X.shape[1])
-    for a in range(0, len(rows), CHUNK_ROWS):
-        total += X[rows[a : a + CHUNK_ROWS]].sum(axis=0, dtype=np.float64)
-    return total / max(1, len(rows))
+    for a in range(0, n, CHUNK_ROWS):
+        total += (X[a : a + CHUNK_ROWS] if rows is None else X[rows[a : a + CHUNK_ROWS]]).sum(axis=0, dtype=np.float64)
+    return total / max(1, n)
 
 
 # -- screening backends: numpy and torch (CUDA, or the CPU for big float32 screens) ----
@@ -669,6 +748,10 @@ class _NumpyBackend:
         Z = X[rows].astype(dtype, copy=False)  # a fresh copy: fancy indexing copies
         Z -= m0.astype(dtype)
         return Z
+
+    def share(self, X, n):
+        """The screen as the first n rows of X itself (reordered by the caller, not centred)."""
+        return X[:n]
 
     def take(self, Z, rows):
         return Z[rows]  # fancy indexing copies rows ~2x faster than np.take(out=…)
@@ -729,6 +812,10 @@ class _TorchBackend:
                 Z[a : a + CHUNK_ROWS] = src.index_select(0, idx[a : a + CHUNK_ROWS])
         Z = Z.to(self.device)
         return Z.sub_(torch.as_tensor(m0, dtype=Z.dtype, device=self.device))
+
+    def share(self, X, n):
+        """As numpy's; on a GPU the screen is the device's copy of those rows."""
+        return self.torch.from_numpy(X[:n]).to(self.device)
 
     def take(self, Z, rows):
         """Copy of Z's rows, in a buffer reused by the next call (the warm set is replaced

@@ -43,7 +43,8 @@ Report JSON (``--report``; also the dict ``select`` returns): a
 - ``rounds`` (number of DPP rounds; 0 without DPP), ``round_sizes`` (picks per round)
 - ``dpp``: null, or {greedy_picks, fill_picks (zero-quality items added to fill k),
   objective_logdet (Σ log of the greedy gains = Σ_rounds log det L_round[picks]),
-  precision, device, full_flushes, seconds, eps, conditioned_on (previous picks used),
+  precision, device, full_flushes, seconds, eps, in_place (the screen shared the
+  embeddings' memory instead of copying them), conditioned_on (previous picks used),
   condition_weight}
 - ``logdet``, ``mean_cosine``: diversity of the selection — log det(I + S) and mean
   pairwise cosine, S the cosine Gram of the embeddings standardised over the eligible
@@ -170,6 +171,7 @@ def select(cfg: SelectConfig) -> dict:
             ids, diff, emb, cfg,
             levels=levels, types=types,
             previous_ids=prev_ids, previous_difficulty=prev_diff, static_source=cfg.problems,
+            embeddings_in_place=True,  # the matrix was read for this selection alone
         )
         table = pa.table(
             {
@@ -199,11 +201,14 @@ def select_ids(
     previous_ids: Optional[Sequence[str]] = None,
     previous_difficulty: Optional[np.ndarray] = None,
     static_source: str = "problems",
+    embeddings_in_place: bool = False,
 ) -> Selection:
     """Select in memory. ``difficulty`` (N,) in [0,1] or None; ``embeddings`` (N, d) or
     None; ``levels``/``types`` per item (meta labels, for ``static`` and coverage);
     ``previous_ids`` the last epoch's selection in rank order (cross-epoch diversity);
-    ``previous_difficulty`` (N,) with NaN where unknown (momentum pacing)."""
+    ``previous_difficulty`` (N,) with NaN where unknown (momentum pacing);
+    ``embeddings_in_place``: the DPP may reorder the rows of ``embeddings`` in place while
+    it runs instead of copying them (they are put back; see :func:`p3.dpp.dpp_select`)."""
     _check_config(cfg)
     start = time.perf_counter()
     n = len(ids)
@@ -251,6 +256,7 @@ def select_ids(
             X, q, k, eps=cfg.eps, precision=cfg.precision, device=cfg.device,
             condition_on=cond, condition_weight=cfg.diversity_weight,
             rows=None if len(eligible_idx) == n else eligible_idx,  # the eligible rows, not a copy of them
+            in_place=embeddings_in_place,
         )
         chosen = eligible_idx[result.order]
         rounds = result.rounds
@@ -412,6 +418,7 @@ def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, n_conditioned, leve
             "greedy_picks": result.n_greedy, "fill_picks": result.n_fill,
             "objective_logdet": _num(result.logdet), "precision": result.precision, "device": result.device,
             "full_flushes": result.flushes, "seconds": round(result.seconds, 3), "eps": cfg.eps,
+            "in_place": result.in_place,
             "conditioned_on": int(n_conditioned), "condition_weight": cfg.diversity_weight,
         }
     if X is not None and len(chosen) >= 2:

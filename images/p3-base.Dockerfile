@@ -42,7 +42,7 @@ RUN python lock.py --requirements pyproject.toml > requirements.txt \
 # Only the package, without dependencies (installed above).
 COPY README.md ./
 COPY src/ src/
-RUN pip install --no-deps . && python -c "import p3, p3.backends, p3.verify, p3.kfp.components, p3.kfp"
+RUN pip install --no-deps . && python -c "import p3, p3.backends, p3.verify, p3.sandbox, p3.kfp.components, p3.kfp"
 
 RUN mkdir -p /home/p3 /cache && chmod 1777 /home/p3 /cache
 # Non-root by number (runAsNonRoot can check it); nothing depends on this UID.

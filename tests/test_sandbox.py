@@ -143,7 +143,8 @@ def test_results_keep_job_order_in_parallel(level):
 NON_ROOT_SCRIPT = textwrap.dedent(
     """
     import importlib.util, json, os, sys
-    spec = importlib.util.spec_from_file_location("p3_sandbox_copy", sys.argv[1])
+    spec = importlib.util.spec_from_file_location("p3_sandbox_copy", os.path.join(sys.argv[1], "__init__.py"),
+                                                  submodule_search_locations=[sys.argv[1]])
     m = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = m
     spec.loader.exec_module(m)
@@ -183,18 +184,19 @@ def test_non_root_grader_still_isolates(tmp_path):
     userns = subprocess.run(prefix + ["unshare", "--user", "--net", "true"], capture_output=True)
     if userns.returncode != 0:
         pytest.skip(f"unprivileged user namespaces are not allowed here: {userns.stderr.decode().strip()}")
-    # the grader's module, readable by the unprivileged user, run by the system Python
-    # (the venv's interpreter lives in root's home)
+    # the grader's package, readable by the unprivileged user, run by the system Python
+    # (the venv's interpreter lives in root's home, and p3 is not installed there)
     work = Path(tempfile.mkdtemp(prefix="p3-nonroot-"))
     try:
-        os.chmod(work, 0o755)
-        shutil.copy(sbx.__file__, work / "sandbox.py")
+        shutil.copytree(Path(sbx.__file__).parent, work / "sandbox", ignore=shutil.ignore_patterns("__pycache__"))
         (work / "grader.py").write_text(NON_ROOT_SCRIPT)
-        for f in work.iterdir():
-            os.chmod(f, 0o644)
+        for folder, _, files in os.walk(work):
+            os.chmod(folder, 0o755)
+            for f in files:
+                os.chmod(os.path.join(folder, f), 0o644)
         server = LoopbackServer()
         try:
-            proc = subprocess.run(prefix + [SYSTEM_PYTHON, "-I", str(work / "grader.py"), str(work / "sandbox.py"),
+            proc = subprocess.run(prefix + [SYSTEM_PYTHON, "-I", str(work / "grader.py"), str(work / "sandbox"),
                                             str(server.port)], capture_output=True, text=True, timeout=120,
                                   cwd=str(work), env={"PATH": "/usr/bin:/bin"})
         finally:

@@ -15,7 +15,7 @@ STAMP := $(VENV)/.p3-installed
 REGISTRY  ?= ghcr.io/p3-kubeflow
 IMAGE_TAG ?= 0.1.0
 
-.PHONY: install sandbox-deps run test test-fast bench images compile clean
+.PHONY: install sandbox-deps run test test-fast bench images pin-images compile clean
 
 install: sandbox-deps $(STAMP)
 
@@ -66,6 +66,12 @@ images:
 	DOCKER_BUILDKIT=1 docker build -f images/p3-base.Dockerfile  -t $(REGISTRY)/p3-base:$(IMAGE_TAG) .
 	DOCKER_BUILDKIT=1 docker build -f images/p3-vllm.Dockerfile  -t $(REGISTRY)/p3-vllm:$(IMAGE_TAG) .
 	DOCKER_BUILDKIT=1 docker build -f images/p3-train.Dockerfile -t $(REGISTRY)/p3-train:$(IMAGE_TAG) .
+
+# Pin each image's base by digest: FROM name:tag -> name:tag@sha256:<what the registry gives
+# for the tag now>. Needs the registry (Docker Hub), so a maintainer runs it where it is
+# reachable; make test and make run never do. `--check` (no network) lists unpinned bases.
+pin-images:
+	$(PYTHON) images/pin_digests.py images/*.Dockerfile
 
 clean:
 	rm -rf runs .pytest_cache p3_math.yaml p3_apps.yaml

@@ -19,15 +19,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/cache/huggingface \
     P3_PROGRESS=0
 
-ARG BITSANDBYTES_VERSION=0.45.5
-
 # Dependencies in their own layer. The image's CUDA torch stack stays: every package it
-# already has is pinned to the installed version, the rest to images/constraints.txt.
+# already has is pinned to the installed version, the rest to images/constraints.txt, which
+# locks the qlora extra's bitsandbytes at the version the tests ran (one pin, not two).
 WORKDIR /opt/p3
 COPY pyproject.toml images/constraints.txt images/lock.py ./
 RUN python lock.py --keep-installed constraints.txt > keep.txt \
-    && python lock.py --requirements pyproject.toml > requirements.txt \
-    && pip install --constraint keep.txt --requirement requirements.txt "bitsandbytes==${BITSANDBYTES_VERSION}"
+    && python lock.py --requirements pyproject.toml --extra qlora > requirements.txt \
+    && pip install --constraint keep.txt --requirement requirements.txt
 
 COPY README.md ./
 COPY src/ src/

@@ -2,6 +2,8 @@
 # From the official vLLM image, pinned; the project is installed on top without
 # touching the image's torch/CUDA stack. Build from the repository root:
 #   docker build -f images/p3-vllm.Dockerfile -t ghcr.io/p3-kubeflow/p3-vllm:0.1.0 .
+# Pinned by tag only, digest pending: run `make pin-images` (images/pin_digests.py) where
+# Docker Hub is reachable, which rewrites this line as vllm/vllm-openai:v0.33.0@sha256:….
 FROM vllm/vllm-openai:v0.33.0
 
 # Any UID: see p3-base.Dockerfile.

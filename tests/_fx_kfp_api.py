@@ -40,10 +40,12 @@ import datetime
 import itertools
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlparse
 
 import yaml
+
+from _loopback import LoopbackServer
 
 __all__ = ["FakeKFP", "ApiError"]
 
@@ -75,7 +77,7 @@ def _multipart_file(content_type: str, raw: bytes) -> bytes:
     raise ApiError(400, "Failed to read the pipeline file: no uploadfile part")
 
 
-class FakeKFP:
+class FakeKFP(LoopbackServer):
     """The server and its state. ``multi_user`` as the backend's MULTIUSER setting;
     ``access`` identity -> namespaces (``kubeflow`` among them = may write shared pipelines)."""
 
@@ -128,17 +130,7 @@ class FakeKFP:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
     # ------------------------------------------------------------------ rules
 

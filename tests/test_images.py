@@ -44,9 +44,10 @@ def test_every_image_has_a_dockerfile_and_the_tags_match_the_project_version():
     assert {images.BASE, images.VLLM, images.TRAIN} == {f"{images.REGISTRY}/{n}:{version}" for n in DOCKERFILES}
 
 
-# Bases by digest: a tag can be moved to other content, a digest cannot. The vLLM base's
-# FROM line is the vLLM version pin, which the vLLM upgrade (issue 16) changes.
-DIGEST_PENDING = {"p3-vllm": "the vLLM FROM line is the vLLM pin, changed by issue 16"}
+# Bases by digest: a tag can be moved to other content, a digest cannot. p3-vllm's digest
+# could not be looked up (no registry access here) and is never written by hand: strict, so
+# this fails once `make pin-images` has pinned it and the entry must go.
+DIGEST_PENDING = {"p3-vllm": "digest pending: run `make pin-images` (images/pin_digests.py) where Docker Hub is reachable"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=DIGEST_PENDING[n]))
@@ -154,24 +155,50 @@ def _run_as_stranger(tmp_path: Path, pwd) -> None:
 
 
 def test_constraints_cover_pyproject_and_what_it_pulls_in():
-    """images/constraints.txt pins every runtime dependency in pyproject.toml at a version
-    its specifier allows, and every package this environment resolves them to
-    (run images/lock.py after changing dependencies)."""
+    """images/constraints.txt pins every runtime dependency in pyproject.toml, and those of
+    the extras an image installs (lock.IMAGE_EXTRAS), at a version its specifier allows, and
+    every package this environment resolves them to (run images/lock.py after changing
+    dependencies)."""
     from packaging.requirements import Requirement
 
     lock = _lock_module()
-    pins = dict(line.split("==") for line in (ROOT / "images" / "constraints.txt").read_text().splitlines()
-                if line and not line.startswith("#"))
+    pins = _constraints()
     assert "torch" not in pins  # each image brings its own torch build
-    for dep in lock.dependencies(ROOT / "pyproject.toml"):
+    deps = lock.dependencies(ROOT / "pyproject.toml", lock.IMAGE_EXTRAS)
+    for dep in deps:
         req = Requirement(dep)
         name = lock.canonical(req.name)
         if name in lock.OWN_BUILD:
             continue
         assert name in pins, f"{name} (pyproject.toml) is not in images/constraints.txt"
         assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} does not satisfy {dep}"
-    missing = set(lock.closure(lock.dependencies(ROOT / "pyproject.toml"))) - set(pins) - lock.OWN_BUILD
+    missing = set(lock.closure(deps)) - set(pins) - lock.OWN_BUILD
     assert not missing, f"not pinned (rerun images/lock.py): {sorted(missing)}"
+
+
+def test_train_image_installs_the_locked_bitsandbytes():
+    """p3-train's bitsandbytes (QLoRA) is the version images/constraints.txt locks, the one
+    the tests ran in pyproject's qlora range: requested through the qlora extra, so the
+    lock decides, or, if the Dockerfile names a version of its own, that same version."""
+    from packaging.requirements import Requirement
+
+    lock, pins = _lock_module(), _constraints()
+    assert "bitsandbytes" in pins, "images/constraints.txt does not lock bitsandbytes (rerun images/lock.py)"
+    ins = instructions(DOCKERFILES["p3-train"])
+    build_args = dict(a.split("=", 1) for w, a in ins if w == "ARG" and "=" in a)
+    dep_run = next(a for w, a in ins if w == "RUN" and "--requirement requirements.txt" in a)
+    dep_run = re.sub(r"\$\{?(\w+)\}?", lambda m: build_args.get(m[1], m[0]), dep_run)
+    own = re.findall(r"bitsandbytes==([^\s\"']+)", dep_run)
+    assert all(v == pins["bitsandbytes"] for v in own), (
+        f"p3-train installs bitsandbytes=={own[0]}; the locked (tested) version is {pins['bitsandbytes']}")
+    extras = tuple(re.findall(r"--requirements pyproject.toml((?: --extra \w+)*)", dep_run)[0].split()[1::2])
+    requested = {lock.canonical(Requirement(d).name) for d in lock.dependencies(ROOT / "pyproject.toml", extras)}
+    assert own or "bitsandbytes" in requested, "p3-train does not install bitsandbytes"
+
+
+def _constraints() -> dict[str, str]:
+    return dict(line.split("==") for line in (ROOT / "images" / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
 
 
 def _lock_module():
@@ -187,7 +214,11 @@ def test_lock_helpers_the_images_run():
     lock = [sys.executable, str(ROOT / "images" / "lock.py")]
     out = subprocess.run(lock + ["--requirements", str(ROOT / "pyproject.toml")],
                          capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert out == project["dependencies"]
+    with_qlora = subprocess.run(lock + ["--requirements", str(ROOT / "pyproject.toml"), "--extra", "qlora"],
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+    assert with_qlora == project["dependencies"] + project["optional-dependencies"]["qlora"]
     kept = subprocess.run(lock + ["--keep-installed", str(ROOT / "images" / "constraints.txt")],
                           capture_output=True, text=True, check=True).stdout.splitlines()
     # what is installed wins over the file (the GPU images' torch and vllm stay)

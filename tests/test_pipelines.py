@@ -23,7 +23,7 @@ from p3.kfp.builder import BuildOptions, ClusterSettings, compile_pipeline
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("score", "select", "train", "evaluate", "report")  # per epoch
 BEFORE = ("prepare train", "prepare test", "stage model", "embed")  # once, before the epochs (st: embedder)
-COMPONENTS = ("prepare-data", "scorer", "embedder", "selector", "trainer", "evaluator", "epoch-report")
+COMPONENTS = ("preparer", "scorer", "embedder", "selector", "trainer", "evaluator", "reporter")
 
 
 def compiled(tmp_path, **kw) -> dict:

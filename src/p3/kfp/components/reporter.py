@@ -7,7 +7,7 @@ from p3.kfp.components.images import BASE
 
 
 @dsl.component(base_image=BASE, install_kfp_package=False)
-def epoch_report(
+def reporter(
     problems: Input[Dataset],
     difficulty: Input[Dataset],
     embeddings: Input[Dataset],

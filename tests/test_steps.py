@@ -2,7 +2,9 @@
 
 The table in p3.kfp.steps is checked against what it names: the CLI's commands, the
 component modules, the resources and the step configs; and a cluster build is checked to
-give every task the resources of its own component's kind."""
+give every task the resources of its own component's kind. Every component argument is
+read by the component's body: an input no code reads is an interface that says more than
+the step does (the reporter took the embeddings it never read)."""
 
 from __future__ import annotations
 
@@ -97,6 +99,27 @@ def _imports(func) -> set[str]:
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
     return out
+
+
+def _unread_arguments(func) -> list[str]:
+    """The function's parameters that its body never reads."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(func))).body[0]
+    read = {n.id for stmt in tree.body for n in ast.walk(stmt)
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return [a for a in inspect.signature(func).parameters if a not in read]
+
+
+@pytest.mark.parametrize("component", [s.component for s in STEPS])
+def test_a_component_reads_every_argument_it_declares(component):
+    assert _unread_arguments(executor.component(component).python_func) == []
+
+
+def test_the_unread_argument_check_finds_one():
+    def report(problems, embeddings, html):
+        """Docstring mentions embeddings."""
+        html.write(problems)
+
+    assert _unread_arguments(report) == ["embeddings"]
 
 
 def _distinct_resources() -> dict[str, StepResources]:

@@ -312,7 +312,7 @@ def epoch_tasks(opts: BuildOptions, p: Any, setup: TaskSetup, pool, test, e: Any
     model = train.outputs["model"]
     evaluation = setup(run(evaluator)(problems=test, policy=model, epoch=e, tensor_parallel_size=_gpus(opts, "evaluate"),
                                       **step_arguments(p, "evaluate")), e, "evaluate")
-    rep_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings, selection=select.outputs["selection"],
+    rep_kw = dict(problems=pool, difficulty=difficulty, selection=select.outputs["selection"],
                   selection_report=select.outputs["report"], evaluation=evaluation.outputs["results"], epoch=e,
                   **step_arguments(p, "report"))
     if previous is not None:

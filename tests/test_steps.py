@@ -1,10 +1,11 @@
 """One name per step: the kind, the component and the ``p3`` command agree (p3.kfp.steps).
 
 The table in p3.kfp.steps is checked against what it names: the CLI's commands, the
-component modules, the resources and the step configs; and a cluster build is checked to
-give every task the resources of its own component's kind. Every component argument is
-read by the component's body: an input no code reads is an interface that says more than
-the step does (the reporter took the embeddings it never read)."""
+component modules, the resources, the step configs and the operator guide's component
+table; and a cluster build is checked to give every task the resources of its own
+component's kind. Every component argument is read by the component's body: an input no
+code reads is an interface that says more than the step does (the reporter took the
+embeddings it never read)."""
 
 from __future__ import annotations
 
@@ -149,3 +150,14 @@ def test_every_task_gets_its_own_component_kinds_resources(build, kw, tmp_path):
     want |= {"shard", "merge"} if kw.get("shards", 1) > 1 else set()
     want |= {"state"} if build is build_per_epoch else set()
     assert seen == want
+
+
+def test_the_operator_guide_names_each_step_as_the_table_does():
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "operator-guide.md").read_text()
+    rows = {cells[0].split(" (")[0]: cells for line in guide.splitlines()
+            if line.startswith("| ") and len(cells := [c.strip() for c in line.strip("|").split("|")]) == 6}
+    for s in STEPS:
+        if s.verbs:
+            assert s.component in rows, f"docs/operator-guide.md has no row for the {s.component} component"
+            _, kind, commands, *_ = rows[s.component]
+            assert kind == s.kind and commands == ", ".join(f"`{v}`" for v in s.verbs), rows[s.component]

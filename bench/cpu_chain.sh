@@ -12,7 +12,7 @@ secs() { local t0=$SECONDS; "$@" >/dev/null 2>>"$W/log"; echo $((SECONDS - t0));
 
 $P3 data synth --n 1000 --seed 0 --split train --out "$W/warm.parquet" 2>>"$W/log"
 $P3 data synth --n 200 --seed 1 --split test --out "$W/test200.parquet" 2>>"$W/log"
-echo "warm-up (1000 problems, 300 steps): $(secs $P3 model tiny --out "$W/m0" --train-on "$W/warm.parquet" --steps 300) s"
+echo "warm-up (1000 problems, 300 steps): $(secs $P3 model bootstrap --out "$W/m0" --train-on "$W/warm.parquet" --steps 300) s"
 $P3 evaluate --problems "$W/test200.parquet" --model "$W/m0" --out "$W/eval0.json" --max-new-tokens 96 2>>"$W/log"
 .venv/bin/python -c "import json,sys; r=json.load(open(sys.argv[1])); print('accuracy by level:', ' / '.join(f\"{v['accuracy']:.3f}\" for _, v in sorted(r['by_level'].items())))" "$W/eval0.json"
 

@@ -12,13 +12,12 @@ import pytest
 import p3.kfp.components
 from p3 import contracts, rundata, storage
 from p3.kfp.components import _glue, images
+from p3.kfp.steps import STEPS
 from kfp.dsl.base_component import BaseComponent
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(p3.kfp.components.__path__) if not m.name.startswith("_")
                  and m.name != "images")
-EXPECTED = {"prepare_data", "bootstrap_tiny_model", "scorer", "embedder", "selector", "trainer",
-            "evaluator", "epoch_report", "shard_split", "shard_merge", "model_stager",
-            "epoch_state_load", "epoch_state_commit", "epoch_state_finished"}  # the per-epoch pipeline
+EXPECTED = {s.component for s in STEPS}  # every step's component, and nothing else
 
 
 def component_of(module: str) -> BaseComponent:

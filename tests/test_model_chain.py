@@ -19,7 +19,7 @@ def test_score_embed_select_train_evaluate_from_the_cli(tmp_path):
     d = str(tmp_path)
     p3("data", "synth", "--out", f"{d}/train.parquet", "--n", "150", "--seed", "0", "--split", "train")
     p3("data", "synth", "--out", f"{d}/test.parquet", "--n", "30", "--seed", "1", "--split", "test")
-    p3("model", "tiny", "--out", f"{d}/m0", "--train-on", f"{d}/train.parquet", "--steps", "40")
+    p3("model", "bootstrap", "--out", f"{d}/m0", "--train-on", f"{d}/train.parquet", "--steps", "40")
 
     p3("score", "--problems", f"{d}/train.parquet", "--model", f"{d}/m0", "--out", f"{d}/difficulty.parquet",
        "--epoch", "0")

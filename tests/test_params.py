@@ -22,23 +22,15 @@ import yaml
 from p3 import configs
 from p3.kfp import params
 from p3.kfp.builder import BuildOptions, compile_pipeline
-from p3.kfp.components.bootstrap_tiny_model import bootstrap_tiny_model
-from p3.kfp.components.selector import selector
-from p3.kfp.components.embedder import embedder
-from p3.kfp.components.epoch_report import epoch_report
-from p3.kfp.components.evaluator import evaluator
-from p3.kfp.components.prepare_data import prepare_data
-from p3.kfp.components.scorer import scorer
-from p3.kfp.components.trainer import trainer
+from p3.kfp import executor
 from p3.kfp.params import PipelineParams
+from p3.kfp.steps import STEPS
 
 # component -> the step kind it runs (the kind names the step's configs in params.STEP_CONFIGS)
-COMPONENTS = {prepare_data: "prepare", bootstrap_tiny_model: "bootstrap", scorer: "score",
-              embedder: "embed", selector: "select", trainer: "train", evaluator: "evaluate",
-              epoch_report: "report"}
+COMPONENTS = {executor.component(s.component): s.kind for s in STEPS if s.kind in params.STEP_CONFIGS}
 # Arguments that are pipeline wiring, not a step setting: the model by name, whether the pipeline embeds per epoch, and the
 # report's epoch (the folder it adds; `p3 report` renders folders that are already there).
-WIRING = {"base_model", "epoch-report.epoch", "embedder.per_epoch", "model-stager.base_model"}
+WIRING = {"base_model", "reporter.epoch", "embedder.per_epoch", "model-stager.base_model"}
 EMPTY = {int: 0, float: 0.0, str: "", bool: False}  # a run parameter has no None: the type's empty value stands for it
 
 

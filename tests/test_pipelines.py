@@ -23,7 +23,7 @@ from p3.kfp.builder import BuildOptions, ClusterSettings, compile_pipeline
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("score", "select", "train", "evaluate", "report")  # per epoch
 BEFORE = ("prepare train", "prepare test", "stage model", "embed")  # once, before the epochs (st: embedder)
-COMPONENTS = ("prepare-data", "scorer", "embedder", "selector", "trainer", "evaluator", "epoch-report")
+COMPONENTS = ("preparer", "scorer", "embedder", "selector", "trainer", "evaluator", "reporter")
 
 
 def compiled(tmp_path, **kw) -> dict:
@@ -101,9 +101,11 @@ def test_artifacts_chain_from_epoch_to_epoch(tmp_path):
     # epoch 0 starts from the base model by name: no policy artifact, a base_model parameter
     assert "policy" not in names["epoch 0: score"][1]["inputs"].get("artifacts", {})
     assert "base_model" in names["epoch 0: score"][1]["inputs"]["parameters"]
-    # every epoch selects on the one set of embeddings made before the epochs
+    # every epoch selects on the one set of embeddings made before the epochs; the report reads
+    # the selector's diversity figures, not the embeddings
     for e in range(3):
         assert producer(f"epoch {e}: select", "embeddings") == key["embed"]
+        assert "embeddings" not in names[f"epoch {e}: report"][1]["inputs"]["artifacts"]
 
 
 def test_embed_once_unless_the_embedder_is_the_policy(tmp_path):

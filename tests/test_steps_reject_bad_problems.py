@@ -32,11 +32,11 @@ def _configs(p, tmp):
         "embed": (embed, EmbedConfig(problems=p, out=str(tmp / "e.parquet"))),
         "train": (train, TrainConfig(problems=p, selection=str(tmp / "s.parquet"), model=missing, out=str(tmp / "m"))),
         "evaluate": (evaluate, EvaluateConfig(problems=p, model=missing, out=str(tmp / "e.json"))),
-        "model tiny": (build_tiny_model, TinyConfig(out=str(tmp / "tiny"), train_on=p, steps=1)),
+        "model bootstrap": (build_tiny_model, TinyConfig(out=str(tmp / "tiny"), train_on=p, steps=1)),
     }
 
 
-@pytest.mark.parametrize("step", ["score", "embed", "train", "evaluate", "model tiny"])
+@pytest.mark.parametrize("step", ["score", "embed", "train", "evaluate", "model bootstrap"])
 def test_step_names_the_bad_row_and_writes_nothing(tmp_path, step):
     p = _bad_table(str(tmp_path / "problems.parquet"))
     func, cfg = _configs(p, tmp_path)[step]

@@ -68,7 +68,7 @@ def test_cli_builds_a_model_dir(tmp_path):
     from p3.cli import main
 
     out = tmp_path / "m"
-    assert main(["model", "tiny", "--out", str(out), "--layers", "1", "--hidden", "32", "--heads", "2"]) == 0
+    assert main(["model", "bootstrap", "--out", str(out), "--layers", "1", "--hidden", "32", "--heads", "2"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["num_hidden_layers"] == 1 and config["hidden_size"] == 32
     assert (out / "tokenizer.json").exists()

@@ -39,13 +39,13 @@ from kfp.dsl import HTML, Dataset, Markdown, Model
 
 from p3.kfp import executor
 from p3.kfp.components import images
-from p3.kfp.components.bootstrap_tiny_model import bootstrap_tiny_model
+from p3.kfp.components.bootstrapper import bootstrapper
 from p3.kfp.components.selector import selector
 from p3.kfp.components.embedder import embedder
-from p3.kfp.components.epoch_report import epoch_report
 from p3.kfp.components.evaluator import evaluator
 from p3.kfp.components.model_stager import model_stager
-from p3.kfp.components.prepare_data import prepare_data
+from p3.kfp.components.preparer import preparer
+from p3.kfp.components.reporter import reporter
 from p3.kfp.components.scorer import scorer
 from p3.kfp.components.shard_merge import shard_merge
 from p3.kfp.components.shard_split import shard_split
@@ -53,6 +53,7 @@ from p3.kfp.components.trainer import trainer
 from p3.kfp import params
 from p3.kfp.params import TASKS, PipelineParams, apps_fixture, step_arguments
 from p3.kfp.resources import DEFAULTS as RESOURCE_DEFAULTS, StepResources, apply_resources
+from p3.kfp.steps import kind_of
 
 def preset_defaults(task: str, preset: str) -> dict[str, Any]:
     """Run-parameter defaults of a preset (see :func:`p3.kfp.params.preset`), by name."""
@@ -202,13 +203,18 @@ class EpochOutputs(NamedTuple):
 _from_image = functools.cache(executor.from_image)  # one image component per component
 
 
+# The run parameter that names each component image (a cluster may point it at its own registry).
+IMAGE_PARAMS = {images.BASE: "image_base", images.VLLM: "image_vllm", images.TRAIN: "image_train"}
+
+
 class TaskSetup:
-    """``setup(task, kind, epoch, what, image)``: name, image, env, caching and cluster settings of a task;
+    """``setup(task, epoch, what)``: name, image, env, caching and cluster settings of a task;
     ``setup.run(component)``: the component as this build runs it (from the image on a cluster).
 
-    ``epoch`` is -1 before the epochs, or a pipeline channel when the epoch is only known at run
-    time (the per-epoch pipeline: shown as ``epoch k``). Once ``stage`` (the staging task) is set,
-    model steps run after it, offline."""
+    The task's step kind comes from its component (:func:`p3.kfp.steps.kind_of`), its image
+    parameter from the component's image. ``epoch`` is -1 before the epochs, or a pipeline
+    channel when the epoch is only known at run time (the per-epoch pipeline: shown as
+    ``epoch k``). Once ``stage`` (the staging task) is set, model steps run after it, offline."""
 
     def __init__(self, opts: BuildOptions, p: Any, epoch_of_task: dict[str, int], display_names: dict[str, str]):
         self.opts, self.p, self.epoch_of_task, self.display_names = opts, p, epoch_of_task, display_names
@@ -216,8 +222,10 @@ class TaskSetup:
         self.run = _from_image if image_executor else (lambda component: component)
         self.stage = None
 
-    def __call__(self, task, kind: str, epoch: Any, what: str, image: str, cache: bool | None = None):
+    def __call__(self, task, epoch: Any, what: str, cache: bool | None = None):
         opts = self.opts
+        kind = kind_of(task.component_spec.name)
+        image = IMAGE_PARAMS[task.component_spec.implementation.container.image]
         known = isinstance(epoch, int)
         self.epoch_of_task[task.name] = epoch if known else -2
         self.display_names[task.name] = what if known and epoch < 0 else f"epoch {epoch if known else 'k'}: {what}"
@@ -238,18 +246,16 @@ def prepare_tasks(opts: BuildOptions, p: Any, setup: TaskSetup) -> tuple[Any, An
     """(pool, test set, starting policy: the bootstrapped tiny model, or None = base_model by name,
     staged into the model cache first)."""
     run = setup.run
-    prep = setup(run(prepare_data)(task=opts.task, **step_arguments(p, "prepare")), "prepare", -1, "prepare train",
-                 "image_base")
+    prep = setup(run(preparer)(task=opts.task, **step_arguments(p, "prepare")), -1, "prepare train")
     pool = prep.outputs["problems"]
-    test = setup(run(prepare_data)(task=opts.task, **step_arguments(p, "prepare_test")),
-                 "prepare", -1, "prepare test", "image_base").outputs["problems"]
+    test = setup(run(preparer)(task=opts.task, **step_arguments(p, "prepare_test")),
+                 -1, "prepare test").outputs["problems"]
     policy = None
     if opts.bootstrap_tiny:
-        boot = setup(run(bootstrap_tiny_model)(problems=pool, **step_arguments(p, "bootstrap")),
-                     "bootstrap", -1, "bootstrap tiny model", "image_base")
+        boot = setup(run(bootstrapper)(problems=pool, **step_arguments(p, "bootstrap")), -1, "bootstrap tiny model")
         policy = boot.outputs["model"]
     else:
-        setup.stage = setup(run(model_stager)(base_model=p.base_model), "stage", -1, "stage model", "image_base")
+        setup.stage = setup(run(model_stager)(base_model=p.base_model), -1, "stage model")
     return pool, test, policy
 
 
@@ -262,13 +268,12 @@ def embed_once(opts: BuildOptions, p: Any, setup: TaskSetup, pool, policy):
     run = setup.run
     kw = dict(per_epoch=False, **_with_policy(p, policy, **step_arguments(p, "embed")))
     if opts.shards == 1:
-        return setup(run(embedder)(problems=pool, **kw), "embed", -1, "embed", "image_vllm").outputs["embeddings"]
+        return setup(run(embedder)(problems=pool, **kw), -1, "embed").outputs["embeddings"]
     with dsl.ParallelFor(items=list(range(opts.shards)), name="embed-shards") as i:
-        part = setup(run(shard_split)(problems=pool, index=i, count=opts.shards),
-                     "shard", -1, "shard", "image_base").outputs["shard"]
-        x_part = setup(run(embedder)(problems=part, **kw), "embed", -1, "embed shard", "image_vllm")
+        part = setup(run(shard_split)(problems=pool, index=i, count=opts.shards), -1, "shard").outputs["shard"]
+        x_part = setup(run(embedder)(problems=part, **kw), -1, "embed shard")
     return setup(run(shard_merge)(parts=dsl.Collected(x_part.outputs["embeddings"]), problems=pool),
-                 "merge", -1, "merge embeddings", "image_base").outputs["merged"]
+                 -1, "merge embeddings").outputs["merged"]
 
 
 def epoch_tasks(opts: BuildOptions, p: Any, setup: TaskSetup, pool, test, e: Any, policy,
@@ -282,42 +287,37 @@ def epoch_tasks(opts: BuildOptions, p: Any, setup: TaskSetup, pool, test, e: Any
     embed_kw = step_arguments(p, "embed")
     if opts.shards == 1:
         difficulty = setup(run(scorer)(problems=pool, **_with_policy(p, policy, **score_kw)),
-                           "score", e, "score", "image_vllm").outputs["difficulty"]
+                           e, "score").outputs["difficulty"]
         if embed_here:
             embeddings = setup(run(embedder)(problems=pool, **_with_policy(p, policy, **embed_kw)),
-                               "embed", e, "embed", "image_vllm").outputs["embeddings"]
+                               e, "embed").outputs["embeddings"]
     else:
         with dsl.ParallelFor(items=list(range(opts.shards)), name=f"epoch-{e if isinstance(e, int) else 'k'}-shards") as i:
-            part = setup(run(shard_split)(problems=pool, index=i, count=opts.shards),
-                         "shard", e, "shard", "image_base").outputs["shard"]
-            d_part = setup(run(scorer)(problems=part, **_with_policy(p, policy, **score_kw)),
-                           "score", e, "score shard", "image_vllm")
+            part = setup(run(shard_split)(problems=pool, index=i, count=opts.shards), e, "shard").outputs["shard"]
+            d_part = setup(run(scorer)(problems=part, **_with_policy(p, policy, **score_kw)), e, "score shard")
             if embed_here:
-                x_part = setup(run(embedder)(problems=part, **_with_policy(p, policy, **embed_kw)),
-                               "embed", e, "embed shard", "image_vllm")
+                x_part = setup(run(embedder)(problems=part, **_with_policy(p, policy, **embed_kw)), e, "embed shard")
         difficulty = setup(run(shard_merge)(parts=dsl.Collected(d_part.outputs["difficulty"]), problems=pool),
-                           "merge", e, "merge difficulty", "image_base").outputs["merged"]
+                           e, "merge difficulty").outputs["merged"]
         if embed_here:
             embeddings = setup(run(shard_merge)(parts=dsl.Collected(x_part.outputs["embeddings"]), problems=pool),
-                               "merge", e, "merge embeddings", "image_base").outputs["merged"]
+                               e, "merge embeddings").outputs["merged"]
     sel_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings, epoch=e, epochs=opts.epochs,
                   **step_arguments(p, "select"))
     if previous is not None:
         sel_kw.update(previous=previous.selection, previous_difficulty=previous.difficulty)
-    select = setup(run(selector)(**sel_kw), "select", e, "select", "image_base")
+    select = setup(run(selector)(**sel_kw), e, "select")
     train = setup(run(trainer)(problems=pool, selection=select.outputs["selection"],
-                               **_with_policy(p, policy, **step_arguments(p, "train"))),
-                  "train", e, "train", "image_train")
+                               **_with_policy(p, policy, **step_arguments(p, "train"))), e, "train")
     model = train.outputs["model"]
     evaluation = setup(run(evaluator)(problems=test, policy=model, epoch=e, tensor_parallel_size=_gpus(opts, "evaluate"),
-                                      **step_arguments(p, "evaluate")),
-                       "evaluate", e, "evaluate", "image_vllm")
-    rep_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings,
-                  selection=select.outputs["selection"], selection_report=select.outputs["report"],
-                  evaluation=evaluation.outputs["results"], epoch=e, **step_arguments(p, "report"))
+                                      **step_arguments(p, "evaluate")), e, "evaluate")
+    rep_kw = dict(problems=pool, difficulty=difficulty, selection=select.outputs["selection"],
+                  selection_report=select.outputs["report"], evaluation=evaluation.outputs["results"], epoch=e,
+                  **step_arguments(p, "report"))
     if previous is not None:
         rep_kw["previous_run"] = previous.run
-    report = setup(run(epoch_report)(**rep_kw), "report", e, "report", "image_base")
+    report = setup(run(reporter)(**rep_kw), e, "report")
     return EpochOutputs(model, select.outputs["selection"], difficulty, report.outputs["run"], report)
 
 

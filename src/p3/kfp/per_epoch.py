@@ -81,7 +81,7 @@ def _wire(opts: BuildOptions, p: Any, state_params: dict[str, Any], epoch_of_tas
 
 
 def _state_step(setup, task, what: str):
-    return setup(task, "state", -1, what, "image_base", cache=False)  # never cached: the state changes
+    return setup(task, -1, what, cache=False)  # never cached: the state changes
 
 
 def _commit(setup, state: dict[str, Any], epoch: Any, out: EpochOutputs) -> None:

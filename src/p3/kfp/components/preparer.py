@@ -7,7 +7,7 @@ from p3.kfp.components.images import BASE
 
 
 @dsl.component(base_image=BASE, install_kfp_package=False)
-def prepare_data(
+def preparer(
     problems: Output[Dataset],
     task: str,
     source: str,

@@ -1,4 +1,4 @@
-"""Component: the tiny offline policy of the local preset (``p3 model tiny``)."""
+"""Component: the tiny offline policy of the local preset, built and warmed up (``p3 model bootstrap``)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
@@ -7,7 +7,7 @@ from p3.kfp.components.images import BASE
 
 
 @dsl.component(base_image=BASE, install_kfp_package=False)
-def bootstrap_tiny_model(
+def bootstrapper(
     problems: Input[Dataset],
     model: Output[Model],
     steps: int = 300,

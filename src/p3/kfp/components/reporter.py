@@ -7,10 +7,9 @@ from p3.kfp.components.images import BASE
 
 
 @dsl.component(base_image=BASE, install_kfp_package=False)
-def epoch_report(
+def reporter(
     problems: Input[Dataset],
     difficulty: Input[Dataset],
-    embeddings: Input[Dataset],
     selection: Input[Dataset],
     selection_report: Input[Dataset],
     evaluation: Input[Dataset],
@@ -29,7 +28,6 @@ def epoch_report(
     Args:
         problems: Problems table (levels/types for coverage).
         difficulty: This epoch's difficulty table.
-        embeddings: This epoch's embeddings; not read: the diversity figures come from the selection report.
         selection: This epoch's selection.
         selection_report: The selector's JSON report.
         evaluation: This epoch's evaluation JSON.

@@ -4,9 +4,9 @@ computed from it (thresholds, eligibility, diversity, coverage, difficulty chang
 :func:`load_epoch` reads one epoch's files into an :class:`EpochData`;
 :func:`load_epoch_dir` and :func:`find_epoch_dirs` find them in a run folder.
 
-A run folder holds one sub-folder per epoch named ``epoch_<e>`` (``epoch<e>``/``epoch-<e>``
-also work) with the files named in :data:`EPOCH_FILES`; the problems table may sit in
-the run folder or in each epoch folder (:data:`PROBLEMS_FILES`). Every file is optional:
+A run folder holds one sub-folder per epoch named ``epoch_<e>`` (no other spelling) with
+the files named in :data:`EPOCH_FILES`; the problems table may sit in the run folder
+(:data:`PROBLEMS_FILE`) or in each epoch folder. Every file is optional:
 a section whose inputs are missing says so instead of failing.
 """
 

@@ -63,6 +63,45 @@ def test_per_epoch_pipeline_has_state_parameters_and_three_branches(tmp_path):
     assert "previous" not in tasks["epoch 0: select"]["inputs"].get("artifacts", {})
 
 
+def _compiled(tmp_path) -> dict[str, dict]:
+    from kfp import compiler
+
+    path = tmp_path / "pe.yaml"
+    compiler.Compiler().compile(build_per_epoch(BuildOptions(task="math", epochs=E)).pipeline, str(path))
+    return _tasks(next(yaml.safe_load_all(path.read_text())))
+
+
+def test_every_step_of_epoch_k_is_told_its_epoch(tmp_path):
+    """In the continuing branch the epoch is a pipeline value: each step gets it as ``epoch`` (and
+    names it in its log lines, p3.logs.configure), not P3_EPOCH, which is fixed when building."""
+    tasks = _compiled(tmp_path)
+    branch = [n for n in tasks if n.startswith("epoch k: ")]
+    assert {"epoch k: score", "epoch k: embed", "epoch k: select", "epoch k: train", "epoch k: evaluate",
+            "epoch k: report"} <= set(branch)
+    for name in branch:
+        assert tasks[name]["inputs"]["parameters"]["epoch"] == {
+            "componentInputParameter": "pipelinechannel--epoch-state-load-epoch"}, name
+
+
+def test_a_step_names_the_epoch_it_is_told_at_run_time(monkeypatch, caplog):
+    """A module's logger exists before the step knows its epoch (per-epoch pipeline: an input);
+    configure(epoch=k) makes its lines, and those of processes it starts, say ``epoch k``."""
+    import logging
+
+    from p3.logs import configure, get_logger
+
+    monkeypatch.setenv("P3_EPOCH", "")  # what the pipeline sets when the epoch is a pipeline value
+    log = get_logger("train")  # as at import: p3.train's module-level logger
+    with caplog.at_level(logging.INFO, logger="p3.train"):
+        log.info("before")
+        configure(epoch=2)
+        log.info("after")
+    assert [r.getMessage() for r in caplog.records] == ["[train] before", "[train epoch 2] after"]
+    assert os.environ["P3_EPOCH"] == "2"
+    configure(epoch=-1)  # a step outside the epochs leaves it as it is
+    assert os.environ["P3_EPOCH"] == "2"
+
+
 # ----------------------------------------------------------------------------- kfp.local runs
 
 
@@ -120,6 +159,10 @@ def test_consecutive_runs_advance_one_epoch_each_then_do_nothing(series):
         stored = runs[k - 1].state.policy
         assert f"training run 'nightly': continuing with epoch {k} of 3 from {stored}" in log
     assert "training run 'nightly' finished all 3 epochs" in log and "this run does nothing" in log
+    # the continuing branch's steps name their epoch, which only the state knew
+    for k in (1, 2):
+        for step in ("score", "select", "train", "report"):
+            assert f"[{step} epoch {k}] " in log, (step, k)
     # the no-op's Metrics say so
     noop = sorted(run_dir.glob("pipeline_root/*/epoch-state-finished/metrics"))
     assert len(noop) == 1 and json.loads(noop[0].read_text()) == {"epochs_done": 3, "noop": 1}

@@ -207,8 +207,8 @@ class TaskSetup:
     ``setup.run(component)``: the component as this build runs it (from the image on a cluster).
 
     ``epoch`` is -1 before the epochs, or a pipeline channel when the epoch is only known at run
-    time (the per-epoch pipeline: shown as ``epoch k``). Once ``stage`` (the staging task) is set,
-    model steps run after it, offline."""
+    time (the per-epoch pipeline: shown as ``epoch k``; the steps that take ``epoch`` name it in their
+    log lines). Once ``stage`` (the staging task) is set, model steps run after it, offline."""
 
     def __init__(self, opts: BuildOptions, p: Any, epoch_of_task: dict[str, int], display_names: dict[str, str]):
         self.opts, self.p, self.epoch_of_task, self.display_names = opts, p, epoch_of_task, display_names
@@ -279,7 +279,7 @@ def epoch_tasks(opts: BuildOptions, p: Any, setup: TaskSetup, pool, test, e: Any
     run = setup.run
     embed_here = embeddings is None
     score_kw = dict(epoch=e, tensor_parallel_size=_gpus(opts, "score"), **step_arguments(p, "score"))
-    embed_kw = step_arguments(p, "embed")
+    embed_kw = dict(epoch=e, **step_arguments(p, "embed"))
     if opts.shards == 1:
         difficulty = setup(run(scorer)(problems=pool, **_with_policy(p, policy, **score_kw)),
                            "score", e, "score", "image_vllm").outputs["difficulty"]
@@ -288,17 +288,18 @@ def epoch_tasks(opts: BuildOptions, p: Any, setup: TaskSetup, pool, test, e: Any
                                "embed", e, "embed", "image_vllm").outputs["embeddings"]
     else:
         with dsl.ParallelFor(items=list(range(opts.shards)), name=f"epoch-{e if isinstance(e, int) else 'k'}-shards") as i:
-            part = setup(run(shard_split)(problems=pool, index=i, count=opts.shards),
+            part = setup(run(shard_split)(problems=pool, index=i, count=opts.shards, epoch=e),
                          "shard", e, "shard", "image_base").outputs["shard"]
             d_part = setup(run(scorer)(problems=part, **_with_policy(p, policy, **score_kw)),
                            "score", e, "score shard", "image_vllm")
             if embed_here:
                 x_part = setup(run(embedder)(problems=part, **_with_policy(p, policy, **embed_kw)),
                                "embed", e, "embed shard", "image_vllm")
-        difficulty = setup(run(shard_merge)(parts=dsl.Collected(d_part.outputs["difficulty"]), problems=pool),
+        difficulty = setup(run(shard_merge)(parts=dsl.Collected(d_part.outputs["difficulty"]), problems=pool, epoch=e),
                            "merge", e, "merge difficulty", "image_base").outputs["merged"]
         if embed_here:
-            embeddings = setup(run(shard_merge)(parts=dsl.Collected(x_part.outputs["embeddings"]), problems=pool),
+            embeddings = setup(run(shard_merge)(parts=dsl.Collected(x_part.outputs["embeddings"]), problems=pool,
+                                                epoch=e),
                                "merge", e, "merge embeddings", "image_base").outputs["merged"]
     sel_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings, epoch=e, epochs=opts.epochs,
                   **step_arguments(p, "select"))
@@ -306,7 +307,7 @@ def epoch_tasks(opts: BuildOptions, p: Any, setup: TaskSetup, pool, test, e: Any
         sel_kw.update(previous=previous.selection, previous_difficulty=previous.difficulty)
     select = setup(run(selector)(**sel_kw), "select", e, "select", "image_base")
     train = setup(run(trainer)(problems=pool, selection=select.outputs["selection"],
-                               **_with_policy(p, policy, **step_arguments(p, "train"))),
+                               **_with_policy(p, policy, epoch=e, **step_arguments(p, "train"))),
                   "train", e, "train", "image_train")
     model = train.outputs["model"]
     evaluation = setup(run(evaluator)(problems=test, policy=model, epoch=e, tensor_parallel_size=_gpus(opts, "evaluate"),

@@ -38,8 +38,9 @@ def epoch_state_commit(
     from p3 import storage
     from p3.kfp import epoch_state
     from p3.kfp.components._glue import copy_tree
-    from p3.logs import get_logger
+    from p3.logs import configure, get_logger
 
+    configure(epoch=epoch)  # the epoch is a pipeline value here: name it in the log lines
     state = epoch_state.read(state_uri, training_run, epochs)
     if state.epoch != epoch:
         raise epoch_state.EpochConflict(f"epoch {epoch} of training run {training_run!r} was already done by another "

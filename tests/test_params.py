@@ -36,9 +36,11 @@ from p3.kfp.params import PipelineParams
 COMPONENTS = {prepare_data: "prepare", bootstrap_tiny_model: "bootstrap", scorer: "score",
               embedder: "embed", selector: "select", trainer: "train", evaluator: "evaluate",
               epoch_report: "report"}
-# Arguments that are pipeline wiring, not a step setting: the model by name, whether the pipeline embeds per epoch, and the
-# report's epoch (the folder it adds; `p3 report` renders folders that are already there).
-WIRING = {"base_model", "epoch-report.epoch", "embedder.per_epoch", "model-stager.base_model"}
+# Arguments that are pipeline wiring, not a step setting: the model by name, whether the pipeline embeds per epoch, the
+# report's epoch (the folder it adds; `p3 report` renders folders that are already there), and the epoch that the
+# trainer and embedder name in their log lines (p3.logs.configure).
+WIRING = {"base_model", "epoch-report.epoch", "embedder.per_epoch", "model-stager.base_model", "trainer.epoch",
+          "embedder.epoch"}
 EMPTY = {int: 0, float: 0.0, str: "", bool: False}  # a run parameter has no None: the type's empty value stands for it
 
 

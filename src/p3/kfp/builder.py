@@ -208,13 +208,15 @@ class TaskSetup:
 
     ``epoch`` is -1 before the epochs, or a pipeline channel when the epoch is only known at run
     time (the per-epoch pipeline: shown as ``epoch k``; the steps that take ``epoch`` name it in their
-    log lines). Once ``stage`` (the staging task) is set, model steps run after it, offline."""
+    log lines). Once ``stage`` (the staging task) is set, model steps run after it, offline; once
+    ``first`` is set, every later task runs after it (the per-epoch pipeline's state load: a run
+    that does not fit the training run's state does no work)."""
 
     def __init__(self, opts: BuildOptions, p: Any, epoch_of_task: dict[str, int], display_names: dict[str, str]):
         self.opts, self.p, self.epoch_of_task, self.display_names = opts, p, epoch_of_task, display_names
         image_executor = opts.cluster is not None if opts.image_executor is None else opts.image_executor
         self.run = _from_image if image_executor else (lambda component: component)
-        self.stage = None
+        self.stage = self.first = None
 
     def __call__(self, task, kind: str, epoch: Any, what: str, image: str, cache: bool | None = None):
         opts = self.opts
@@ -226,6 +228,8 @@ class TaskSetup:
         task.set_env_variable("P3_EPOCH", str(epoch) if known and epoch >= 0 else "")
         task.set_caching_options(enable_caching=(opts.cache_everything or kind in DETERMINISTIC) if cache is None
                                  else cache)
+        if self.first is not None:
+            task.after(self.first)
         if self.stage is not None and kind in OFFLINE_KINDS:
             task.after(self.stage)
             task.set_env_variable("HF_HUB_OFFLINE", "1")

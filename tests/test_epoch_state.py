@@ -73,16 +73,62 @@ def test_concurrent_commits_leave_exactly_one_advanced_state(tmp_path):
 
 
 def test_a_run_that_does_not_fit_the_state_is_refused(state_uri):
-    s = es.read(state_uri, "r", epochs=3, params_digest=es.params_digest({"budget": 8}))
+    s = es.read(state_uri, "r", epochs=3, params={"budget": 8})
     es.commit(state_uri, s, attempt="a")
     with pytest.raises(es.StateError, match="epochs=3, not 5"):
         es.read(state_uri, "r", epochs=5)
-    with pytest.raises(es.StateError, match="other run parameters"):
-        es.read(state_uri, "r", epochs=3, params_digest=es.params_digest({"budget": 9}))
     with pytest.raises(es.StateError, match="training_run"):
         es.read(state_uri, "../escape", epochs=3)
     with pytest.raises(es.StateError, match="at least 1"):
         es.read(state_uri, "r", epochs=0)
+
+
+RUN = {"task": "math", "budget": 8, "strategy": "p3", "lr": 0.002, "pacing_start": 45.0, "full_finetune": False,
+       "base_model": ""}
+
+
+def test_a_training_run_keeps_the_run_parameters_it_started_with(state_uri):
+    """Epoch 0 records the run parameters; a later run with the same values continues, one with
+    another budget is refused in one line that names the training run and budget (old → new)."""
+    s = es.commit(state_uri, es.read(state_uri, "nightly", epochs=3, params=RUN), attempt="a")
+    assert s.params == RUN and len(s.params_digest) == 64
+    # the same values continue; a number may come back integral (the backend's JSON: 45 for 45.0)
+    again = es.read(state_uri, "nightly", epochs=3, params={**RUN, "pacing_start": 45})
+    assert again == s and again.epoch == 1 and again.params == RUN
+    with pytest.raises(es.StateError) as err:
+        es.read(state_uri, "nightly", epochs=3, params={**RUN, "budget": 9})
+    msg = str(err.value)
+    assert "\n" not in msg and "training run 'nightly'" in msg
+    assert "budget 8 → 9" in msg and "strategy" not in msg and "lr" not in msg
+    # several changes: each named, old → new
+    with pytest.raises(es.StateError) as err:
+        es.read(state_uri, "nightly", epochs=3, params={**RUN, "lr": 0.001, "strategy": "dpp", "seed": 1})
+    assert 'lr 0.002 → 0.001, seed (none) → 1, strategy "p3" → "dpp"' in str(err.value)
+    # a reader that only looks (no parameters) is not refused
+    assert es.read(state_uri, "nightly", epochs=3) == s
+    # a stored state that records no parameters (started by a caller that did not pin) is refused
+    es.commit(state_uri, es.read(state_uri, "unpinned", epochs=3), attempt="a")
+    with pytest.raises(es.StateError, match="other run parameters: the stored state records none"):
+        es.read(state_uri, "unpinned", epochs=3, params=RUN)
+
+
+def test_a_state_written_before_the_pin_is_refused_in_one_line(tmp_path):
+    """A format-1 state (this module before run parameters were pinned) holds no parameters to
+    compare: reading it is a one-line StateError that says what to do, not a crash."""
+    import json
+
+    uri = str(tmp_path / "state")
+    folder = tmp_path / "state" / "old" / "state"
+    folder.mkdir(parents=True)
+    # what the format-1 code wrote after epoch 0 (EpochState.to_json of that version)
+    (folder / "00001.json").write_text(json.dumps({
+        "format": 1, "training_run": "old", "epochs": 3, "epoch": 1, "policy": "/m", "selection": "/s",
+        "difficulty": "/d", "report": "/r", "params_digest": "",
+        "history": [{"epoch": 0, "attempt": "a", "run_id": "", "finished_at": "2026-12-01T00:00:00Z"}]}))
+    with pytest.raises(es.StateError) as err:
+        es.read(uri, "old", epochs=3, params=RUN)
+    msg = str(err.value)
+    assert "\n" not in msg and "00001.json" in msg and "state format 1" in msg and "training_run name" in msg
 
 
 def test_a_corrupt_state_file_is_named(tmp_path):

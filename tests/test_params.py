@@ -28,9 +28,11 @@ from p3.kfp.steps import STEPS
 
 # component -> the step kind it runs (the kind names the step's configs in params.STEP_CONFIGS)
 COMPONENTS = {executor.component(s.component): s.kind for s in STEPS if s.kind in params.STEP_CONFIGS}
-# Arguments that are pipeline wiring, not a step setting: the model by name, whether the pipeline embeds per epoch, and the
-# report's epoch (the folder it adds; `p3 report` renders folders that are already there).
-WIRING = {"base_model", "reporter.epoch", "embedder.per_epoch", "model-stager.base_model"}
+# Arguments that are pipeline wiring, not a step setting: the model by name, whether the pipeline embeds per epoch, the
+# report's epoch (the folder it adds; `p3 report` renders folders that are already there), and the epoch that the
+# trainer and embedder name in their log lines (p3.logs.configure).
+WIRING = {"base_model", "reporter.epoch", "embedder.per_epoch", "model-stager.base_model", "trainer.epoch",
+          "embedder.epoch"}
 EMPTY = {int: 0, float: 0.0, str: "", bool: False}  # a run parameter has no None: the type's empty value stands for it
 
 

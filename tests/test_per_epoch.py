@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 from p3.kfp import epoch_state
-from p3.kfp.builder import BuildOptions, compile_pipeline
-from p3.kfp.per_epoch import build_per_epoch
+from p3.kfp.builder import BuildOptions, compile_pipeline, preset_defaults
+from p3.kfp.params import PipelineParams
+from p3.kfp.per_epoch import PINNED, UNPINNED, build_per_epoch, pinned
 
 ROOT = Path(__file__).resolve().parents[1]
 E = 3
@@ -61,6 +62,79 @@ def test_per_epoch_pipeline_has_state_parameters_and_three_branches(tmp_path):
     assert {"previous", "previous_difficulty"} <= set(select_k["artifacts"])
     assert select_k["parameters"]["epochs"]["runtimeValue"]["constant"] == E
     assert "previous" not in tasks["epoch 0: select"]["inputs"].get("artifacts", {})
+
+
+def _compiled(tmp_path) -> dict[str, dict]:
+    from kfp import compiler
+
+    path = tmp_path / "pe.yaml"
+    compiler.Compiler().compile(build_per_epoch(BuildOptions(task="math", epochs=E)).pipeline, str(path))
+    return _tasks(next(yaml.safe_load_all(path.read_text())))
+
+
+def test_the_load_step_gets_every_pinned_parameter_and_runs_first(tmp_path):
+    """The training run's parameters reach the load step whole, one input each, from the pipeline's
+    run parameters (what a recurring run's settings change), and no other step starts before it."""
+    import dataclasses
+
+    assert set(PINNED) | UNPINNED == {f.name for f in dataclasses.fields(PipelineParams)}
+    tasks = _compiled(tmp_path)
+    load = tasks["load state"]["inputs"]["parameters"]
+    for name in PINNED:
+        assert load[name] == {"componentInputParameter": name}, name
+    assert not UNPINNED & set(load) and not {"state_uri", "training_run"} - set(load)
+    assert load["task"]["runtimeValue"]["constant"] == "math" and "train_gpus" in load and "bootstrap_tiny" in load
+    for name in ("prepare train", "prepare test", "stage model"):
+        assert "epoch-state-load" in tasks[name]["dependentTasks"], name
+    stores = [t for n, t in tasks.items() if t["componentRef"]["name"].startswith("comp-epoch-state-commit")]
+    assert stores and all(t["inputs"]["parameters"]["run_parameters"] == {
+        "componentInputParameter": "pipelinechannel--epoch-state-load-run_parameters"} for t in stores)
+
+
+def test_every_step_of_epoch_k_is_told_its_epoch(tmp_path):
+    """In the continuing branch the epoch is a pipeline value: each step gets it as ``epoch`` (and
+    names it in its log lines, p3.logs.configure), not P3_EPOCH, which is fixed when building."""
+    tasks = _compiled(tmp_path)
+    branch = [n for n in tasks if n.startswith("epoch k: ")]
+    assert {"epoch k: score", "epoch k: embed", "epoch k: select", "epoch k: train", "epoch k: evaluate",
+            "epoch k: report"} <= set(branch)
+    for name in branch:
+        assert tasks[name]["inputs"]["parameters"]["epoch"] == {
+            "componentInputParameter": "pipelinechannel--epoch-state-load-epoch"}, name
+
+
+def test_a_step_names_the_epoch_it_is_told_at_run_time(monkeypatch, caplog):
+    """A module's logger exists before the step knows its epoch (per-epoch pipeline: an input);
+    configure(epoch=k) makes its lines, and those of processes it starts, say ``epoch k``."""
+    import logging
+
+    from p3.logs import configure, get_logger
+
+    monkeypatch.setenv("P3_EPOCH", "")  # what the pipeline sets when the epoch is a pipeline value
+    log = get_logger("train")  # as at import: p3.train's module-level logger
+    with caplog.at_level(logging.INFO, logger="p3.train"):
+        log.info("before")
+        configure(epoch=2)
+        log.info("after")
+    assert [r.getMessage() for r in caplog.records] == ["[train] before", "[train epoch 2] after"]
+    assert os.environ["P3_EPOCH"] == "2"
+    configure(epoch=-1)  # a step outside the epochs leaves it as it is
+    assert os.environ["P3_EPOCH"] == "2"
+
+
+def test_the_load_step_refuses_other_run_parameters_before_touching_anything(tmp_path):
+    """The load component's own code: the stored training run's parameters against this run's."""
+    from p3.kfp.components.epoch_state_load import epoch_state_load
+
+    opts = BuildOptions(task="math", epochs=E, preset="tiny", bootstrap_tiny=True)
+    run = PipelineParams(**{**preset_defaults("math", "tiny"), **SMALLEST})
+    state_uri = str(tmp_path / "state")
+    epoch_state.commit(state_uri, epoch_state.read(state_uri, "pinned", E, params=pinned(opts, run)), attempt="a")
+    args = dict(state_uri=state_uri, training_run="pinned", epochs=E, **pinned(opts, run))
+    outputs = dict(policy=None, previous=None, previous_difficulty=None, previous_run=None)  # touched only after the check
+    with pytest.raises(epoch_state.StateError) as err:
+        epoch_state_load.python_func(**{**args, "budget": SMALLEST["budget"] + 1}, **outputs)
+    assert f"training run 'pinned' was started with other run parameters: budget 8 → 9;" in str(err.value)
 
 
 # ----------------------------------------------------------------------------- kfp.local runs
@@ -120,6 +194,10 @@ def test_consecutive_runs_advance_one_epoch_each_then_do_nothing(series):
         stored = runs[k - 1].state.policy
         assert f"training run 'nightly': continuing with epoch {k} of 3 from {stored}" in log
     assert "training run 'nightly' finished all 3 epochs" in log and "this run does nothing" in log
+    # the continuing branch's steps name their epoch, which only the state knew
+    for k in (1, 2):
+        for step in ("score", "select", "train", "report"):
+            assert f"[{step} epoch {k}] " in log, (step, k)
     # the no-op's Metrics say so
     noop = sorted(run_dir.glob("pipeline_root/*/epoch-state-finished/metrics"))
     assert len(noop) == 1 and json.loads(noop[0].read_text()) == {"epochs_done": 3, "noop": 1}
@@ -190,12 +268,39 @@ def test_command_line_run_of_a_finished_training_run_is_a_no_op(tmp_path):
     """`p3_math.py --local --epoch-per-run` on a training run whose E epochs are stored: it says so
     and leaves the state as it was."""
     state_uri = str(tmp_path / "state")
-    done = epoch_state.commit(state_uri, epoch_state.read(state_uri, "done", 1), attempt="a", policy="/models/x")
-    argv = [sys.executable, str(ROOT / "pipelines" / "p3_math.py"), "--local", "--epoch-per-run", "--epochs", "1",
-            "--runs-dir", str(tmp_path), "--name", "cli", "--set", "training_run=done", "--set", f"state_uri={state_uri}",
-            *[x for k, v in SMALLEST.items() for x in ("--set", f"{k}={v}")]]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=_env())
+    done = epoch_state.commit(state_uri, epoch_state.read(state_uri, "done", 1, params=_cli_pinned(1)), attempt="a",
+                              policy="/models/x")
+    out = subprocess.run(_cli(tmp_path, "done", state_uri, 1), capture_output=True, text=True, timeout=900, env=_env())
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "training run 'done': 1 of 1 epochs done" in out.stdout and "(finished)" in out.stdout
     assert "this run does nothing" in (tmp_path / "cli" / "pipeline.log").read_text()
     assert epoch_state.read(state_uri, "done", 1) == done
+
+
+def _cli_pinned(epochs: int, **changed) -> dict:
+    """What `p3_math.py --local --epoch-per-run` with SMALLEST pins (the tiny preset's defaults)."""
+    opts = BuildOptions(task="math", epochs=epochs, preset="tiny", bootstrap_tiny=True)
+    return pinned(opts, PipelineParams(**{**preset_defaults("math", "tiny"), **SMALLEST, **changed}))
+
+
+def _cli(tmp_path: Path, training_run: str, state_uri: str, epochs: int, **changed) -> list[str]:
+    return [sys.executable, str(ROOT / "pipelines" / "p3_math.py"), "--local", "--epoch-per-run", "--epochs",
+            str(epochs), "--runs-dir", str(tmp_path), "--name", "cli", "--set", f"training_run={training_run}",
+            "--set", f"state_uri={state_uri}",
+            *[x for k, v in {**SMALLEST, **changed}.items() for x in ("--set", f"{k}={v}")]]
+
+
+def test_command_line_run_with_another_budget_is_refused_before_any_work(tmp_path):
+    """A training run started with budget 8, continued with budget 9: one line naming the training
+    run and budget (old → new), exit 1, no step ran and the state is as it was."""
+    state_uri = str(tmp_path / "state")
+    first = epoch_state.commit(state_uri, epoch_state.read(state_uri, "nightly", 2, params=_cli_pinned(2)),
+                               attempt="a", policy="/models/x")
+    out = subprocess.run(_cli(tmp_path, "nightly", state_uri, 2, budget=9), capture_output=True, text=True,
+                         timeout=300, env=_env())
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, out.stderr[-2000:]
+    assert "training run 'nightly' was started with other run parameters: budget 8 → 9;" in errors[0]
+    assert not (tmp_path / "cli" / "pipeline_root").exists()  # kfp.local never started a step
+    assert epoch_state.read(state_uri, "nightly", 2) == first

@@ -1,7 +1,9 @@
 """Logging and progress shared by every step.
 
 Log lines name the component and, inside a pipeline, the epoch (``P3_EPOCH``), so a
-multi-epoch log can be read without the UI. :func:`step` prints the one-line summary
+multi-epoch log can be read without the UI. The epoch is read when a line is logged, not when
+the logger is made: in the per-epoch pipeline the epoch is known only at run time, and a step
+that receives it names it with ``configure(epoch=k)`` after the modules' loggers exist. :func:`step` prints the one-line summary
 each step ends with: what, how many, how long.
 """
 
@@ -20,24 +22,29 @@ T = TypeVar("T")
 
 
 def get_logger(component: str) -> logging.LoggerAdapter:
-    """Logger for one component; adds ``[epoch e]`` when the pipeline set P3_EPOCH."""
-    epoch = os.environ.get("P3_EPOCH")
-    prefix = f"[{component}" + (f" epoch {epoch}" if epoch not in (None, "") else "") + "] "
-    return _Prefixed(logging.getLogger(f"p3.{component}"), {"prefix": prefix})
+    """Logger for one component; adds ``epoch e`` when P3_EPOCH is set (by the pipeline or :func:`configure`)."""
+    return _Prefixed(logging.getLogger(f"p3.{component}"), {"component": component})
 
 
-def configure(verbose: bool = False) -> None:
+def configure(verbose: bool = False, epoch: int | None = None) -> None:
     """Log to stderr at INFO (DEBUG when ``verbose``). Only entry points call this (the CLI,
-    the components, the pipeline scripts): importing a p3 module configures nothing."""
+    the components, the pipeline scripts): importing a p3 module configures nothing.
+
+    ``epoch``: the epoch this step runs when the pipeline knows it only at run time (the
+    per-epoch pipeline's epoch k); it is put in P3_EPOCH, so that the step's log lines and
+    those of the processes it starts (torchrun) name it. None or negative: leave P3_EPOCH as is."""
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if epoch is not None and epoch >= 0:
+        os.environ["P3_EPOCH"] = str(epoch)
 
 
 class _Prefixed(logging.LoggerAdapter):
     def process(self, msg, kwargs):
-        return self.extra["prefix"] + str(msg), kwargs
+        epoch = os.environ.get("P3_EPOCH", "")
+        return f"[{self.extra['component']}{f' epoch {epoch}' if epoch else ''}] {msg}", kwargs
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:

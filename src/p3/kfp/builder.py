@@ -214,13 +214,16 @@ class TaskSetup:
     The task's step kind comes from its component (:func:`p3.kfp.steps.kind_of`), its image
     parameter from the component's image. ``epoch`` is -1 before the epochs, or a pipeline
     channel when the epoch is only known at run time (the per-epoch pipeline: shown as
-    ``epoch k``). Once ``stage`` (the staging task) is set, model steps run after it, offline."""
+    ``epoch k``; the steps that take ``epoch`` name it in their log lines). Once ``stage`` (the
+    staging task) is set, model steps run after it, offline; once ``first`` is set, every later
+    task runs after it (the per-epoch pipeline's state load: a run that does not fit the
+    training run's state does no work)."""
 
     def __init__(self, opts: BuildOptions, p: Any, epoch_of_task: dict[str, int], display_names: dict[str, str]):
         self.opts, self.p, self.epoch_of_task, self.display_names = opts, p, epoch_of_task, display_names
         image_executor = opts.cluster is not None if opts.image_executor is None else opts.image_executor
         self.run = _from_image if image_executor else (lambda component: component)
-        self.stage = None
+        self.stage = self.first = None
 
     def __call__(self, task, epoch: Any, what: str, cache: bool | None = None):
         opts = self.opts
@@ -234,6 +237,8 @@ class TaskSetup:
         task.set_env_variable("P3_EPOCH", str(epoch) if known and epoch >= 0 else "")
         task.set_caching_options(enable_caching=(opts.cache_everything or kind in DETERMINISTIC) if cache is None
                                  else cache)
+        if self.first is not None:
+            task.after(self.first)
         if self.stage is not None and kind in OFFLINE_KINDS:
             task.after(self.stage)
             task.set_env_variable("HF_HUB_OFFLINE", "1")
@@ -284,7 +289,7 @@ def epoch_tasks(opts: BuildOptions, p: Any, setup: TaskSetup, pool, test, e: Any
     run = setup.run
     embed_here = embeddings is None
     score_kw = dict(epoch=e, tensor_parallel_size=_gpus(opts, "score"), **step_arguments(p, "score"))
-    embed_kw = step_arguments(p, "embed")
+    embed_kw = dict(epoch=e, **step_arguments(p, "embed"))
     if opts.shards == 1:
         difficulty = setup(run(scorer)(problems=pool, **_with_policy(p, policy, **score_kw)),
                            e, "score").outputs["difficulty"]
@@ -293,22 +298,22 @@ def epoch_tasks(opts: BuildOptions, p: Any, setup: TaskSetup, pool, test, e: Any
                                e, "embed").outputs["embeddings"]
     else:
         with dsl.ParallelFor(items=list(range(opts.shards)), name=f"epoch-{e if isinstance(e, int) else 'k'}-shards") as i:
-            part = setup(run(shard_split)(problems=pool, index=i, count=opts.shards), e, "shard").outputs["shard"]
+            part = setup(run(shard_split)(problems=pool, index=i, count=opts.shards, epoch=e), e, "shard").outputs["shard"]
             d_part = setup(run(scorer)(problems=part, **_with_policy(p, policy, **score_kw)), e, "score shard")
             if embed_here:
                 x_part = setup(run(embedder)(problems=part, **_with_policy(p, policy, **embed_kw)), e, "embed shard")
-        difficulty = setup(run(shard_merge)(parts=dsl.Collected(d_part.outputs["difficulty"]), problems=pool),
+        difficulty = setup(run(shard_merge)(parts=dsl.Collected(d_part.outputs["difficulty"]), problems=pool, epoch=e),
                            e, "merge difficulty").outputs["merged"]
         if embed_here:
-            embeddings = setup(run(shard_merge)(parts=dsl.Collected(x_part.outputs["embeddings"]), problems=pool),
-                               e, "merge embeddings").outputs["merged"]
+            embeddings = setup(run(shard_merge)(parts=dsl.Collected(x_part.outputs["embeddings"]), problems=pool,
+                                                epoch=e), e, "merge embeddings").outputs["merged"]
     sel_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings, epoch=e, epochs=opts.epochs,
                   **step_arguments(p, "select"))
     if previous is not None:
         sel_kw.update(previous=previous.selection, previous_difficulty=previous.difficulty)
     select = setup(run(selector)(**sel_kw), e, "select")
     train = setup(run(trainer)(problems=pool, selection=select.outputs["selection"],
-                               **_with_policy(p, policy, **step_arguments(p, "train"))), e, "train")
+                               **_with_policy(p, policy, epoch=e, **step_arguments(p, "train"))), e, "train")
     model = train.outputs["model"]
     evaluation = setup(run(evaluator)(problems=test, policy=model, epoch=e, tensor_parallel_size=_gpus(opts, "evaluate"),
                                       **step_arguments(p, "evaluate")), e, "evaluate")

@@ -243,8 +243,13 @@ def _local(args: argparse.Namespace, opts: BuildOptions, overrides: dict[str, An
 
         run_dir = os.path.join(args.runs_dir, args.name or f"{opts.task}-{opts.preset}-per-epoch")
         params = {"state_uri": os.path.abspath(os.path.join(run_dir, "state")), **overrides}
+        from p3.kfp.epoch_state import StateError
+
         try:
             out = run_local(opts, params, run_dir)
+        except StateError as exc:  # the run does not fit its training run: already one line, naming what differs
+            print(f"p3_{opts.task}.py: error: {exc}", file=sys.stderr)
+            return 1
         except Exception as exc:  # noqa: BLE001 - one line; the step's own error (EpochConflict, …) is in the log
             print(f"p3_{opts.task}.py: error: {' '.join(str(exc).split())[:300] or type(exc).__name__} "
                   f"(log: {os.path.join(run_dir, 'pipeline.log')})", file=sys.stderr)

@@ -13,11 +13,19 @@ PUT; S3 answers 412 when the key exists) and a hard link on a local disk (``link
 name exists). Two runs that both started from epoch k can both finish their work, but only the
 first to commit advances the run; the other gets EpochConflict and its attempt folder is
 never referenced. No state file is ever rewritten, so a reader never sees a half-written one.
+
+A training run is pinned to the run parameters it started with: epoch 0 records them (canonical
+values and their digest) and every later run compares its own before doing any work; a run with
+other values fails with one line naming each differing parameter (``old → new``). Which run
+parameters define a training run is decided by the per-epoch pipeline (p3.kfp.per_epoch.PINNED).
+States written before the pin (format 1) hold no parameters: reading one is a one-line StateError
+(continue such a run with the release that wrote it, or start a new training_run name).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -26,7 +34,7 @@ from typing import Any
 
 from p3 import storage
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: the run parameters are pinned (params, params_digest); 1 did not record them
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -50,7 +58,8 @@ class EpochState:
         selection: URI of the last epoch's selection table ("" before epoch 0).
         difficulty: URI of the last epoch's difficulty table ("" before epoch 0).
         report: URI of the last epoch's report folder ("" before epoch 0).
-        params_digest: digest of the run parameters the training run started with.
+        params: the run parameters the training run started with (canonical values, see :func:`pin`).
+        params_digest: sha256 of ``params`` (what a later run compares).
         history: one record per finished epoch (epoch, attempt, pipeline run, time).
     """
 
@@ -61,6 +70,7 @@ class EpochState:
     selection: str = ""
     difficulty: str = ""
     report: str = ""
+    params: dict = dataclasses.field(default_factory=dict)
     params_digest: str = ""
     history: tuple[dict, ...] = ()
 
@@ -77,8 +87,12 @@ class EpochState:
     def from_json(cls, raw: bytes, where: str) -> "EpochState":
         try:
             d = json.loads(raw)
-            if d.pop("format") != STATE_FORMAT:
-                raise StateError(f"{where}: state format {d.get('format')!r}, this code reads {STATE_FORMAT}")
+            version = d.pop("format")
+            if version == 1:
+                raise StateError(f"{where}: written before training runs pinned their run parameters (state format 1); "
+                                 f"continue it with the P3 release that wrote it, or start a new training_run name")
+            if version != STATE_FORMAT:
+                raise StateError(f"{where}: state format {version!r}, this code reads {STATE_FORMAT}")
             d["history"] = tuple(d.get("history", ()))
             return cls(**d)
         except (ValueError, KeyError, TypeError) as e:
@@ -117,14 +131,18 @@ def _stored_epochs(root: str) -> list[int]:
     return sorted(int(n[:-5]) for n in names if re.fullmatch(r"\d{5}\.json", n))
 
 
-def read(state_uri: str, training_run: str, epochs: int, params_digest: str = "") -> EpochState:
-    """The current state (epoch 0 when the training run is new); StateError when it does not fit."""
+def read(state_uri: str, training_run: str, epochs: int, params: dict[str, Any] | None = None) -> EpochState:
+    """The current state (epoch 0 when the training run is new); StateError when it does not fit.
+
+    ``params``: the run parameters of this run (see :func:`pin`); a new training run records them,
+    a stored one must have been started with the same. None: only read (no check, nothing recorded)."""
     if epochs < 1:
         raise StateError(f"epochs {epochs}: a training run needs at least 1 epoch")
     root = run_root(state_uri, training_run)
+    pinned, digest = pin(params) if params is not None else ({}, "")
     stored = _stored_epochs(root)
     if not stored:
-        return EpochState(training_run=training_run, epochs=epochs, params_digest=params_digest)
+        return EpochState(training_run=training_run, epochs=epochs, params=pinned, params_digest=digest)
     path = state_path(root, stored[-1])
     with storage.open_file(path) as fh:
         state = EpochState.from_json(fh.read(), path)
@@ -133,10 +151,42 @@ def read(state_uri: str, training_run: str, epochs: int, params_digest: str = ""
     if state.epochs != epochs:
         raise StateError(f"training run {training_run!r} was started with epochs={state.epochs}, not {epochs} "
                          f"(the pacing schedule spans the whole run); use another training_run name")
-    if params_digest and state.params_digest and state.params_digest != params_digest:
-        raise StateError(f"training run {training_run!r} was started with other run parameters "
-                         f"(digest {state.params_digest[:12]} != {params_digest[:12]}); use another training_run name")
+    if params is not None and state.params_digest != digest:
+        raise StateError(f"training run {training_run!r} was started with other run parameters: "
+                         f"{changes(state.params, pinned)}; run it with the values it started with, "
+                         f"or start another training_run name")
     return state
+
+
+def pin(params: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The canonical form of run parameters and its sha256.
+
+    A number is kept as an int when it is integral (45.0 -> 45): the KFP backend hands every number
+    to a component as a JSON number (a protobuf double), so one run may see 45 where another saw 45.0."""
+    canon = {name: _canonical(name, value) for name, value in sorted(params.items())}
+    return canon, hashlib.sha256(json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _canonical(name: str, value: Any) -> Any:
+    if isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return int(value) if float(value).is_integer() else float(value)
+    raise StateError(f"run parameter {name}: {value!r} is not a str, number or bool")
+
+
+def changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``name old → new`` for each parameter that differs (``(none)`` where one side lacks it)."""
+    if not old:
+        return "the stored state records none"
+    missing = object()
+    parts = [f"{k} {_show(old.get(k, missing), missing)} → {_show(new.get(k, missing), missing)}"
+             for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]
+    return ", ".join(parts) or "the stored digest does not match the stored values"
+
+
+def _show(value: Any, missing: object) -> str:
+    return "(none)" if value is missing else json.dumps(value, ensure_ascii=False)
 
 
 def commit(state_uri: str, prev: EpochState, *, attempt: str, run_id: str = "", **outputs: str) -> EpochState:
@@ -187,10 +237,3 @@ def _utc_now() -> str:
     import datetime
 
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def params_digest(params: dict[str, Any]) -> str:
-    """A digest of run parameters (sorted JSON) to tie a training run to the settings it started with."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()

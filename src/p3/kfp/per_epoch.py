@@ -4,7 +4,7 @@ The unrolled pipeline (builder.build) trains E epochs in one run. This one is fo
 run ("train P3 one epoch per night"): each run reads the training run's state from object
 storage (p3.kfp.epoch_state), does the next epoch and stores the new state::
 
-    prepare ─▶ load state ─┬─ done ──────▶ finished (a no-op: says so in its log and Metrics)
+    load state ─▶ prepare ─┬─ done ──────▶ finished (a no-op: says so in its log and Metrics)
                            ├─ epoch 0 ───▶ score ─▶ embed ─▶ select ─▶ train ─▶ evaluate ─▶ report ─▶ commit
                            └─ epoch k≥1 ─▶ the same, from the stored model, selection, difficulty, report
 
@@ -12,6 +12,25 @@ The epoch-0 branch is the unrolled pipeline's epoch 0 (base model or bootstrappe
 previous selection); the other branch takes what the last epoch stored. Selection is told the
 schedule length E (a build option, as in the unrolled pipeline), so epoch k of a training run is
 the same computation as epoch k of the unrolled E-epoch pipeline.
+
+A training run is pinned to what it started with (:data:`PINNED`): epoch 0 stores the values in
+the state, and the load step, which runs before every other step, refuses a run whose values
+differ, naming each (``budget 40 → 41``). Changing them half way would give a run that is
+neither the old one nor a new one. Pinned: every run parameter (PipelineParams) but
+:data:`UNPINNED`, and the build options that change what is computed: the task, whether the
+starting model is bootstrapped in the pipeline, and the training pod's GPU count (torchrun's
+data-parallel width multiplies the global batch). Not pinned, because they may legitimately
+differ between the runs of one training run:
+
+- ``training_run`` and ``state_uri``: they name the training run and where it is kept;
+- the images (``image_*``): operational; a patched image must be usable mid-run (the project
+  pins them by digest, docs/operator-guide.md);
+- ``dpp_device``: where DPP runs, not what it selects;
+- ``allow_weak_isolation``: a security switch; it decides whether grading may run, not its result;
+- ``shards``: a sharded epoch hands selection the table an unsharded one does (shard_merge
+  restores the row order); and the other cluster settings (node selection, resources, secrets).
+
+``epochs`` (the schedule length) is pinned too, with its own message (p3.kfp.epoch_state.read).
 """
 
 from __future__ import annotations
@@ -28,6 +47,11 @@ from p3.kfp.components.epoch_state_commit import epoch_state_commit
 from p3.kfp.components.epoch_state_finished import epoch_state_finished
 from p3.kfp.components.epoch_state_load import epoch_state_load
 from p3.kfp.params import PipelineParams
+
+# Run parameters that may differ between the runs of one training run (module docstring: why).
+UNPINNED = frozenset({"image_base", "image_vllm", "image_train", "dpp_device", "allow_weak_isolation"})
+# The run parameters that define a training run: epoch_state_load takes each as an input of its own.
+PINNED = tuple(f.name for f in dataclasses.fields(PipelineParams) if f.name not in UNPINNED)
 
 # The per-epoch pipeline's own run parameters, after PipelineParams': name -> (type, help).
 STATE_PARAMS: dict[str, tuple[type, str]] = {
@@ -64,29 +88,38 @@ def build_per_epoch(opts: BuildOptions, defaults: dict[str, Any] | None = None) 
     return Built(pipeline, epoch_of_task, display_names, defaults)
 
 
+def pinned(opts: BuildOptions, p: Any) -> dict[str, Any]:
+    """What defines a training run: the build options that change the result and the PINNED run
+    parameters of ``p`` (a PipelineParams of values, or of pipeline channels when wiring)."""
+    return {"task": opts.task, "bootstrap_tiny": opts.bootstrap_tiny, "train_gpus": builder._gpus(opts, "train"),
+            **{name: getattr(p, name) for name in PINNED}}
+
+
 def _wire(opts: BuildOptions, p: Any, state_params: dict[str, Any], epoch_of_task: dict[str, int],
           display_names: dict[str, str]) -> None:
     setup = TaskSetup(opts, p, epoch_of_task, display_names)
-    pool, test, policy = prepare_tasks(opts, p, setup)
     state = dict(**state_params, epochs=opts.epochs)
-    load = _state_step(setup, setup.run(epoch_state_load)(**state), "load state")
+    load = _state_step(setup, setup.run(epoch_state_load)(**state, **pinned(opts, p)), "load state")
+    setup.first = load  # a run that does not fit the training run does no work
+    pool, test, policy = prepare_tasks(opts, p, setup)
     with dsl.If(load.outputs["done"] == True, name="finished"):  # noqa: E712 - a pipeline condition
         _state_step(setup, setup.run(epoch_state_finished)(**state), "finished: nothing to do")
     with dsl.Elif(load.outputs["epoch"] == 0, name="first-epoch"):
-        _commit(setup, state, 0, epoch_tasks(opts, p, setup, pool, test, 0, policy))
+        _commit(setup, state, load, 0, epoch_tasks(opts, p, setup, pool, test, 0, policy))
     with dsl.Else(name="next-epoch"):
         epoch = load.outputs["epoch"]
         last = Previous(load.outputs["previous"], load.outputs["previous_difficulty"], load.outputs["previous_run"])
-        _commit(setup, state, epoch, epoch_tasks(opts, p, setup, pool, test, epoch, load.outputs["policy"], last))
+        _commit(setup, state, load, epoch, epoch_tasks(opts, p, setup, pool, test, epoch, load.outputs["policy"], last))
 
 
 def _state_step(setup, task, what: str):
     return setup(task, -1, what, cache=False)  # never cached: the state changes
 
 
-def _commit(setup, state: dict[str, Any], epoch: Any, out: EpochOutputs) -> None:
-    _state_step(setup, setup.run(epoch_state_commit)(**state, epoch=epoch, policy=out.policy, selection=out.selection,
-                                          difficulty=out.difficulty, run=out.run), "store state")
+def _commit(setup, state: dict[str, Any], load, epoch: Any, out: EpochOutputs) -> None:
+    _state_step(setup, setup.run(epoch_state_commit)(**state, epoch=epoch, run_parameters=load.outputs["run_parameters"],
+                                                     policy=out.policy, selection=out.selection,
+                                                     difficulty=out.difficulty, run=out.run), "store state")
 
 
 def run_local(opts: BuildOptions, params: dict[str, Any], run_dir: str) -> dict[str, Any]:
@@ -109,6 +142,9 @@ def run_local(opts: BuildOptions, params: dict[str, Any], run_dir: str) -> dict[
     args = {**built.defaults, **params}
     if not args["state_uri"]:
         raise ValueError("state_uri: set the folder or s3:// URI of the training runs' state")
+    # the load step checks this too; here a run that does not fit its training run stops before kfp.local starts
+    run = PipelineParams(**{k: v for k, v in args.items() if k not in STATE_PARAMS})
+    epoch_state.read(args["state_uri"], args["training_run"], opts.epochs, params=pinned(opts, run))
     os.makedirs(run_dir, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.join(run_dir, "pipeline_root"),
                raise_on_error=True, enable_caching=True, cache_root=os.path.join(run_dir, "cache"))

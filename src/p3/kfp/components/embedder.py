@@ -14,6 +14,7 @@ def embedder(
     base_model: str = "",
     policy: Input[Model] = None,
     per_epoch: bool = True,
+    epoch: int = -1,
 ):
     """Embed every problem.
 
@@ -27,10 +28,11 @@ def embedder(
         per_epoch: False when the pipeline embeds once, before the epochs (it was built
             with an embedder that is not the current policy); a plain ``policy`` embedder
             is then refused instead of embedding with the base model only.
+        epoch: Epoch named in the log lines (the per-epoch pipeline knows it only at run time; -1 = as P3_EPOCH says).
     """
     from p3.logs import configure
 
-    configure()  # an entry point: the step's log lines go to its pod log
+    configure(epoch=epoch)  # an entry point: the step's log lines go to its pod log, naming the epoch
     from p3.kfp.components._glue import model_ref
     from p3.embed import EmbedConfig, embed
 

@@ -12,6 +12,7 @@ def epoch_state_commit(
     training_run: str,
     epochs: int,
     epoch: int,
+    run_parameters: str,
     policy: Input[Model],
     selection: Input[Dataset],
     difficulty: Input[Dataset],
@@ -27,20 +28,23 @@ def epoch_state_commit(
         training_run: Name of the training run.
         epochs: The schedule length E.
         epoch: The epoch this run did (what epoch_state_load read).
+        run_parameters: The pinned run parameters as JSON (epoch_state_load's output), recorded at epoch 0.
         policy: This epoch's trained model.
         selection: This epoch's selection.
         difficulty: This epoch's difficulty table.
         run: This epoch's report folder (the run report so far).
         metrics: Output: epoch, epochs_done, finished (1 after the last epoch).
     """
+    import json
     import os
 
     from p3 import storage
     from p3.kfp import epoch_state
     from p3.kfp.components._glue import copy_tree
-    from p3.logs import get_logger
+    from p3.logs import configure, get_logger
 
-    state = epoch_state.read(state_uri, training_run, epochs)
+    configure(epoch=epoch)  # the epoch is a pipeline value here: name it in the log lines
+    state = epoch_state.read(state_uri, training_run, epochs, params=json.loads(run_parameters))
     if state.epoch != epoch:
         raise epoch_state.EpochConflict(f"epoch {epoch} of training run {training_run!r} was already done by another "
                                         f"run (it is at epoch {state.epoch}); this run's outputs are discarded")

@@ -41,7 +41,7 @@ def evaluator(
     """
     from p3.logs import configure
 
-    configure()  # an entry point: the step's log lines go to its pod log
+    configure(epoch=epoch)  # an entry point: the step's log lines go to its pod log, naming the epoch
     from p3 import storage
     from p3.kfp.components._glue import model_ref
     from p3.configs import from_flat

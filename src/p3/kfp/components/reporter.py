@@ -43,7 +43,7 @@ def reporter(
     """
     from p3.logs import configure
 
-    configure()  # an entry point: the step's log lines go to its pod log
+    configure(epoch=epoch)  # an entry point: the step's log lines go to its pod log, naming the epoch
     import os
 
     from p3 import report, rundata, storage

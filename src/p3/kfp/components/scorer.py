@@ -47,7 +47,7 @@ def scorer(
     """
     from p3.logs import configure
 
-    configure()  # an entry point: the step's log lines go to its pod log
+    configure(epoch=epoch)  # an entry point: the step's log lines go to its pod log, naming the epoch
     from p3.kfp.components._glue import empty_table_unless_written, model_ref
     from p3.contracts import ROLLOUTS
     from p3.configs import from_flat

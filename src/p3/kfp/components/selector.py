@@ -68,7 +68,7 @@ def selector(
     """
     from p3.logs import configure
 
-    configure()  # an entry point: the step's log lines go to its pod log
+    configure(epoch=epoch)  # an entry point: the step's log lines go to its pod log, naming the epoch
     from p3.selection import SelectConfig, select
 
     select(SelectConfig(

@@ -7,7 +7,8 @@ from p3.kfp.components.images import BASE
 
 
 @dsl.component(base_image=BASE, install_kfp_package=False)
-def shard_split(problems: Input[Dataset], shard: Output[Dataset], index: int = 0, count: int = 1):
+def shard_split(problems: Input[Dataset], shard: Output[Dataset], index: int = 0, count: int = 1,
+                epoch: int = -1):
     """Write rows ``index, index+count, …`` of ``problems`` (round-robin shards).
 
     Args:
@@ -15,10 +16,11 @@ def shard_split(problems: Input[Dataset], shard: Output[Dataset], index: int = 0
         shard: Output: this shard's rows (same schema).
         index: Which shard, 0-based.
         count: How many shards in all.
+        epoch: Epoch named in the log lines (the per-epoch pipeline knows it only at run time; -1 = as P3_EPOCH says).
     """
     from p3.logs import configure
 
-    configure()  # an entry point: the step's log lines go to its pod log
+    configure(epoch=epoch)  # an entry point: the step's log lines go to its pod log, naming the epoch
     from p3.kfp.components._glue import split_rows
     from p3.logs import get_logger
 

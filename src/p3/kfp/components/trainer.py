@@ -21,6 +21,7 @@ def trainer(
     seed: int = 0,
     base_model: str = "",
     policy: Input[Model] = None,
+    epoch: int = -1,
 ):
     """Supervised fine-tuning on the selected problems; one pass per epoch.
 
@@ -40,10 +41,11 @@ def trainer(
         seed: Seed for init, dropout and data order.
         base_model: Model to start from when no ``policy`` artifact is connected (epoch 0).
         policy: The current policy (the previous epoch's trained model).
+        epoch: Epoch named in the log lines (the per-epoch pipeline knows it only at run time; -1 = as P3_EPOCH says).
     """
     from p3.logs import configure
 
-    configure()  # an entry point: the step's log lines go to its pod log
+    configure(epoch=epoch)  # an entry point: the step's log lines (torchrun's too) go to its pod log
     import subprocess
 
     from p3.kfp.components._glue import checkpoint_settings, model_ref, torchrun_command

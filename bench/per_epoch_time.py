@@ -1,8 +1,11 @@
 """One epoch per pipeline run vs `make run`: is a per-epoch run at most 1.5x one epoch of `make run`?
 
 1. `make run`'s command (pipelines/p3_math.py --local: tiny preset, 3 epochs, mini-MATH) from a
-   fresh run folder; one epoch's time = from the end of the previous epoch (epoch 0: the end of
-   the tiny model's bootstrap) to the end of the epoch's report, read from kfp.local's log.
+   fresh run folder; one epoch's time = the sum of its tasks' times (``epoch e: …``), read from
+   kfp.local's log. kfp.local runs one task at a time, in an order that interleaves epochs (an
+   epoch's evaluate and report may run after the next epoch's training), so a task's time is
+   from the previous task's end to its own, and the span between two epochs' reports is not
+   an epoch.
 2. Three runs of the per-epoch pipeline (p3.kfp.per_epoch, same preset and settings, E=3, state in
    a temp folder), each a fresh process as a scheduler would start it; the time is the process's
    whole wall time (interpreter, compile, cache lookups, load and store of the state included).
@@ -34,18 +37,26 @@ RUN = ("import sys\n"
        "from p3.kfp.per_epoch import run_local\n"
        "run_local(BuildOptions(task='math', epochs=3, preset='tiny', bootstrap_tiny=True),\n"
        "          {'state_uri': sys.argv[2], 'training_run': 'bench'}, sys.argv[1])\n")
-STAMP = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - '([^']+)' finished with status SUCCESS")
+STAMP = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - (?:Running pipeline|'([^']+)' finished with status SUCCESS)")
+EPOCH_TASK = re.compile(r"epoch (\d+): ")
 
 
-def epoch_spans(log: str) -> list[float]:
-    """Seconds per epoch from kfp.local's 'finished' lines."""
-    done = {}
+def epoch_seconds(log: str, epochs: int = 3) -> list[float]:
+    """Seconds per epoch: the sum of the epoch's task times, each from the previous task's end
+    (the pipeline's start for the first) to its own, from kfp.local's log lines."""
+    per_epoch = [0.0] * epochs
+    last = None
     for line in log.splitlines():
         m = STAMP.match(line)
-        if m:
-            done[m.group(2)] = datetime.strptime(m.group(1), "%H:%M:%S.%f")
-    marks = [done["bootstrap tiny model"]] + [done[f"epoch {e}: report"] for e in range(3)]
-    return [(b - a).total_seconds() % 86400 for a, b in zip(marks, marks[1:])]
+        if not m:
+            continue
+        t = datetime.strptime(m.group(1), "%H:%M:%S.%f")
+        if last is not None and m.group(2):
+            e = EPOCH_TASK.match(m.group(2))
+            if e:
+                per_epoch[int(e.group(1))] += (t - last).total_seconds() % 86400
+        last = t
+    return per_epoch
 
 
 def main() -> None:
@@ -56,7 +67,7 @@ def main() -> None:
         make_run_s = time.perf_counter() - t
         if out.returncode != 0:
             sys.exit(out.stdout[-3000:])
-        spans = epoch_spans(out.stdout)
+        spans = epoch_seconds(out.stdout)
         runs = []
         for _ in range(3):
             t = time.perf_counter()

@@ -31,6 +31,7 @@ log = get_logger("data")
 MINI_TYPES = ("Arithmetic", "Algebra", "Number Theory", "Word Problems")
 NAMES = ("Ann", "Ben", "Cara", "Dan", "Eve", "Finn", "Gia", "Hal")
 TWO_DIGIT = [n for n in range(11, 100) if n % 10]  # tens and ones both non-zero: always two steps
+ONE_DIGIT = range(1, 10)  # rng.choice(ONE_DIGIT) draws exactly what rng.randint(1, 9) draws
 
 
 def _add(a: int, b: int, lines: list[str], op: str = "+") -> int:
@@ -53,6 +54,22 @@ def _mod(s: int, m: int, lines: list[str]) -> int:
     return s - m * q
 
 
+def _product_plus(rng: random.Random, lines: list[str], addends=TWO_DIGIT) -> tuple[int, int, int]:
+    """Draw a, b in 2..9 and c from ``addends``; solve a * b + c: the product, then the sum."""
+    a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.choice(addends)
+    lines.append(f"{a} * {b} = {a * b}")
+    _add(a * b, c, lines)
+    return a, b, c
+
+
+def _sum_of_products(rng: random.Random, lines: list[str]) -> tuple[int, int, int, int]:
+    """Draw a, b, c, d in 2..9; solve a * b + c * d: both products, then their sum."""
+    a, b, c, d = (rng.randint(2, 9) for _ in range(4))
+    lines += [f"{a} * {b} = {a * b}", f"{c} * {d} = {c * d}"]
+    _add(a * b, c * d, lines)
+    return a, b, c, d
+
+
 def _arithmetic(level: int, rng: random.Random) -> Optional[tuple[str, list[str]]]:
     lines: list[str] = []
     if level == 1:
@@ -68,16 +85,12 @@ def _arithmetic(level: int, rng: random.Random) -> Optional[tuple[str, list[str]
         _add(a, b, lines, op)
         return f"What is {a} {op} {b}?", lines
     if level == 3:
-        a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.choice(TWO_DIGIT)
-        lines.append(f"{a} * {b} = {a * b}")
-        _add(a * b, c, lines)
+        a, b, c = _product_plus(rng, lines)
         return f"What is {a} * {b} + {c}?", lines
     if level == 4:
-        a, b, c, d = (rng.randint(2, 9) for _ in range(4))
+        a, b, c, d = _sum_of_products(rng, lines)
         if c * d not in TWO_DIGIT:
             return None
-        lines += [f"{a} * {b} = {a * b}", f"{c} * {d} = {c * d}"]
-        _add(a * b, c * d, lines)
         return f"What is {a} * {b} + {c} * {d}?", lines
     a, c, d = rng.choice(TWO_DIGIT), rng.randint(2, 9), rng.choice(TWO_DIGIT)
     tens, ones = a - a % 10, a % 10
@@ -143,23 +156,16 @@ def _number_theory(level: int, rng: random.Random) -> Optional[tuple[str, list[s
         lines.append(f"{a} + {b} = {s}")
         _mod(s, m, lines)
         return f"What is ({a} + {b}) mod {m}?", lines
-    a, b = rng.randint(2, 9), rng.randint(2, 9)
     if level == 4:
-        c = rng.randint(1, 9)
-        s = a * b + c
-        if not m <= s < 10 * m:
-            return None
-        lines += [f"{a} * {b} = {a * b}", f"{a * b} + {c} = {s}"]
-        _mod(s, m, lines)
-        return f"What is ({a} * {b} + {c}) mod {m}?", lines
-    c, d = rng.randint(2, 9), rng.randint(2, 9)
-    s = a * b + c * d
+        a, b, c = _product_plus(rng, lines, ONE_DIGIT)
+        s, expression = a * b + c, f"{a} * {b} + {c}"
+    else:
+        a, b, c, d = _sum_of_products(rng, lines)
+        s, expression = a * b + c * d, f"{a} * {b} + {c} * {d}"
     if not m <= s < 10 * m:
         return None
-    lines += [f"{a} * {b} = {a * b}", f"{c} * {d} = {c * d}"]
-    _add(a * b, c * d, lines)
     _mod(s, m, lines)
-    return f"What is ({a} * {b} + {c} * {d}) mod {m}?", lines
+    return f"What is ({expression}) mod {m}?", lines
 
 
 def _word(level: int, rng: random.Random) -> Optional[tuple[str, list[str]]]:
@@ -175,17 +181,14 @@ def _word(level: int, rng: random.Random) -> Optional[tuple[str, list[str]]]:
         _add(a, b, lines, "-")
         return f"{name} has {a} coins and spends {b}. How many are left?", lines
     if level == 3:
-        a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.choice(TWO_DIGIT)
-        lines.append(f"{a} * {b} = {a * b}")
-        _add(a * b, c, lines)
+        a, b, c = _product_plus(rng, lines)
         return f"{name} buys {a} bags of {b} pens and has {c} pens. How many pens?", lines
-    a, b, c, d = (rng.randint(2, 9) for _ in range(4))
     if level == 4:
+        a, b, c, d = _sum_of_products(rng, lines)
         if c * d not in TWO_DIGIT:
             return None
-        lines += [f"{a} * {b} = {a * b}", f"{c} * {d} = {c * d}"]
-        _add(a * b, c * d, lines)
         return f"{name} buys {a} boxes of {b} eggs and {c} boxes of {d}. How many eggs?", lines
+    a, b, _, _ = (rng.randint(2, 9) for _ in range(4))  # two unused draws: a seed keeps making the same table
     have, gets = rng.choice(TWO_DIGIT), rng.choice(TWO_DIGIT)
     if have < a * b:
         return None

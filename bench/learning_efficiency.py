@@ -10,7 +10,7 @@ the held-out test split is drawn the same way.
 Fair arms. Every arm starts from the same warm model, trains the same number of
 optimiser steps per epoch (``--budget`` problems / ``--batch-size``; a smaller
 selection is cycled), with the same optimiser, schedule and training seed, through
-:func:`p3.epoch.run_epoch` (score → select → train, the steps the pipeline runs). Arms:
+:func:`p3.epoch.epoch_loop` (score → select → train, wired by the pipeline's own epoch flow). Arms:
 
 - ``random``    ``p3 select --strategy random``
 - ``oracle``    the upper reference: picks the frontier level (4) by its known label
@@ -294,7 +294,7 @@ def run_cell(s: Settings, cell: Cell, paths: dict[str, str], emb: dict[str, str]
     """E epochs of one cell; a row per epoch (epoch 0 = the warm model, measured once per pool and seed)."""
     configure()  # a worker process is an entry point of its own: its log lines reach the console
     from p3.backends import cpu_threads
-    from p3.epoch import epoch_files, run_epoch
+    from p3.epoch import InProcessSteps, epoch_loop
     from p3.score import ScoreConfig
     from p3.selection import SelectConfig
     from p3.train import TrainConfig
@@ -312,14 +312,16 @@ def run_cell(s: Settings, cell: Cell, paths: dict[str, str], emb: dict[str, str]
                             scheduler="cosine", warmup_steps=s.lr_warmup_steps, batch_size=s.batch_size,
                             max_steps=s.steps_per_epoch, epochs_per_round=1.0, max_len=128, seed=cell.order_seed,
                             device="cpu", save_steps=10**9, merge=False)
-    selector = oracle_selector(paths[pool_key]) if cell.arm == "oracle" else None
-    rows, policy, previous = [], warm, None
+    selector = {"selector": oracle_selector(paths[pool_key])} if cell.arm == "oracle" else {}
+    steps = InProcessSteps(str(run_dir), score_cfg, select_cfg, train_cfg, **selector)
+    epochs = epoch_loop(steps, s.epochs, warm)  # the pipeline's epochs: p3.epoch.epoch_flow
+    rows, previous = [], None
     with cpu_threads(threads=1):
         for e in range(s.epochs):
-            files = epoch_files(str(run_dir), e)
+            files = steps.files(e)
             with step(log, f"{cell.pool} seed {cell.seed}/{cell.ft_seed}/{cell.order_seed} {cell.arm} epoch {e}") as c:
-                secs = run_epoch(e, policy, files, previous, score_cfg, select_cfg, train_cfg,
-                                 **({"selector": selector} if selector else {}))
+                next(epochs)  # score, select, train (inside this log line's time)
+                secs = dict(steps.seconds[e])
                 t = time.perf_counter()
                 last = e == s.epochs - 1
                 metrics = (answer_likelihood(files.model, paths[test_key], str(Path(files.dir) / "test_scores.parquet"))
@@ -337,7 +339,7 @@ def run_cell(s: Settings, cell: Cell, paths: dict[str, str], emb: dict[str, str]
                          **{k: round(v, 2) for k, v in secs.items()}})
             if previous is not None:
                 shutil.rmtree(previous.model, ignore_errors=True)  # only the newest model is kept
-            policy, previous = files.model, files
+            previous = files
     return rows
 
 

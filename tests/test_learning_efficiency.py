@@ -66,16 +66,27 @@ def test_bench_tiny_run_has_fair_arms_paired_stats_and_the_control(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_same_command_twice_gives_identical_rows(tmp_path):
+def test_bench_same_command_twice_gives_identical_rows(tmp_path, monkeypatch):
     """Everything is seeded (data, warm-up, selection, training order; scoring and greedy
-    decoding are deterministic), so two runs, warm-up included, agree row for row."""
+    decoding are deterministic), so two runs, warm-up included, agree row for row. Every
+    epoch runs through the pipeline's epoch flow (p3.epoch.epoch_flow), not a copy of it."""
+    from p3 import epoch
+
+    flows, real = [], epoch.epoch_flow
+
+    def flow(steps, e, *args):
+        flows.append((type(steps).__name__, e))
+        return real(steps, e, *args)
+
+    monkeypatch.setattr(epoch, "epoch_flow", flow)
     bench = _load_bench()
-    args = ["--quick-tiny", "--arms", "random", "p3", "--no-control", "--ft-seeds", "0"]
+    args = ["--quick-tiny", "--arms", "random", "p3", "--no-control", "--ft-seeds", "0"]  # --quick-tiny: --jobs 1
     for run in ("a", "b"):
         bench.main([*args, "--out", str(tmp_path / run), "--work", str(tmp_path / f"w{run}"),
                     "--cache", str(tmp_path / f"c{run}")])
     a, b = _rows(tmp_path / "a" / "learning_efficiency.csv"), _rows(tmp_path / "b" / "learning_efficiency.csv")
     assert len(a) == 5 and a == b
+    assert flows == [("InProcessSteps", e) for _ in ("a", "b") for _arm in ("random", "p3") for e in (0, 1)]
 
 
 SUBJECTS = ["Prealgebra", "Algebra", "Number Theory", "Counting & Probability", "Geometry", "Intermediate Algebra",

@@ -8,6 +8,9 @@ parameter). Each epoch is five tasks named ``epoch e: …``::
                                           ▲                          │
                                           └──── the trained model ───┘  scores epoch 1, and so on
 
+The order of an epoch's steps and what feeds what are :func:`p3.epoch.epoch_flow`'s, the
+flow the benchmark also runs in process; :class:`PipelineSteps` makes each step a task.
+
 The embeddings are made once, before the epochs, unless the embedder is the current
 policy (``embedder=policy``): then every epoch embeds with its own policy. The staging
 step puts the base model into the model cache; every later model step runs offline.
@@ -37,6 +40,7 @@ from typing import Any, NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Dataset, Markdown, Model
 
+from p3 import epoch
 from p3.kfp import executor
 from p3.kfp.components import images
 from p3.kfp.components.bootstrapper import bootstrapper
@@ -175,29 +179,11 @@ def _wire(opts: BuildOptions, p: Any, epoch_of_task: dict[str, int], display_nam
     setup = TaskSetup(opts, p, epoch_of_task, display_names)
     pool, test, policy = prepare_tasks(opts, p, setup)
     embeddings = None if embed_per_epoch else embed_once(opts, p, setup, pool, policy)
-    previous, selections = None, []
-    for e in range(opts.epochs):
-        out = epoch_tasks(opts, p, setup, pool, test, e, policy, previous, embeddings)
-        policy, previous = out.policy, Previous(out.selection, out.difficulty, out.run)
-        selections.append(out.selection)
+    epochs = list(epoch.epoch_loop(PipelineSteps(opts, p, setup, pool, test, embeddings), opts.epochs, policy))
+    last = epochs[-1]
     outputs = _outputs_type(opts.epochs)
-    return outputs(out.report.outputs["run_html"], out.report.outputs["run_markdown"], policy, *selections)
-
-
-class Previous(NamedTuple):
-    """What epoch e >= 1 takes from epoch e-1 besides the model."""
-
-    selection: Any
-    difficulty: Any
-    run: Any
-
-
-class EpochOutputs(NamedTuple):
-    policy: Any  # the trained model
-    selection: Any
-    difficulty: Any
-    run: Any  # the report folder (every epoch so far)
-    report: Any  # the report task
+    return outputs(last.report.outputs["run_html"], last.report.outputs["run_markdown"], last.policy,
+                   *[out.selection for out in epochs])
 
 
 _from_image = functools.cache(executor.from_image)  # one image component per component
@@ -281,22 +267,28 @@ def embed_once(opts: BuildOptions, p: Any, setup: TaskSetup, pool, policy):
                  -1, "merge embeddings").outputs["merged"]
 
 
-def epoch_tasks(opts: BuildOptions, p: Any, setup: TaskSetup, pool, test, e: Any, policy,
-                previous: Previous | None = None, embeddings=None) -> EpochOutputs:
-    """One epoch: score -> embed -> select -> train -> evaluate -> report, from ``policy``
-    (None = base_model by name) and, from epoch 1 on, what the previous epoch left.
-    ``embeddings``: the pool's, made before the epochs; None = this epoch embeds with its policy."""
-    run = setup.run
-    embed_here = embeddings is None
-    score_kw = dict(epoch=e, tensor_parallel_size=_gpus(opts, "score"), **step_arguments(p, "score"))
-    embed_kw = dict(epoch=e, **step_arguments(p, "embed"))
-    if opts.shards == 1:
-        difficulty = setup(run(scorer)(problems=pool, **_with_policy(p, policy, **score_kw)),
-                           e, "score").outputs["difficulty"]
-        if embed_here:
-            embeddings = setup(run(embedder)(problems=pool, **_with_policy(p, policy, **embed_kw)),
-                               e, "embed").outputs["embeddings"]
-    else:
+class PipelineSteps:
+    """The epoch's steps as KFP tasks (:func:`p3.epoch.epoch_flow` wires them), named
+    ``epoch e: …`` by ``setup``. ``embeddings``: the pool's, made before the epochs; None =
+    every epoch embeds with its policy. With ``opts.shards`` > 1 scoring (and embedding) fan
+    out over the shards of the pool and are merged before selection."""
+
+    def __init__(self, opts: BuildOptions, p: Any, setup: TaskSetup, pool, test, embeddings=None):
+        self.opts, self.p, self.setup, self.pool, self.test, self.embeddings = opts, p, setup, pool, test, embeddings
+
+    def score_and_embed(self, e: Any, policy):
+        opts, p, setup, run, pool = self.opts, self.p, self.setup, self.setup.run, self.pool
+        embeddings = self.embeddings
+        embed_here = embeddings is None
+        score_kw = dict(epoch=e, tensor_parallel_size=_gpus(opts, "score"), **step_arguments(p, "score"))
+        embed_kw = dict(epoch=e, **step_arguments(p, "embed"))
+        if opts.shards == 1:
+            difficulty = setup(run(scorer)(problems=pool, **_with_policy(p, policy, **score_kw)),
+                               e, "score").outputs["difficulty"]
+            if embed_here:
+                embeddings = setup(run(embedder)(problems=pool, **_with_policy(p, policy, **embed_kw)),
+                                   e, "embed").outputs["embeddings"]
+            return difficulty, embeddings
         with dsl.ParallelFor(items=list(range(opts.shards)), name=f"epoch-{e if isinstance(e, int) else 'k'}-shards") as i:
             part = setup(run(shard_split)(problems=pool, index=i, count=opts.shards, epoch=e), e, "shard").outputs["shard"]
             d_part = setup(run(scorer)(problems=part, **_with_policy(p, policy, **score_kw)), e, "score shard")
@@ -307,23 +299,36 @@ def epoch_tasks(opts: BuildOptions, p: Any, setup: TaskSetup, pool, test, e: Any
         if embed_here:
             embeddings = setup(run(shard_merge)(parts=dsl.Collected(x_part.outputs["embeddings"]), problems=pool,
                                                 epoch=e), e, "merge embeddings").outputs["merged"]
-    sel_kw = dict(problems=pool, difficulty=difficulty, embeddings=embeddings, epoch=e, epochs=opts.epochs,
-                  **step_arguments(p, "select"))
-    if previous is not None:
-        sel_kw.update(previous=previous.selection, previous_difficulty=previous.difficulty)
-    select = setup(run(selector)(**sel_kw), e, "select")
-    train = setup(run(trainer)(problems=pool, selection=select.outputs["selection"],
-                               **_with_policy(p, policy, epoch=e, **step_arguments(p, "train"))), e, "train")
-    model = train.outputs["model"]
-    evaluation = setup(run(evaluator)(problems=test, policy=model, epoch=e, tensor_parallel_size=_gpus(opts, "evaluate"),
-                                      **step_arguments(p, "evaluate")), e, "evaluate")
-    rep_kw = dict(problems=pool, difficulty=difficulty, selection=select.outputs["selection"],
-                  selection_report=select.outputs["report"], evaluation=evaluation.outputs["results"], epoch=e,
-                  **step_arguments(p, "report"))
-    if previous is not None:
-        rep_kw["previous_run"] = previous.run
-    report = setup(run(reporter)(**rep_kw), e, "report")
-    return EpochOutputs(model, select.outputs["selection"], difficulty, report.outputs["run"], report)
+        return difficulty, embeddings
+
+    def select(self, e: Any, difficulty, embeddings, previous, previous_difficulty):
+        kw = dict(problems=self.pool, difficulty=difficulty, embeddings=embeddings, epoch=e, epochs=self.opts.epochs,
+                  **step_arguments(self.p, "select"))
+        if previous is not None:
+            kw["previous"] = previous
+        if previous_difficulty is not None:
+            kw["previous_difficulty"] = previous_difficulty
+        task = self.setup(self.setup.run(selector)(**kw), e, "select")
+        return task.outputs["selection"], task.outputs["report"]
+
+    def train(self, e: Any, policy, selection):
+        kw = _with_policy(self.p, policy, epoch=e, **step_arguments(self.p, "train"))
+        return self.setup(self.setup.run(trainer)(problems=self.pool, selection=selection, **kw),
+                          e, "train").outputs["model"]
+
+    def evaluate(self, e: Any, model):
+        task = self.setup(self.setup.run(evaluator)(problems=self.test, policy=model, epoch=e,
+                                                    tensor_parallel_size=_gpus(self.opts, "evaluate"),
+                                                    **step_arguments(self.p, "evaluate")), e, "evaluate")
+        return task.outputs["results"]
+
+    def report(self, e: Any, difficulty, selection, selection_report, evaluation, previous_run):
+        kw = dict(problems=self.pool, difficulty=difficulty, selection=selection, selection_report=selection_report,
+                  evaluation=evaluation, epoch=e, **step_arguments(self.p, "report"))
+        if previous_run is not None:
+            kw["previous_run"] = previous_run
+        task = self.setup(self.setup.run(reporter)(**kw), e, "report")
+        return task.outputs["run"], task
 
 
 def _gpus(opts: BuildOptions, kind: str) -> int:

@@ -10,8 +10,9 @@ storage (p3.kfp.epoch_state), does the next epoch and stores the new state::
 
 The epoch-0 branch is the unrolled pipeline's epoch 0 (base model or bootstrapped tiny model, no
 previous selection); the other branch takes what the last epoch stored. Selection is told the
-schedule length E (a build option, as in the unrolled pipeline), so epoch k of a training run is
-the same computation as epoch k of the unrolled E-epoch pipeline.
+schedule length E (a build option, as in the unrolled pipeline), and both branches run the
+unrolled pipeline's epoch (:func:`p3.epoch.epoch_flow` with :class:`p3.kfp.builder.PipelineSteps`),
+so epoch k of a training run is the same computation as epoch k of the unrolled E-epoch pipeline.
 
 A training run is pinned to what it started with (:data:`PINNED`): epoch 0 stores the values in
 the state, and the load step, which runs before every other step, refuses a run whose values
@@ -42,7 +43,9 @@ from typing import Any
 from kfp import dsl
 
 from p3.kfp import builder
-from p3.kfp.builder import BuildOptions, Built, EpochOutputs, Previous, TaskSetup, epoch_tasks, prepare_tasks, preset_defaults
+from p3 import epoch
+from p3.epoch import EpochOutputs, Previous
+from p3.kfp.builder import BuildOptions, Built, PipelineSteps, TaskSetup, prepare_tasks, preset_defaults
 from p3.kfp.components.epoch_state_commit import epoch_state_commit
 from p3.kfp.components.epoch_state_finished import epoch_state_finished
 from p3.kfp.components.epoch_state_load import epoch_state_load
@@ -104,12 +107,13 @@ def _wire(opts: BuildOptions, p: Any, state_params: dict[str, Any], epoch_of_tas
     pool, test, policy = prepare_tasks(opts, p, setup)
     with dsl.If(load.outputs["done"] == True, name="finished"):  # noqa: E712 - a pipeline condition
         _state_step(setup, setup.run(epoch_state_finished)(**state), "finished: nothing to do")
+    steps = PipelineSteps(opts, p, setup, pool, test)  # the epoch embeds, after its policy is known (embedder=policy)
     with dsl.Elif(load.outputs["epoch"] == 0, name="first-epoch"):
-        _commit(setup, state, load, 0, epoch_tasks(opts, p, setup, pool, test, 0, policy))
+        _commit(setup, state, load, 0, epoch.epoch_flow(steps, 0, policy))
     with dsl.Else(name="next-epoch"):
-        epoch = load.outputs["epoch"]
+        k = load.outputs["epoch"]
         last = Previous(load.outputs["previous"], load.outputs["previous_difficulty"], load.outputs["previous_run"])
-        _commit(setup, state, load, epoch, epoch_tasks(opts, p, setup, pool, test, epoch, load.outputs["policy"], last))
+        _commit(setup, state, load, k, epoch.epoch_flow(steps, k, load.outputs["policy"], last))
 
 
 def _state_step(setup, task, what: str):

@@ -83,13 +83,34 @@ def diversity(x: np.ndarray) -> dict[str, float]:
     """
     x = np.asarray(x, dtype=np.float64)
     k, d = x.shape
-    if k < 2:
-        return {"logdet": float("nan"), "mean_cosine": float("nan")}
-    # Σ_{i≠j} x_i·x_j = ‖Σ x_i‖² − Σ ‖x_i‖²
-    total = x.sum(axis=0)
-    mean_cos = (total @ total - np.einsum("ij,ij->", x, x)) / (k * (k - 1))
     # det(I_k + X Xᵀ) = det(I_d + Xᵀ X): take the smaller of the two.
     small = x @ x.T if k <= d else x.T @ x
+    return _diversity_from(x.sum(axis=0), float(np.einsum("ij,ij->", x, x)), small, k)
+
+
+def diversity_of(X: np.ndarray, rows: np.ndarray, mean: np.ndarray, inv: np.ndarray) -> dict[str, float]:
+    """:func:`diversity` of ``standardise(X, rows, mean, inv)`` without holding that k×d
+    float64 matrix when k > CHUNK_ROWS: its sums and Xᵀ X are taken a chunk at a time
+    (at k=100k, d=384 the matrix and np.linalg.norm's temporary were 600 MB of `p3
+    select`'s peak). Up to CHUNK_ROWS rows it is exactly diversity(standardise(…))."""
+    if len(rows) <= CHUNK_ROWS:
+        return diversity(standardise(X, rows, mean, inv))
+    d = X.shape[1]
+    total, sq, gram = np.zeros(d), 0.0, np.zeros((d, d))
+    for a in range(0, len(rows), CHUNK_ROWS):
+        x = standardise(X, rows[a : a + CHUNK_ROWS], mean, inv)
+        total += x.sum(axis=0)
+        sq += float(np.einsum("ij,ij->", x, x))
+        gram += x.T @ x
+    return _diversity_from(total, sq, gram, len(rows))
+
+
+def _diversity_from(total: np.ndarray, sq: float, small: np.ndarray, k: int) -> dict[str, float]:
+    """log det(I + small) and the mean pairwise cosine from Σ x_i and Σ ‖x_i‖²
+    (Σ_{i≠j} x_i·x_j = ‖Σ x_i‖² − Σ ‖x_i‖²)."""
+    if k < 2:
+        return {"logdet": float("nan"), "mean_cosine": float("nan")}
+    mean_cos = (total @ total - sq) / (k * (k - 1))
     sign, logdet = np.linalg.slogdet(np.eye(len(small)) + small)
     return {"logdet": float(logdet) if sign > 0 else float("-inf"), "mean_cosine": float(mean_cos)}
 
@@ -98,11 +119,11 @@ def diversity_vs_random(X: np.ndarray, pool: np.ndarray, chosen: np.ndarray, rng
     """Diversity of the rows ``chosen`` vs the mean of RANDOM_DRAWS random draws of the
     same size from ``pool``, all standardised over the pool (the space the DPP saw)."""
     mean, inv = pool_scaling(X, pool)
-    sel = diversity(standardise(X, chosen, mean, inv))
+    sel = diversity_of(X, chosen, mean, inv)
     if len(chosen) == len(pool):  # a draw of the whole pool is the selection (both measures ignore order)
         draws = [sel]
     else:
-        draws = [diversity(standardise(X, pool[rng.choice(len(pool), size=len(chosen), replace=False)], mean, inv))
+        draws = [diversity_of(X, pool[rng.choice(len(pool), size=len(chosen), replace=False)], mean, inv)
                  for _ in range(RANDOM_DRAWS)]
     rand = {key: float(np.mean([d[key] for d in draws])) for key in ("logdet", "mean_cosine")}
     return {"k": int(len(chosen)), "draws": len(draws), "selected": sel, "random": rand}

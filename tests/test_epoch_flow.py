@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import yaml
 
 from p3 import epoch
@@ -158,3 +157,70 @@ def test_the_in_process_runner_wires_its_epochs_through_the_flow(monkeypatch, tm
     run(scored=True)
     assert seen == [("InProcessSteps", 0), ("InProcessSteps", 1)]
     assert got["select"][1].previous is None and got["select"][1].previous_difficulty is None
+
+
+def _selector_inputs(folder: Path, n: int = 90, dim: int = 8) -> tuple[str, str, list[str]]:
+    """Problems and embeddings tables for the real selector."""
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+
+    from p3 import contracts, storage
+
+    rng = np.random.default_rng(5)
+    ids = [f"p{i:03d}" for i in range(n)]
+    problems = pa.table({
+        "id": ids, "task": ["math"] * n, "prompt": [f"What is {i}+1?" for i in range(n)],
+        "solution": [f"\\boxed{{{i + 1}}}" for i in range(n)], "answer": [str(i + 1) for i in range(n)],
+        "tests": [None] * n, "starter_code": [None] * n,
+        "meta": [json.dumps({"level": 1 + i % 5, "type": "Algebra", "source": "test"}) for i in range(n)],
+    }, schema=contracts.PROBLEMS)
+    emb = rng.normal(size=(n, dim)).astype(np.float32)
+    embeddings = pa.table({"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), dim)},
+                          schema=contracts.embeddings_schema(dim))
+    paths = str(folder / "problems.parquet"), str(folder / "embeddings.parquet")
+    storage.write_table(problems, paths[0])
+    storage.write_table(embeddings, paths[1])
+    return paths[0], paths[1], ids
+
+
+def test_the_in_process_runner_feeds_the_real_selector_the_previous_epoch(monkeypatch, tmp_path):
+    """The real `p3 select` (strategy p3, momentum pacing, cross-epoch diversity) run by
+    InProcessSteps for two epochs: epoch 1's report says momentum moved its pacing and its DPP
+    was conditioned on epoch 0's picks, epoch 0's says neither (it has no previous epoch). Scoring
+    writes a difficulty table of the contract's schema (what the policy would measure is not
+    what this checks) and training is skipped; with the flow's previous-epoch wiring dropped,
+    epoch 1 reports neither, so the check reads what the selector actually got."""
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+
+    from p3 import contracts, storage
+
+    problems, embeddings, ids = _selector_inputs(tmp_path)
+
+    def score(cfg):  # each epoch's policy finds the problems a little easier
+        d = np.linspace(0.05, 0.95, len(ids)) * (1.0 - 0.2 * cfg.epoch)
+        storage.write_table(pa.table({"id": ids, "epoch": [cfg.epoch] * len(ids), "difficulty": d, "likelihood": 1 - d,
+                                      "pass_rate": [None] * len(ids), "n_rollouts": [0] * len(ids)},
+                                     schema=contracts.DIFFICULTY), cfg.out)
+
+    monkeypatch.setattr(epoch, "score", score)
+    monkeypatch.setattr(epoch, "train", lambda cfg: None)
+    select_cfg = SelectConfig(problems=problems, embeddings=embeddings, strategy="p3", budget=12, epochs=2,
+                              pacing_mode="momentum", diversity_weight=1.0, diversity_previous=4)
+
+    def reports(folder: Path) -> list[dict]:
+        steps = InProcessSteps(str(folder), ScoreConfig(problems=problems, model="", out=""), select_cfg,
+                               TrainConfig(problems=problems, selection="", model="", out=""))
+        outs = list(epoch_loop(steps, 2, "warm"))
+        return [json.loads(Path(o.difficulty).with_name("selection_report.json").read_text()) for o in outs]
+
+    first, second = reports(tmp_path / "wired")
+    assert (first["pacing"]["momentum_applied"], first["dpp"]["conditioned_on"]) == (False, 0)
+    assert (second["pacing"]["momentum_applied"], second["dpp"]["conditioned_on"]) == (True, 4)
+    _dropping_previous(monkeypatch)
+    _, dropped = reports(tmp_path / "dropped")
+    assert (dropped["pacing"]["momentum_applied"], dropped["dpp"]["conditioned_on"]) == (False, 0)

@@ -296,7 +296,7 @@ def run_cell(s: Settings, cell: Cell, paths: dict[str, str], emb: dict[str, str]
     from p3.backends import cpu_threads
     from p3.epoch import InProcessSteps, epoch_loop
     from p3.score import ScoreConfig
-    from p3.selection import SelectConfig
+    from p3.selection import SelectConfig, select
     from p3.train import TrainConfig
 
     pool_key = "pool" if cell.pool == "main" else "control_pool"
@@ -312,15 +312,15 @@ def run_cell(s: Settings, cell: Cell, paths: dict[str, str], emb: dict[str, str]
                             scheduler="cosine", warmup_steps=s.lr_warmup_steps, batch_size=s.batch_size,
                             max_steps=s.steps_per_epoch, epochs_per_round=1.0, max_len=128, seed=cell.order_seed,
                             device="cpu", save_steps=10**9, merge=False)
-    selector = {"selector": oracle_selector(paths[pool_key])} if cell.arm == "oracle" else {}
-    steps = InProcessSteps(str(run_dir), score_cfg, select_cfg, train_cfg, **selector)
-    epochs = epoch_loop(steps, s.epochs, warm)  # the pipeline's epochs: p3.epoch.epoch_flow
+    selector = oracle_selector(paths[pool_key]) if cell.arm == "oracle" else select
+    steps = InProcessSteps(str(run_dir), score_cfg, select_cfg, train_cfg, selector=selector)
+    epoch_runs = epoch_loop(steps, s.epochs, warm)  # the pipeline's epochs: p3.epoch.epoch_flow
     rows, previous = [], None
     with cpu_threads(threads=1):
         for e in range(s.epochs):
             files = steps.files(e)
             with step(log, f"{cell.pool} seed {cell.seed}/{cell.ft_seed}/{cell.order_seed} {cell.arm} epoch {e}") as c:
-                next(epochs)  # score, select, train (inside this log line's time)
+                next(epoch_runs)  # score, select, train (inside this log line's time)
                 secs = dict(steps.seconds[e])
                 t = time.perf_counter()
                 last = e == s.epochs - 1

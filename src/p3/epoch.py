@@ -149,6 +149,8 @@ class InProcessSteps:
         self.seconds.setdefault(epoch, {})[name] = time.perf_counter() - start
 
     def score_and_embed(self, epoch: int, policy: str) -> tuple[Optional[str], Optional[str]]:
+        """Scores the pool with ``policy`` (when a score config is given); never embeds: the
+        embeddings are the table ``select_cfg.embeddings`` names, made before the epochs."""
         files = self.files(epoch)
         os.makedirs(files.dir, exist_ok=True)
         t = time.perf_counter()

@@ -83,6 +83,8 @@ def diversity(x: np.ndarray) -> dict[str, float]:
     """
     x = np.asarray(x, dtype=np.float64)
     k, d = x.shape
+    if k < 2:
+        return _diversity_from(np.zeros(d), 0.0, np.zeros((0, 0)), k)
     # det(I_k + X Xᵀ) = det(I_d + Xᵀ X): take the smaller of the two.
     small = x @ x.T if k <= d else x.T @ x
     return _diversity_from(x.sum(axis=0), float(np.einsum("ij,ij->", x, x)), small, k)

@@ -42,9 +42,9 @@ from typing import Any
 
 from kfp import dsl
 
-from p3.kfp import builder
 from p3 import epoch
 from p3.epoch import EpochOutputs, Previous
+from p3.kfp import builder
 from p3.kfp.builder import BuildOptions, Built, PipelineSteps, TaskSetup, prepare_tasks, preset_defaults
 from p3.kfp.components.epoch_state_commit import epoch_state_commit
 from p3.kfp.components.epoch_state_finished import epoch_state_finished
@@ -107,7 +107,8 @@ def _wire(opts: BuildOptions, p: Any, state_params: dict[str, Any], epoch_of_tas
     pool, test, policy = prepare_tasks(opts, p, setup)
     with dsl.If(load.outputs["done"] == True, name="finished"):  # noqa: E712 - a pipeline condition
         _state_step(setup, setup.run(epoch_state_finished)(**state), "finished: nothing to do")
-    steps = PipelineSteps(opts, p, setup, pool, test)  # the epoch embeds, after its policy is known (embedder=policy)
+    # every run embeds (with its policy when embedder=policy; a fixed embedder gives the same table each run)
+    steps = PipelineSteps(opts, p, setup, pool, test)
     with dsl.Elif(load.outputs["epoch"] == 0, name="first-epoch"):
         _commit(setup, state, load, 0, epoch.epoch_flow(steps, 0, policy))
     with dsl.Else(name="next-epoch"):
@@ -120,8 +121,8 @@ def _state_step(setup, task, what: str):
     return setup(task, -1, what, cache=False)  # never cached: the state changes
 
 
-def _commit(setup, state: dict[str, Any], load, epoch: Any, out: EpochOutputs) -> None:
-    _state_step(setup, setup.run(epoch_state_commit)(**state, epoch=epoch, run_parameters=load.outputs["run_parameters"],
+def _commit(setup, state: dict[str, Any], load, e: Any, out: EpochOutputs) -> None:
+    _state_step(setup, setup.run(epoch_state_commit)(**state, epoch=e, run_parameters=load.outputs["run_parameters"],
                                                      policy=out.policy, selection=out.selection,
                                                      difficulty=out.difficulty, run=out.run), "store state")
 

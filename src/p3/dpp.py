@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -239,6 +240,7 @@ def _run_rounds(state, k, condition_on, condition_weight, dim, start):
     sizes: list[int] = []
     while len(picks) < k and state.n_alive_cand > 0:
         got = state.run_round(k - len(picks), cond, condition_weight)
+        _release_freed_heap()
         if not got and cond is not None:
             cond = None  # conditioning left nothing ≥ eps: go on unconditioned
             continue
@@ -870,6 +872,29 @@ def _make_backend(device: str, precision: str, size: int):
             return _TorchBackend("cpu")
         return _NumpyBackend()
     return _TorchBackend(device.removeprefix("torch:"))
+
+
+def _release_freed_heap() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim; elsewhere a
+    no-op). A round's N-sized arrays and the screen's 25 MB GEMM blocks are freed every
+    round, but glibc raises its mmap threshold after the first such free, so later ones
+    come from the heap, and what is free there stays resident."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def _torch_installed() -> bool:

@@ -63,6 +63,11 @@ def test_momentum_mode_hand_case():
     assert pace.eligible.tolist() == [True, True, False, False]
     # without a previous epoch it is the threshold mode
     assert eligible(cur, 0, 5, mode="momentum").eligible.tolist() == eligible(cur, 0, 5).eligible.tolist()
+    # the pace says whether momentum moved the values: only with some earlier difficulty
+    assert pace.momentum_applied
+    assert not eligible(cur, 0, 5, mode="momentum").momentum_applied
+    assert not eligible(cur, 0, 5, mode="momentum", previous=np.full(len(cur), np.nan)).momentum_applied
+    assert not eligible(cur, 0, 5, previous=prev).momentum_applied
 
 
 def test_eligible_fraction_grows_with_epochs():

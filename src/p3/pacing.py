@@ -65,6 +65,7 @@ class Pace:
     threshold: float
     lower_percentile: float | None = None
     lower_threshold: float | None = None
+    momentum_applied: bool = False  # momentum moved the values: some earlier difficulty was known
 
 
 def eligible(
@@ -87,11 +88,13 @@ def eligible(
     pct = percentile_at(epoch, epochs, start, end, shape)
     if not len(d):
         return Pace(np.zeros(0, dtype=bool), pct, float("nan"))
-    values = momentum_difficulty(d, previous, alpha) if mode == "momentum" else d
+    known = None if previous is None else ~np.isnan(np.asarray(previous, dtype=np.float64))
+    moved = mode == "momentum" and known is not None and bool(known.any())
+    values = momentum_difficulty(d, previous, alpha) if moved else d
     thr = float(np.percentile(values, pct))
     mask = values <= thr
     if mode != "band":
-        return Pace(mask, pct, thr)
+        return Pace(mask, pct, thr, momentum_applied=moved)
     low_pct = percentile_at(epoch, epochs, lower_start, lower_end, shape)
     if low_pct > pct:
         raise ValueError(f"band: lower percentile {low_pct:.1f} above upper {pct:.1f} at epoch {epoch}")

@@ -272,11 +272,8 @@ def select_ids(
         rounds = np.concatenate([rounds, np.zeros(len(extra), dtype=np.int64)])
         notes.append(f"{len(extra)} problems of the budget drawn uniformly at random (reserve {cfg.reserve:g})")
     sel_diff = d[chosen] if d is not None else (label[chosen] if label is not None else np.full(len(chosen), np.nan))
-    # momentum moved the pacing only where an earlier difficulty is known
-    momentum = (pace is not None and _uses_previous_difficulty(cfg) and previous_difficulty is not None
-                and bool(np.isfinite(previous_difficulty).any()))
     report = _report(cfg, ids, d, X, pool_mask, chosen, pace, result, 0 if cond is None else len(cond),
-                     levels, types, notes, rng, reserved, momentum)
+                     levels, types, notes, rng, reserved)
     report["seconds"] = round(time.perf_counter() - start, 3)
     report = SelectionReport(**report).to_json()  # the record's keys, exactly, and its version
     for note in notes:
@@ -378,7 +375,7 @@ def _previous_ids(path: str) -> list[str]:
 
 # -- report -----------------------------------------------------------------------------
 def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, n_conditioned, levels, types, notes, rng,
-            reserved: int = 0, momentum: bool = False) -> dict:
+            reserved: int = 0) -> dict:
     n = len(ids)
     elig = np.flatnonzero(pool_mask)
     rep: dict = {
@@ -402,7 +399,7 @@ def _report(cfg, ids, d, X, pool_mask, chosen, pace, result, n_conditioned, leve
             "mode": cfg.pacing_mode, "shape": cfg.pacing_shape, "start": cfg.pacing_start, "end": cfg.pacing_end,
             "lower_start": cfg.pacing_lower_start, "lower_end": cfg.pacing_lower_end,
             "momentum_alpha": cfg.momentum_alpha,
-            "momentum_applied": momentum,
+            "momentum_applied": bool(pace is not None and pace.momentum_applied),
         },
         "difficulty": {
             "pool": _stats(d), "eligible": _stats(None if d is None else d[elig]),

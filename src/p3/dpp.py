@@ -482,9 +482,7 @@ class _Round:
             b = min(n, a + EXACT_CHUNK_ROWS)
             if not g.alive[a:b].any():
                 continue
-            Y = g.X[g.xrow[a:b]].astype(np.float64)
-            Y -= g.m0 + self.mu
-            Y *= self.inv
+            Y = self.standardised(slice(a, b))
             nrm = np.einsum("ij,ij->i", Y, Y)
             res = Y @ B
             res = np.einsum("ij,ij->i", res, res)
@@ -500,8 +498,15 @@ class _Round:
             return None
         ties = np.flatnonzero(self.s == best)
         pos = int(ties[np.argmin(g.cand[ties])])
-        y = (g.X[g.xrow[pos]].astype(np.float64) - (g.m0 + self.mu)) * self.inv
+        y = self.standardised([pos])[0]
         return self.take(pos, y, float(y @ y), best, self.n_picks())
+
+    def standardised(self, pos) -> np.ndarray:
+        """Pool positions ``pos`` (or a slice) standardised in float64 from the input rows."""
+        Y = self.g.X[self.g.xrow[pos]].astype(np.float64)
+        Y -= self.g.m0 + self.mu
+        Y *= self.inv
+        return Y
 
     def n_picks(self) -> int:
         """Picks of this round so far: one basis row each."""
@@ -627,9 +632,7 @@ class _Round:
             Y[kept], nrm[kept], acc[kept] = self.Yh[at[kept]], self.nrm_h[at[kept]], self.acc_h[at[kept]]
         new = ~kept
         if new.any():
-            Yn = g.X[g.xrow[hot[new]]].astype(np.float64)
-            Yn -= g.m0 + self.mu
-            Yn *= self.inv
+            Yn = self.standardised(hot[new])
             Y[new] = Yn
             nrm[new] = np.einsum("ij,ij->i", Yn, Yn)
             if g.precision == "float64":  # the screen is already exact to rounding

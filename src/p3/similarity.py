@@ -84,7 +84,7 @@ def diversity(x: np.ndarray) -> dict[str, float]:
     x = np.asarray(x, dtype=np.float64)
     k, d = x.shape
     if k < 2:
-        return _diversity_from(np.zeros(d), 0.0, np.zeros((0, 0)), k)
+        return {"logdet": float("nan"), "mean_cosine": float("nan")}
     # det(I_k + X Xᵀ) = det(I_d + Xᵀ X): take the smaller of the two.
     small = x @ x.T if k <= d else x.T @ x
     return _diversity_from(x.sum(axis=0), float(np.einsum("ij,ij->", x, x)), small, k)
@@ -109,9 +109,7 @@ def diversity_of(X: np.ndarray, rows: np.ndarray, mean: np.ndarray, inv: np.ndar
 
 def _diversity_from(total: np.ndarray, sq: float, small: np.ndarray, k: int) -> dict[str, float]:
     """log det(I + small) and the mean pairwise cosine from Σ x_i and Σ ‖x_i‖²
-    (Σ_{i≠j} x_i·x_j = ‖Σ x_i‖² − Σ ‖x_i‖²)."""
-    if k < 2:
-        return {"logdet": float("nan"), "mean_cosine": float("nan")}
+    of k ≥ 2 rows (Σ_{i≠j} x_i·x_j = ‖Σ x_i‖² − Σ ‖x_i‖²)."""
     mean_cos = (total @ total - sq) / (k * (k - 1))
     sign, logdet = np.linalg.slogdet(np.eye(len(small)) + small)
     return {"logdet": float(logdet) if sign > 0 else float("-inf"), "mean_cosine": float(mean_cos)}

@@ -126,16 +126,33 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is answered as it came (3xx), not followed: urllib would re-send the
+    Authorization header to whatever host the Location names, turn a HEAD into a GET and
+    follow https to http."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def request(url: str, method: str, headers: dict[str, str], timeout: float) -> tuple[int, dict[str, str], bytes]:
     """One HTTP exchange: (status, headers with lowercase names, body). Errors of the
-    transport (DNS, refused, timeout) become a PinError naming the host."""
+    transport (DNS, refused, timeout) become a PinError naming the host; a redirect is
+    one too (pin from the registry it names)."""
     req = urllib.request.Request(url, method=method, headers=headers)
     host = urllib.parse.urlsplit(url).netloc
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _OPENER.open(req, timeout=timeout) as resp:
             status, head, body = resp.status, resp.headers, resp.read(MAX_BODY + 1)
     except urllib.error.HTTPError as err:
-        status, head, body = err.code, err.headers, err.read(MAX_BODY + 1)
+        status, head = err.code, err.headers
+        if 300 <= status < 400:
+            raise PinError(f"{host} redirected {method} {urllib.parse.urlsplit(url).path} to "
+                           f"{head.get('Location', '(no Location)')}; redirects are not followed") from None
+        body = b""  # an error's body is not used, and reading it could fail past the one-line errors
     except (TimeoutError, socket.timeout):
         raise PinError(f"{host}: no answer within {timeout:g} s") from None
     except urllib.error.URLError as err:
@@ -233,13 +250,25 @@ def from_lines(lines: list[str]) -> list[From]:
 
 
 def unpinned(path: Path) -> list[str]:
-    """One line per FROM of ``path`` that has no sha256 digest (``--check``)."""
+    """One line per FROM of ``path`` that is not pinned (``--check``): a sha256 digest, next
+    to the version tag it was resolved from (a reader sees which release it is, and
+    ``--repin`` can follow that tag)."""
     lines = path.read_text().splitlines()
     froms = from_lines(lines)
     if not froms:
         return [f"{path}: no FROM line"]
-    return [f"{path}: {f.image}: not pinned by digest (run make pin-images where the registry is reachable)"
-            for f in froms if not re.search(f"@{DIGEST.pattern}$", f.image)]
+    out = []
+    for f in froms:
+        try:
+            ref = parse_reference(f.image)
+        except PinError as err:
+            out.append(f"{path}: {f.image}: {err}")
+            continue
+        if not ref.digest:
+            out.append(f"{path}: {f.image}: not pinned by digest (run make pin-images where the registry is reachable)")
+        elif not re.search(r"\d", ref.tag):
+            out.append(f"{path}: {f.image}: names no version tag next to its digest")
+    return out
 
 
 def plan(path: Path, repin: bool, timeout: float, cache: dict) -> tuple[list[str], list[str], list[str]]:

@@ -53,9 +53,10 @@ class FakeRegistry(LoopbackServer):
     multi-platform images: ``library/python:3.11.10-slim-bookworm`` (a Docker manifest list)
     and ``vllm/vllm-openai:v0.33.0`` (an OCI index). ``reg.calls`` records every request."""
 
-    def __init__(self, *, digest_header: bool = True, access_token_only: bool = False):
+    def __init__(self, *, digest_header: bool = True, access_token_only: bool = False, moved_to: str = ""):
         self.digest_header = digest_header
         self.access_token_only = access_token_only
+        self.moved_to = moved_to  # manifests answered "307 Temporary Redirect" to this URL
         self.manifests: dict[str, tuple[str, bytes]] = {}  # digest -> (media type, bytes)
         self.tags: dict[tuple[str, str], str] = {}  # (repository, tag) -> digest
         self.tokens: dict[str, str] = {}  # token -> the repository it may pull
@@ -142,6 +143,8 @@ class FakeRegistry(LoopbackServer):
                          f'scope="repository:{repository}:pull"')
             status, headers, body = self._error(401, "UNAUTHORIZED", "authentication required")
             return status, {**headers, "WWW-Authenticate": challenge}, body
+        if self.moved_to:  # a registry behind a CDN or a moved repository (OCI distribution spec: clients may be redirected)
+            return 307, {"Location": f"{self.moved_to}/v2/{repository}/manifests/{reference}"}, b""
         if not any(repo == repository for repo, _ in self.tags):
             return self._error(404, "NAME_UNKNOWN", "repository name not known to registry")
         by_tag = not reference.startswith("sha256:")

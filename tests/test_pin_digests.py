@@ -138,6 +138,19 @@ def test_older_registries_and_token_services(tmp_path, variant):
         assert path.read_text() == f"FROM {reg.host}/{VLLM[0]}:{VLLM[1]}@{reg.index_digest(*VLLM)}\n"
 
 
+def test_a_redirect_is_not_followed_with_the_token(tmp_path, capsys):
+    """urllib follows 3xx by itself: it would send the pull token to the host the Location
+    names (here a second registry, which records what it gets), as a GET. The tool stops at
+    the redirect in one line and writes nothing."""
+    with FakeRegistry() as elsewhere, FakeRegistry(moved_to=elsewhere.url) as reg:
+        path = dockerfile(tmp_path, f"FROM {reg.host}/{PY[0]}:{PY[1]}\n")
+        assert pin.main([str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "redirected HEAD" in err[0] and elsewhere.url in err[0], err
+    assert elsewhere.calls == []
+    assert path.read_text() == f"FROM {reg.host}/{PY[0]}:{PY[1]}\n"
+
+
 def test_an_unknown_tag_is_one_line_and_nothing_is_written(tmp_path, capsys):
     with FakeRegistry() as reg:
         good = dockerfile(tmp_path, f"FROM {reg.host}/{PY[0]}:{PY[1]}\n", "good.Dockerfile")
@@ -194,9 +207,10 @@ def test_check_fails_on_an_unpinned_file_without_the_network(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"{loose}: nvidia/cuda:12.4.1-base-ubuntu22.04: not pinned by digest "
                    "(run make pin-images where the registry is reachable)"]
-    # the project's own: the two bases pinned so far pass, p3-vllm's is the one pending
-    images = ROOT / "images"
-    assert pin.main(["--check", str(images / "p3-base.Dockerfile"), str(images / "p3-train.Dockerfile")]) == 0
+    # a digest without the version tag it came from is not pinned either
+    bare = dockerfile(tmp_path, f"FROM python@{digest}\n", "bare.Dockerfile")
+    assert pin.main(["--check", str(bare)]) == 1
+    assert capsys.readouterr().err.strip() == f"{bare}: python@{digest}: names no version tag next to its digest"
 
 
 def test_make_pin_images_runs_the_tool_and_no_test_or_run_needs_it():

@@ -42,7 +42,6 @@ from kfp.dsl import HTML, Dataset, Markdown, Model
 
 from p3 import epoch
 from p3.kfp import executor
-from p3.kfp.components import images
 from p3.kfp.components.bootstrapper import bootstrapper
 from p3.kfp.components.selector import selector
 from p3.kfp.components.embedder import embedder
@@ -190,7 +189,8 @@ _from_image = functools.cache(executor.from_image)  # one image component per co
 
 
 # The run parameter that names each component image (a cluster may point it at its own registry).
-IMAGE_PARAMS = {images.BASE: "image_base", images.VLLM: "image_vllm", images.TRAIN: "image_train"}
+# a component's image (its build-time default) -> the run parameter that replaces it
+IMAGE_PARAMS = {f.default: f.name for f in dataclasses.fields(PipelineParams) if f.name.startswith("image_")}
 
 
 class TaskSetup:

@@ -271,15 +271,9 @@ def test_big_float32_screens_through_torch_kernels_pick_what_float64_picks(monke
 def test_the_benchmarks_dense_baseline_picks_what_the_selector_picks():
     """bench/dpp_scale.py's speedup is claimed against its own dense baseline: that baseline
     must be the same algorithm (same picks) on data from the bench's own generator."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from _scripts import load_script
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "dpp_scale.py"
-    spec = importlib.util.spec_from_file_location("dpp_scale_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/dpp_scale.py")
     X, q = bench.make_data(300, 12, seed=3)
     assert bench.dense_select(X, q, 60) == dpp_select(X, q, 60).order.tolist()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -12,6 +11,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
+from _scripts import load_script
 
 from p3.kfp.components import images
 
@@ -198,20 +199,11 @@ def _constraints() -> dict[str, str]:
 
 
 def _pin_module():
-    return _images_script("pin_digests")
+    return load_script("images/pin_digests.py")
 
 
 def _lock_module():
-    return _images_script("lock")
-
-
-def _images_script(name: str):
-    """images/<name>.py loaded as a module (it is a script, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"images_{name}", ROOT / "images" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("images/lock.py")
 
 
 def test_lock_helpers_the_images_run():

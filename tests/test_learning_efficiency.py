@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from _scripts import load_script
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "learning_efficiency.py"
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("learning_efficiency", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/learning_efficiency.py")
 
 
 TIMING = ("score_s", "select_s", "train_s", "eval_s")
@@ -97,10 +93,7 @@ SUBJECTS = ["Prealgebra", "Algebra", "Number Theory", "Counting & Probability", 
 def test_math_coverage_script_on_a_small_math_format_file(tmp_path):
     """bench/math_coverage.py end to end on a fabricated file in MATH's raw schema."""
 
-    spec = importlib.util.spec_from_file_location("math_coverage", BENCH.parent / "math_coverage.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    mod = load_script("bench/math_coverage.py")
     src = tmp_path / "math.jsonl"
     with open(src, "w") as fh:
         for i in range(70):

@@ -306,25 +306,14 @@ def test_command_line_run_with_another_budget_is_refused_before_any_work(tmp_pat
     assert epoch_state.read(state_uri, "nightly", 2) == first
 
 
-def _per_epoch_bench():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "per_epoch_time.py"
-    spec = importlib.util.spec_from_file_location("per_epoch_time", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_the_per_epoch_bench_sums_each_epochs_tasks_and_refuses_a_log_it_cannot_read():
     """kfp.local interleaves epochs (epoch 0's report after epoch 1's training), so an epoch is
     the sum of its own tasks' times, each from the previous task's end; lines in kfp.local's
     format (localrun rewrites "Task 'x'" to the display name). A log whose task lines do not
     match gives an error, not 0 s for an epoch (which would shrink it and flatter the ratio)."""
-    bench = _per_epoch_bench()
+    from _scripts import load_script
+
+    bench = load_script("bench/per_epoch_time.py")
     log = "\n".join([
         "10:00:00.000 - INFO - Running pipeline: p3-math",
         "10:00:05.000 - INFO - 'prepare data' finished with status SUCCESS",  # before the epochs: no epoch's

@@ -5,7 +5,6 @@ reference rules of distribution/reference ``normalize.go``."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import socket
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from _fx_registry import DOCKER_MANIFEST, OCI_INDEX, FakeRegistry
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = "library/python", "3.11.10-slim-bookworm"
@@ -23,11 +23,7 @@ VLLM = "vllm/vllm-openai", "v0.33.0"
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("pin_digests", ROOT / "images" / "pin_digests.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("images/pin_digests.py")
 
 
 pin = _tool()

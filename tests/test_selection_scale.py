@@ -94,15 +94,9 @@ def test_a_pool_of_every_row_reaches_the_dpp_without_a_copy_of_the_embeddings():
 
 
 def _bench():
-    import importlib.util
-    from pathlib import Path
+    from _scripts import load_script
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "dpp_scale.py"
-    spec = importlib.util.spec_from_file_location("dpp_scale_bench_cli", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
-    return bench
+    return load_script("bench/dpp_scale.py")
 
 
 def test_the_cli_benchmark_runs_p3_select_on_the_arrays_dpp_select_gets(tmp_path):

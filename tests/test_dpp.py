@@ -442,3 +442,66 @@ def test_freed_heap_pages_go_back_to_the_system_after_each_round(monkeypatch):
     X, q = _data(500, 12, 9)
     res = dpp_select(X, q, 60)
     assert len(calls) == res.n_rounds - (res.n_fill > 0)
+
+
+def test_a_screen_spread_over_threads_picks_what_the_dense_reference_picks(monkeypatch):
+    """Big CPU screens run numpy's GEMMs one chunk of rows per thread: several threads must
+    really take chunks, and the picks must not depend on how the rows were split."""
+    import threading
+
+    import p3.dpp as dpp
+
+    workers = set()
+
+    class Recording(dpp._NumpyBackend):
+        def _chunks(self, a0, a1, rows, work):
+            def recorded(a, b):
+                workers.add(threading.current_thread().name)
+                work(a, b)
+
+            super()._chunks(a0, a1, rows, recorded)
+
+    monkeypatch.setattr(dpp, "_make_backend", lambda device, precision, size: Recording(threads=3))
+    monkeypatch.setattr(dpp, "THREAD_CHUNK_ROWS", 64)  # many chunks on a small problem
+    monkeypatch.setattr(dpp, "MIN_THREAD_ROWS", 16)
+    X, q = _data(1500, 24, 21)
+    assert_same(X, q, 300, precision="float32", hot_size=16)
+    assert len({w for w in workers if w.startswith("p3-dpp")}) > 1
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_torch_and_numpy_exact_sweeps_agree(shared):
+    """The exact sweep's float64 residuals: torch's kernels (big CPU screens) against
+    numpy's, with the pool's rows gathered (a copy of the screen) or taken in order (shared)."""
+    import p3.dpp as dpp
+
+    rng = np.random.default_rng(22)
+    X = (rng.normal(size=(5000, 32)) * np.geomspace(1, 1e-3, 32) + 0.3).astype(np.float32)
+    rows = None if shared else rng.permutation(5000)[:4000]
+    n = 4000
+    c, inv = X.mean(axis=0).astype(np.float64), 1.0 / X.std(axis=0).astype(np.float64)
+    B = np.linalg.qr(rng.normal(size=(32, 3)))[0]
+    want = dpp._NumpyBackend().exact_residuals(X, n, rows, c, inv, B)
+    got = dpp._TorchBackend("cpu").exact_residuals(X, n, rows, c, inv, B)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, rtol=1e-12)
+
+
+def test_a_flush_level_decides_the_work_not_the_picks(monkeypatch):
+    """A big screen's flush level comes from a sample: aimed a little low, it updates a
+    little more than the exact w-th largest bound would; a level far lower must still
+    give the same picks."""
+    import p3.dpp as dpp
+
+    s = np.random.default_rng(23).gamma(2.0, size=1_000_000)
+    s[3::11] = -np.inf  # picked rows
+    w = 31_250
+    level = dpp._about_kth_largest(s, w)
+    assert w <= np.count_nonzero(s >= level) <= 1.15 * w
+    small = s[:100_000]
+    assert dpp._about_kth_largest(small, 500) == np.sort(small)[-500]  # exact below 2·LEVEL_SAMPLE
+
+    X, q = _data(1500, 24, 24)
+    kth = dpp._about_kth_largest
+    monkeypatch.setattr(dpp, "_about_kth_largest", lambda s, k: kth(s, k) / 2)
+    assert_same(X, q, 300, precision="float32", hot_size=16)

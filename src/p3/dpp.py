@@ -21,8 +21,9 @@ flush updates only the blocks whose bounds could still matter, so a block of low
 is standardised late ("activation", its bound before that is q²) and projected rarely,
 on many columns at once. Late in a round the basis leaves out fewer directions than a
 block has columns to catch up on; the block is then projected on that complement
-instead, which gives its residual directly. Big float32 screens run through torch's
-CPU kernels (numpy's BLAS is held to one thread meanwhile, so the two do not compete).
+instead, which gives its residual directly. Big float32 screens on the CPU use every
+core: numpy's OpenBLAS, held to one thread, runs a chunk of rows in each of torch's
+threads' worth of Python threads, and torch gathers, copies and sweeps (_TorchBackend).
 When the float32 bounds cannot separate the leader (late in a round on real
 embeddings, whose last directions carry almost no variance, every residual lies inside
 the screen's margin) the hot set stops growing at HOT_MAX_ROWS and one exact float64
@@ -67,7 +68,9 @@ import dataclasses
 import functools
 import math
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -80,10 +83,16 @@ log = get_logger("dpp")
 FLOAT64_MAX_ENTRIES = 2**21
 TAU = {"float64": 1e-11, "float32": 1e-3}
 CHUNK_ROWS = 32768
-TORCH_CHUNK_ROWS = 16384
+# Rows per task when numpy's screen runs in several threads, and per activation chunk
+# (its standardised float32 rows stay in cache for the norm and the projection).
+THREAD_CHUNK_ROWS = 8192
+MIN_THREAD_ROWS = 256
+ACTIVATE_CHUNK_ROWS = 4096
 # Rows of an exact float64 sweep (exact_pick) at a time: its two float64 blocks are
 # 2·8192·d·8 B (50 MB at d=384), held while the screen and the warm set are.
 EXACT_CHUNK_ROWS = 8192
+# torch's sweep: 2048 float64 rows (6 MB at d=384) stay in cache between its passes.
+EXACT_TORCH_ROWS = 2048
 TORCH_MIN_ENTRIES = 2**25
 # The screen's blocks: about SCREEN_BLOCKS of them, of at least MIN_BLOCK_ROWS rows.
 SCREEN_BLOCKS = 64
@@ -94,6 +103,10 @@ COMPLEMENT_MIN_SAVING = 5
 # Warm-set size: max(WARM_PER_HOT·h, N / WARM_FRACTION); flops per round are ≈ (N + w + h)·d².
 WARM_PER_HOT = 4
 WARM_FRACTION = 32
+# A flush's level (the w-th largest bound) comes from a strided sample of this many bounds
+# when there are at least twice as many, aimed at ~5 % more than w rows above it.
+LEVEL_SAMPLE = 2**17
+LEVEL_SLACK = 0.95
 # Beyond these the hot (float64) and warm sets stop growing: the pick comes from an exact
 # sweep of the pool instead (exact_pick), which holds one chunk in float64 at a time.
 HOT_MAX_ROWS = 4096
@@ -195,7 +208,7 @@ def dpp_select(
     fill = np.flatnonzero(q * q < eps)
     cand = np.flatnonzero(q * q >= eps)
     cand = cand[np.lexsort((cand, -q[cand]))]  # quality descending, then index
-    with _blas_threads_for(backend):
+    with _blas_threads_for(backend), contextlib.closing(backend):
         state = _Greedy(X, rows, q, cand, fill, eps, precision, backend, hot_size, shareable)
         try:
             picks, rounds, gains, sizes = _run_rounds(state, k, condition_on, condition_weight, dim, start)
@@ -476,21 +489,12 @@ class _Round:
         directions not yet spanned), so a sweep costs about N·d·(3 + their number) flops.
         The screen keeps the exact values as its new bounds."""
         g = self.g
-        B = self.complement()
-        n = len(g.cand)
-        for a in range(0, n, EXACT_CHUNK_ROWS):
-            b = min(n, a + EXACT_CHUNK_ROWS)
-            if not g.alive[a:b].any():
-                continue
-            Y = self.standardised(slice(a, b))
-            nrm = np.einsum("ij,ij->i", Y, Y)
-            res = Y @ B
-            res = np.einsum("ij,ij->i", res, res)
-            self.nrm[a:b], self.acc[a:b] = nrm, nrm - res
-            with np.errstate(divide="ignore", invalid="ignore"):
-                s = g.q2[a:b] * np.where(nrm > 0, res / nrm, 0.0)
-            s[~g.alive[a:b]] = -np.inf
-            self.s[a:b] = s
+        rows = None if g.shared else g.xrow  # shared: pool position = row of X
+        nrm, res = g.bk.exact_residuals(g.X, len(g.cand), rows, g.m0 + self.mu, self.inv, self.complement())
+        self.nrm, self.acc = nrm, nrm - res
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.s = g.q2 * np.where(nrm > 0, res / nrm, 0.0)
+        self.s[~g.alive] = -np.inf
         self.done_b[:] = self.n_cols
         self.smax_b = np.maximum.reduceat(self.s, self.starts)
         best = float(self.s.max())
@@ -519,15 +523,18 @@ class _Round:
         g = self.g
         g.flushes += 1
         while True:
-            level = _kth_largest(self.s, self.w) if self.w < g.n_alive_cand else -np.inf
+            level = _about_kth_largest(self.s, self.w) if self.w < g.n_alive_cand else -np.inf
             stale = (self.done_b < self.n_cols) & (self.smax_b >= level) & (self.smax_b > -np.inf)
             if not stale.any():
                 break
             self.prepare_complement(stale)
             for b0, b1 in _runs(stale, self.done_b):
                 self.update_blocks(b0, b1)
-        current = np.repeat(self.done_b == self.n_cols, self.sizes)
-        W, out = _top(self.s, self.w, g.alive & current)
+        eligible = g.alive & np.repeat(self.done_b == self.n_cols, self.sizes)
+        near = eligible & (self.s >= level)
+        if np.count_nonzero(near) >= self.w:  # then the top w are among them: a smaller partition
+            eligible = near
+        W, out = _top(self.s, self.w, eligible)
         self.out_w_raw = out
         self.W = W
         self.Zw = g.bk.take(g.Z, W)
@@ -686,8 +693,17 @@ def _runs(mask: np.ndarray, key: np.ndarray):
     return [(int(r[0]), int(r[-1]) + 1) for r in np.split(idx, cut)]
 
 
-def _kth_largest(s: np.ndarray, k: int) -> float:
-    return float(np.partition(s, len(s) - k)[len(s) - k])
+def _about_kth_largest(s: np.ndarray, k: int) -> float:
+    """The k-th largest entry of s; for a big s, that of an evenly strided sample of
+    LEVEL_SAMPLE entries, aimed a little low (LEVEL_SLACK). A flush's level decides only
+    how much it updates, not what is picked (a block left stale keeps an upper bound),
+    and a full partition of 1M bounds took ~0.6 s of every round at 1M."""
+    stride = len(s) // LEVEL_SAMPLE
+    if stride < 2:
+        return float(np.partition(s, len(s) - k)[len(s) - k])
+    sample = s[::stride]
+    ks = min(len(sample), max(1, math.ceil(k / stride / LEVEL_SLACK)))
+    return float(np.partition(sample, len(sample) - ks)[len(sample) - ks])
 
 
 def _orthonormal_rows(Y: np.ndarray) -> np.ndarray:
@@ -733,20 +749,43 @@ def _mean_rows(X: np.ndarray, rows) -> np.ndarray:
 
 # -- screening backends: numpy and torch (CUDA, or the CPU for big float32 screens) ----
 class _NumpyBackend:
-    """Screening with numpy BLAS. Big scratch arrays are allocated once and reused:
-    a fresh 100 MB temporary per flush costs more in page faults than its GEMM."""
+    """Screening with numpy BLAS, in ``threads`` threads that each take a chunk of rows
+    (numpy's BLAS is held to one thread meanwhile, see _blas_threads_for). Big scratch
+    arrays are allocated once per thread and reused: a fresh 100 MB temporary per flush
+    costs more in page faults than its GEMM."""
 
     name = "cpu"
 
-    def __init__(self):
-        self._buf: dict[str, np.ndarray] = {}
+    def __init__(self, threads: int = 1):
+        self._local = threading.local()
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="p3-dpp") if threads > 1 else None
+        self.rows = THREAD_CHUNK_ROWS if self._pool else CHUNK_ROWS
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
 
     def _scratch(self, key: str, shape: tuple, dtype) -> np.ndarray:
+        bufs = self._local.__dict__.setdefault("buf", {})
         size = int(np.prod(shape))
-        buf = self._buf.get(key)
+        buf = bufs.get(key)
         if buf is None or buf.size < size or buf.dtype != dtype:
-            buf = self._buf[key] = np.empty(max(size, 1), dtype=dtype)
+            buf = bufs[key] = np.empty(max(size, 1), dtype=dtype)
         return buf[:size].reshape(shape)
+
+    def _chunks(self, a0: int, a1: int, rows: int, work) -> None:
+        """work(a, b) for consecutive chunks of at most ``rows`` rows of a0:a1, spread
+        over the threads (numpy's GEMMs and elementwise loops release the GIL)."""
+        if self._pool is not None:  # at least one chunk per thread
+            rows = max(MIN_THREAD_ROWS, min(rows, -(-(a1 - a0) // self.threads)))
+        spans = [(a, min(a1, a + rows)) for a in range(a0, a1, rows)]
+        if self._pool is None or len(spans) < 2:
+            for a, b in spans:
+                work(a, b)
+        else:
+            for _ in self._pool.map(lambda span: work(*span), spans):
+                pass
 
     def gather_centered(self, X, rows, m0, dtype):
         """The screened matrix: rows of X in the given order, minus m0."""
@@ -765,13 +804,49 @@ class _NumpyBackend:
         """acc[a0:a1] += Σ_c ω_c ((Z − …)·cz_c)² for the given new columns."""
         czt = np.ascontiguousarray(cz, dtype=Z.dtype)
         off_t, w = off.astype(Z.dtype), omega.astype(Z.dtype)
-        for a in range(a0, a1, CHUNK_ROWS):
-            b = min(a1, a + CHUNK_ROWS)
+
+        def work(a, b):
             E = self._scratch("proj", (b - a, czt.shape[1]), Z.dtype)
             np.matmul(Z[a:b], czt, out=E)
             E -= off_t
             E *= E
             acc[a:b] += E @ w
+
+        self._chunks(a0, a1, self.rows, work)
+
+    def activate(self, Z, a0, a1, mu, inv, cols, omega, acc, nrm) -> None:
+        """Start screening rows a0:a1: their ‖y‖² and projections on every column so far,
+        from one standardised chunk (small: it stays in cache between the two)."""
+        mu_t, inv_t = mu.astype(Z.dtype), inv.astype(Z.dtype)
+        base = np.ascontiguousarray(cols * np.sqrt(omega), dtype=Z.dtype)
+
+        def work(a, b):
+            Y = self._scratch("norm", (b - a, Z.shape[1]), Z.dtype)
+            np.subtract(Z[a:b], mu_t, out=Y)
+            Y *= inv_t
+            if base.shape[1]:
+                E = Y @ base
+                acc[a:b] = np.einsum("ij,ij->i", E, E)
+            else:
+                acc[a:b] = 0.0
+            Y *= Y
+            nrm[a:b] = Y.sum(axis=1)
+
+        self._chunks(a0, a1, ACTIVATE_CHUNK_ROWS, work)
+
+    def exact_residuals(self, X, n, rows, c, inv, B):
+        """Float64 ‖y‖² and ‖Bᵀy‖² of the standardised rows y = (x − c)·inv of X[rows]
+        (rows None: X[:n]), a chunk at a time."""
+        nrm, res = np.empty(n), np.empty(n)
+        for a in range(0, n, EXACT_CHUNK_ROWS):
+            b = min(n, a + EXACT_CHUNK_ROWS)
+            Y = (X[a:b] if rows is None else X[rows[a:b]]).astype(np.float64)
+            Y -= c
+            Y *= inv
+            nrm[a:b] = np.einsum("ij,ij->i", Y, Y)
+            R = Y @ B
+            res[a:b] = np.einsum("ij,ij->i", R, R)
+        return nrm, res
 
     def activate(self, Z, a0, a1, mu, inv, cols, omega, acc, nrm) -> None:
         """Start screening rows a0:a1: their ‖y‖² and projections on every column so far."""
@@ -791,8 +866,11 @@ class _NumpyBackend:
 
 
 class _TorchBackend:
-    """Screening with torch: CUDA, or the CPU for big float32 screens, where its GEMM and
-    its two-thread elementwise passes beat numpy's (the screen is shared with numpy)."""
+    """Screening with torch: CUDA, or the CPU for big float32 screens. On the CPU torch
+    gathers, copies the warm set and sweeps in float64 (two threads each), while the
+    screen's projections run in numpy's OpenBLAS, one chunk of rows per thread: on the
+    2-core AMD VM that is 1.3-1.6x torch's own GEMMs at 16-128 columns (bench notes in
+    docs/selection.md). The screen's memory is shared between the two."""
 
     def __init__(self, device: str):
         import torch
@@ -800,9 +878,13 @@ class _TorchBackend:
         self.torch = torch
         self.device = torch.device(device)
         self.name = "torch:cpu" if self.device.type == "cpu" else str(self.device)
-        # CPU: 16k-row blocks stay cache-friendly for the elementwise passes; GPUs want big ones
-        self.rows = TORCH_CHUNK_ROWS if self.device.type == "cpu" else CHUNK_ROWS * 4
+        self.rows = CHUNK_ROWS * 4  # GPUs want big blocks
         self._take_buf = None
+        self._cpu = _NumpyBackend(torch.get_num_threads()) if self.device.type == "cpu" else None
+
+    def close(self) -> None:
+        if self._cpu is not None:
+            self._cpu.close()
 
     def gather_centered(self, X, rows, m0, dtype):
         """As numpy's, with a two-thread gather (10x numpy's on 1M rows in random order)."""
@@ -837,6 +919,8 @@ class _TorchBackend:
         return self.torch.as_tensor(np.ascontiguousarray(a), device=self.device, dtype=like.dtype)
 
     def project(self, Z, a0, a1, cz, off, omega, acc) -> None:
+        if self._cpu is not None:
+            return self._cpu.project(Z.numpy(), a0, a1, cz, off, omega, acc)
         # Σ_c ω_c e_c² = ‖e·√ω‖²: the weights go into the columns, the offset into the GEMM.
         root = np.sqrt(omega)
         czt, shift = self._t(cz * root, Z), self._t(-off * root, Z)
@@ -846,6 +930,8 @@ class _TorchBackend:
             acc[a:b] += self._sq_norms(E)
 
     def activate(self, Z, a0, a1, mu, inv, cols, omega, acc, nrm) -> None:
+        if self._cpu is not None:
+            return self._cpu.activate(Z.numpy(), a0, a1, mu, inv, cols, omega, acc, nrm)
         shift, inv_t = self._t(-mu * inv, Z), self._t(inv, Z)
         base = self._t(cols * np.sqrt(omega), Z)
         # Smaller blocks than project's: Y and E (up to d columns) then stay in cache.
@@ -854,6 +940,29 @@ class _TorchBackend:
             Y = self.torch.addcmul(shift, Z[a:b], inv_t)  # (z − μ)·inv in one pass
             nrm[a:b] = self._sq_norms(Y)
             acc[a:b] = self._sq_norms(Y @ base) if cols.shape[1] else 0.0
+
+    def exact_residuals(self, X, n, rows, c, inv, B):
+        """As numpy's, in torch's kernels: a subtraction into float64, a scaling and two
+        norms per cache-sized chunk instead of numpy's six passes (2.7x numpy's speed on
+        one thread at 200k × 384; at 1M the sweep reads the 1.5 GB matrix in ~0.3 s).
+        With numpy on one thread the end-of-round sweep took a third of a round at 1M."""
+        torch = self.torch
+        f64 = dict(dtype=torch.float64, device=self.device)
+        src = torch.from_numpy(X)
+        idx = None if rows is None else torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        c_t, inv_t, B_t = (torch.as_tensor(np.ascontiguousarray(a), **f64) for a in (c, inv, B))
+        nrm, res = torch.empty(n, **f64), torch.empty(n, **f64)
+        step = EXACT_TORCH_ROWS if self.device.type == "cpu" else CHUNK_ROWS * 4
+        Y = torch.empty((min(step, n), X.shape[1]), **f64)
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            part = src[a:b] if idx is None else src.index_select(0, idx[a:b])
+            y = Y[: b - a]
+            torch.sub(part.to(self.device), c_t, out=y)
+            y.mul_(inv_t)
+            torch.linalg.vector_norm(y, dim=1, out=nrm[a:b])
+            torch.linalg.vector_norm(y @ B_t, dim=1, out=res[a:b])
+        return nrm.square_().cpu().numpy(), res.square_().cpu().numpy()
 
     def _sq_norms(self, E) -> np.ndarray:
         return self.torch.linalg.vector_norm(E, dim=1).double().square().cpu().numpy()
@@ -909,9 +1018,10 @@ def _torch_installed() -> bool:
 
 
 def _blas_threads_for(backend):
-    """While torch runs the screen on the CPU, numpy's BLAS (the float64 hot set) runs on
-    one thread: OpenBLAS threads that spin between calls take the cores from torch's
-    GEMMs (measured: the in-run GEMM rate goes from ~110 to ~165 GFLOPS on 2 cores)."""
+    """While the screen runs on the CPU through torch, numpy's BLAS runs on one thread per
+    call: the screen's GEMMs are spread over Python threads, one chunk each, and
+    OpenBLAS threads that spin between calls would take the cores from torch's
+    elementwise passes (measured with torch's GEMMs: ~110 against ~165 GFLOPS on 2 cores)."""
     if backend.name != "torch:cpu":
         return contextlib.nullcontext()
     from threadpoolctl import threadpool_limits

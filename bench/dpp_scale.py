@@ -177,7 +177,28 @@ def _run(job: dict) -> dict:
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak RSS: VmHWM, the high-water mark of its own address space.
+    Not ru_maxrss: exec records the *launching* process's high-water mark there too
+    (Linux copies the old mm's hiwater_rss into the new process's maxrss at exec, and
+    Python's subprocess vforks), so a child started by a bench that had generated a 1M
+    matrix and its tables reported ~4 GB whatever it used itself."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024.0
+    except (OSError, StopIteration):  # not Linux: ru_maxrss (may include the launcher's)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# `p3 select` with its own peak RSS written to $P3_BENCH_PEAK at exit (see _rss_mb)
+_CLI_WITH_PEAK = (
+    "import atexit, os, runpy, sys\n"
+    "def peak():\n"
+    "    line = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+    "    open(os.environ['P3_BENCH_PEAK'], 'w').write(line.split()[1])\n"
+    "atexit.register(peak)\n"
+    "sys.argv[0] = 'p3.cli'\n"
+    "runpy.run_module('p3.cli', run_name='__main__', alter_sys=True)\n"
+)
 
 
 def measure(job: dict) -> dict:
@@ -222,10 +243,11 @@ def run_cli(paths: dict, k: int, folder: str) -> dict:
     import sys
 
     out, report = os.path.join(folder, "selection.parquet"), os.path.join(folder, "report.json")
-    cmd = [sys.executable, "-m", "p3.cli", "select", "--problems", paths["problems"], "--difficulty",
+    peak_file = os.path.join(folder, "peak_kb")
+    cmd = [sys.executable, "-c", _CLI_WITH_PEAK, "select", "--problems", paths["problems"], "--difficulty",
            paths["difficulty"], "--embeddings", paths["embeddings"], "--strategy", "dpp", "--budget", str(k),
            "--out", out, "--report", report]
-    env = {**os.environ, "P3_PROGRESS": "0"}
+    env = {**os.environ, "P3_PROGRESS": "0", "P3_BENCH_PEAK": peak_file}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -238,7 +260,9 @@ def run_cli(paths: dict, k: int, folder: str) -> dict:
     table = pq.read_table(out)
     order = np.argsort(table.column("rank").to_numpy(), kind="stable")
     ids = table.column("id").to_pylist()
-    return {"seconds": took, "peak_rss_mb": usage.ru_maxrss / 1024.0, "picks": [int(ids[i][1:]) for i in order]}
+    with open(peak_file) as f:
+        peak_mb = int(f.read()) / 1024.0
+    return {"seconds": took, "peak_rss_mb": peak_mb, "picks": [int(ids[i][1:]) for i in order]}
 
 
 def cli_compare(kind: str, n: int, k: int, d: int, real: str, workdir: str) -> dict:

@@ -9,6 +9,7 @@ buffers to it: https://numpy.org/doc/stable/reference/c-api/data_memory.html).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tracemalloc
@@ -117,6 +118,26 @@ def test_the_cli_benchmark_runs_p3_select_on_the_arrays_dpp_select_gets(tmp_path
     picks = storage.read_table(str(tmp_path / "sel.parquet")).column("id").to_pylist()
     assert rep["selected"] == 200
     assert [int(p[1:]) for p in picks] == dpp_select(X, q, 200).order.tolist()
+
+
+def test_the_cli_benchmarks_peak_rss_is_the_steps_own_not_its_launchers(tmp_path):
+    """A process started by a big one (vfork + exec) inherits the launcher's high-water
+    mark in ru_maxrss: Linux's exec copies the old mm's hiwater_rss into the process's
+    maxrss (fs/exec.c, setmax_mm_hiwater_rss). The benchmark read the step's peak from
+    wait4's ru_maxrss and so reported ~4 GB at N=1M whatever the step used; it now
+    reads the step's own VmHWM (proc(5)). Here the launcher holds 400 MB more than a
+    small `p3 select` needs."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("VmHWM is Linux's")
+    bench = _bench()
+    X, q = bench.make_data(2000, 16, seed=0)
+    paths = bench.write_tables(str(tmp_path), X, q)
+    ballast = np.ones(400 << 20 >> 3)  # touched: the launcher's high-water mark rises by 400 MB
+    own = bench._rss_mb()
+    got = bench.run_cli(paths, 100, str(tmp_path))
+    assert ballast.sum() > 0 and own > 400
+    assert 0 < got["peak_rss_mb"] < own - 200, (got["peak_rss_mb"], own)
+    assert len(got["picks"]) == 100
 
 
 def test_the_matched_generator_has_the_sample_covariance(tmp_path, monkeypatch):

@@ -422,11 +422,12 @@ print(before, rss())
 
 
 def test_freed_heap_pages_go_back_to_the_system_after_each_round(monkeypatch):
-    """`p3 select` at N=1M, k=100k peaked at 4018 MB while it held ~2.7 GB: glibc kept the
-    rounds' freed arrays resident (after the first free of a big block its mmap threshold
-    rises, so later ones come from the heap). With malloc_trim after every round the same
-    run peaked at 2735 MB (docs/selection.md). Here, in a fresh process: 256 MB freed into
-    heap holes stay resident until the release, and go after it; and every round releases."""
+    """glibc keeps freed heap memory resident (after the first free of a big block its mmap
+    threshold rises, so later N-sized arrays come from the heap); dpp_select releases it
+    after every round. (The 4018 MB peak of `p3 select` at 1M that first motivated this was
+    the benchmark's own high-water mark, docs/selection.md; the release stays because it
+    is cheap.) Here, in a fresh process: 256 MB freed into heap holes stay resident until
+    the release, and go after it; and every round releases."""
     import subprocess
     import sys
 

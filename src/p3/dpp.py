@@ -83,11 +83,9 @@ log = get_logger("dpp")
 FLOAT64_MAX_ENTRIES = 2**21
 TAU = {"float64": 1e-11, "float32": 1e-3}
 CHUNK_ROWS = 32768
-# Rows per task when numpy's screen runs in several threads, and per activation chunk
-# (its standardised float32 rows stay in cache for the norm and the projection).
+# Rows per task when numpy's screen runs in several threads (at least one task per thread).
 THREAD_CHUNK_ROWS = 8192
 MIN_THREAD_ROWS = 256
-ACTIVATE_CHUNK_ROWS = 4096
 # Rows of an exact float64 sweep (exact_pick) at a time: its two float64 blocks are
 # 2·8192·d·8 B (50 MB at d=384), held while the screen and the warm set are.
 EXACT_CHUNK_ROWS = 8192
@@ -813,26 +811,6 @@ class _NumpyBackend:
             acc[a:b] += E @ w
 
         self._chunks(a0, a1, self.rows, work)
-
-    def activate(self, Z, a0, a1, mu, inv, cols, omega, acc, nrm) -> None:
-        """Start screening rows a0:a1: their ‖y‖² and projections on every column so far,
-        from one standardised chunk (small: it stays in cache between the two)."""
-        mu_t, inv_t = mu.astype(Z.dtype), inv.astype(Z.dtype)
-        base = np.ascontiguousarray(cols * np.sqrt(omega), dtype=Z.dtype)
-
-        def work(a, b):
-            Y = self._scratch("norm", (b - a, Z.shape[1]), Z.dtype)
-            np.subtract(Z[a:b], mu_t, out=Y)
-            Y *= inv_t
-            if base.shape[1]:
-                E = Y @ base
-                acc[a:b] = np.einsum("ij,ij->i", E, E)
-            else:
-                acc[a:b] = 0.0
-            Y *= Y
-            nrm[a:b] = Y.sum(axis=1)
-
-        self._chunks(a0, a1, ACTIVATE_CHUNK_ROWS, work)
 
     def exact_residuals(self, X, n, rows, c, inv, B):
         """Float64 ‖y‖² and ‖Bᵀy‖² of the standardised rows y = (x − c)·inv of X[rows]
